@@ -1,0 +1,28 @@
+# genrec_jax: `make demo` runs the main pipeline, `make test` the test suite.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+WORKDIR ?= runs/ml100k
+STAMP := $(VENV)/.installed
+
+.PHONY: setup demo test bench clean
+
+setup: $(STAMP)
+
+$(STAMP): requirements.txt requirements-nodeps.txt pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -r requirements.txt
+	$(PY) -m pip install -q --no-deps -r requirements-nodeps.txt
+	$(PY) -m pip install -q --no-deps -e .
+	touch $(STAMP)
+
+demo: setup
+	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 JAX_PLATFORMS=$${JAX_PLATFORMS:-cpu} \
+	  $(PY) -m binaries.run_pipeline --config=configs/pipeline.py:ml100k --workdir=$(WORKDIR)
+
+test: setup
+	$(PY) -m pytest -n 2 tests
+
+clean:
+	rm -rf runs
