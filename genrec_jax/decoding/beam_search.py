@@ -1,0 +1,476 @@
+"""Trie-constrained beam search over semantic-ID levels (jitted, vmapped).
+
+The search is written for ONE example with a beam axis W, `lax.scan`s over
+the L code levels, is `jax.vmap`ped over the batch and `jax.jit`ted once
+(STYLE.md section 10; t5x `decoding.py`, youtube/static-constraint-decoding).
+Per level:
+
+  1. log_softmax of the model logits over the FULL vocabulary (no
+     renormalisation over the allowed set, as MiniOneRec/HF do);
+  2. gather the level's SID token range `sid_tokens.offsets[l] + [0, C)`;
+  3. mask with the trie (`next_state >= 0`) using a finite NEG_INF = -1e9;
+  4. `top_k` over the W x C (beam, code) candidates;
+  5. gather the model state (KV cache), code sequences and trie states by
+     beam, feed the chosen tokens to the model.
+
+Beam scores are sums of full-vocabulary log-probabilities (length penalty 0).
+
+Models plug in through a *scorer*: a hashable object with two pure
+functions, `init(params, prompt) -> (state, logits[V])` (prefill one prompt;
+state leaves have a leading axis of 1) and `step(params, state, tokens[W]) ->
+(state, logits[W, V])` (one token per beam; leaves have a leading beam axis),
+plus `gather(state, beam_idx)` and a host-side `check_prompts(prompts,
+num_levels)`. Model parameters are jit *arguments* (`nnx.split` outside,
+`nnx.merge` inside); the scorer object itself is a static argument (it holds
+only hashable things such as an `nnx.GraphDef`).
+
+Invalid beams and short catalogues. At level 0 only beam 0 is live (the
+others start at NEG_INF), so the W beams are W distinct prefixes. A beam that
+has no valid continuation -- because fewer than W valid prefixes exist --
+carries exactly NEG_INF and can never outrank a valid one (valid scores are
+sums of L finite log-probs, far above NEG_INF / 2). Returned rows whose
+score is NEG_INF have item id -1: when fewer than `top_n` items can follow a
+prompt, the tail of the result is `(-1, NEG_INF)`.
+
+No silent fallback to unconstrained decoding (MiniOneRec issue #50): a
+malformed prompt (empty, all padding, not left-padded, longer than the
+cache, not ending in the required marker tokens) raises ValueError on the
+host, and an SID token range outside the model vocabulary raises at trace
+time. The trie mask is applied at every level; there is no code path that
+skips it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Any, NamedTuple, Sequence
+
+from flax import nnx
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from genrec_jax.decoding.trie import Trie, TrieTables
+
+# Score of a masked candidate / dead beam. Finite on purpose (never -inf):
+# NEG_INF + x stays comparable and NaN-free.
+NEG_INF = -1e9
+
+
+@dataclasses.dataclass(frozen=True)
+class SidTokens:
+  """Where the SID tokens live in the model vocabulary.
+
+  Token of (level l, code c) = offsets[l] + c, for c < sizes[l].
+  """
+
+  offsets: tuple[int, ...]
+  sizes: tuple[int, ...]
+
+  def __post_init__(self):
+    if len(self.offsets) != len(self.sizes) or not self.offsets:
+      raise ValueError(f"SidTokens: {len(self.offsets)} offsets for "
+                       f"{len(self.sizes)} levels")
+    if min(self.offsets) < 0 or min(self.sizes) < 1:
+      raise ValueError(f"SidTokens: bad offsets {self.offsets} / sizes "
+                       f"{self.sizes}")
+
+  @classmethod
+  def contiguous(cls, sizes: Sequence[int], base: int) -> SidTokens:
+    """Level blocks laid out back to back from token `base`."""
+    sizes = tuple(int(s) for s in sizes)
+    offsets = tuple(int(base + s) for s in np.cumsum((0,) + sizes[:-1]))
+    return cls(offsets, sizes)
+
+  @property
+  def end(self) -> int:
+    """One past the largest SID token."""
+    return max(o + s for o, s in zip(self.offsets, self.sizes))
+
+  def tokens(self, codes: np.ndarray) -> np.ndarray:
+    """int [..., L] codes -> int32 [..., L] token ids."""
+    codes = np.asarray(codes)
+    return (codes + np.asarray(self.offsets)).astype(np.int32)
+
+
+class SearchResult(NamedTuple):
+  """Top-N results per example, best first.
+
+  Attributes:
+    items: int32 [B, N] item ids; -1 where fewer than N items exist.
+    scores: float32 [B, N] sums of log-probs; NEG_INF where items == -1.
+    codes: int32 [B, N, L] the decoded code paths (-1 rows for items == -1).
+  """
+
+  items: jax.Array
+  scores: jax.Array
+  codes: jax.Array
+
+
+def _gather_beams(state, beam):
+  """Reorders every leaf's leading (beam) axis."""
+  return jax.tree.map(lambda x: x[beam], state)
+
+
+# ----------------------------------------------------------------------------
+# Scorers.
+
+
+@dataclasses.dataclass(frozen=True)
+class TableScorer:
+  """Toy scorer: logits depend on a hash of the prompt and the prefix.
+
+  params: float [M, V] logits table. prompt: int32 [] start row in [0, M).
+  After token t the row becomes (row * 31 + t + 7) % M. Used by tests and
+  as the brute-force reference (`path_log_probs`).
+  """
+
+  def init(self, params, prompt):
+    row = jnp.asarray(prompt, jnp.int32).reshape(1)  # [1]
+    return row, params[row[0]]
+
+  def step(self, params, row, tokens):
+    row = (row * 31 + tokens + 7) % params.shape[0]  # [W]
+    return row, params[row]  # [W, V]
+
+  def gather(self, state, beam):
+    return _gather_beams(state, beam)
+
+  def check_prompts(self, prompts, num_levels):
+    prompts = np.asarray(prompts)
+    if prompts.ndim != 1:
+      raise ValueError(f"TableScorer prompts must be int [B], got "
+                       f"{prompts.shape}")
+
+  @staticmethod
+  def path_log_probs(table: np.ndarray, prompt: int,
+                     tokens: np.ndarray) -> np.ndarray:
+    """float64 [P]: sum of full-vocab log-probs of each int [P, L] path."""
+    table = np.asarray(table, np.float64)
+    m = table.shape[0]
+    logp = table - np.log(np.exp(table - table.max(1, keepdims=True)).sum(
+        1, keepdims=True)) - table.max(1, keepdims=True)
+    row = np.full(tokens.shape[0], int(prompt), dtype=np.int64)
+    total = np.zeros(tokens.shape[0])
+    for l in range(tokens.shape[1]):
+      total += logp[row, tokens[:, l]]
+      row = (row * 31 + tokens[:, l] + 7) % m
+    return total
+
+
+def _merge(graphdef, params):
+  if isinstance(params, (tuple, list)):
+    return nnx.merge(graphdef, *params)
+  return nnx.merge(graphdef, params)
+
+
+def check_left_padded(input_ids, attention_mask, *, vocab_size=None,
+                      max_len=None, num_new=0, required_suffix=()):
+  """Host-side checks of a batch of left-padded prompts.
+
+  Raises:
+    ValueError: naming the first bad row.
+  """
+  ids = np.asarray(input_ids)
+  mask = np.asarray(attention_mask)
+  if ids.ndim != 2 or mask.shape != ids.shape:
+    raise ValueError(f"prompts: input_ids {ids.shape} and attention_mask "
+                     f"{mask.shape} must both be [batch, length]")
+  if ids.shape[0] == 0 or ids.shape[1] == 0:
+    raise ValueError(f"prompts: empty batch or empty prompts {ids.shape}")
+  mask = mask.astype(bool)
+  lengths = mask.sum(1)
+  if (lengths == 0).any():
+    raise ValueError(f"prompt row {int(np.argmin(lengths))} is empty (all "
+                     "padding)")
+  # Left padding: once a real token starts, the rest of the row is real.
+  bad = np.flatnonzero((np.diff(mask.astype(np.int8), axis=1) < 0).any(1))
+  if len(bad):
+    raise ValueError(f"prompt row {bad[0]} is not left-padded (padding after "
+                     "a real token)")
+  if max_len is not None and ids.shape[1] + num_new > max_len:
+    raise ValueError(f"prompts of length {ids.shape[1]} + {num_new} new "
+                     f"tokens exceed the cache length {max_len}")
+  real = ids[mask]
+  if (real < 0).any() or (vocab_size is not None and
+                          (real >= vocab_size).any()):
+    raise ValueError(f"prompt token ids outside [0, {vocab_size})")
+  if required_suffix:
+    suffix = np.asarray(required_suffix)
+    k = len(suffix)
+    rows = np.flatnonzero((lengths < k) |
+                          (ids[:, -k:] != suffix[None]).any(1))
+    if len(rows):
+      raise ValueError(
+          f"prompt row {rows[0]} does not end in the required marker tokens "
+          f"{suffix.tolist()} (ends in {ids[rows[0], -k:].tolist()}); "
+          "constrained decoding would start from the wrong state")
+
+
+@dataclasses.dataclass(frozen=True)
+class DecoderScorer:
+  """A decoder-only LM (genrec_jax.models.decoder) with a KV cache.
+
+  prompt: {"input_ids": int32 [T], "attention_mask": bool [T]}, left-padded
+  (the vmapped search hands one row at a time). The prompt is prefilled once
+  (batch 1), its cache copied to the W beams, then one token per step.
+
+  Attributes:
+    graphdef: from `nnx.split(model)`; params = the state(s).
+    max_len: cache length; None -> prompt length + number of levels.
+    cache_dtype: KV cache dtype name.
+    vocab_size: for host-side prompt checks (None: not checked).
+    required_suffix: token ids every prompt must end in (e.g. the tokens of
+      "### Response:\\n"); empty -> not checked.
+  """
+
+  graphdef: Any
+  max_len: int | None = None
+  cache_dtype: str = "float32"
+  vocab_size: int | None = None
+  required_suffix: tuple[int, ...] = ()
+
+  def init(self, params, prompt):
+    model = _merge(self.graphdef, params)
+    ids = prompt["input_ids"][None]  # [1, T]
+    mask = prompt["attention_mask"][None].astype(bool)  # [1, T]
+    max_len = self.max_len or ids.shape[1] + self._num_levels
+    cache = model.init_cache(1, max_len, jnp.dtype(self.cache_dtype))
+    logits, cache = model.prefill(ids, mask, cache)  # [1, T, V]
+    return cache, logits[0, -1]
+
+  def step(self, params, cache, tokens):
+    model = _merge(self.graphdef, params)
+    logits, cache = model.decode_step(tokens, cache)  # [W, V]
+    return cache, logits
+
+  def gather(self, state, beam):
+    return _gather_beams(state, beam)
+
+  def check_prompts(self, prompts, num_levels):
+    check_left_padded(prompts["input_ids"], prompts["attention_mask"],
+                      vocab_size=self.vocab_size, max_len=self.max_len,
+                      num_new=num_levels,
+                      required_suffix=self.required_suffix)
+
+  # Set by `with_levels`; the default cache length needs it at trace time.
+  _num_levels: int = 0
+
+  def with_levels(self, num_levels: int) -> DecoderScorer:
+    return dataclasses.replace(self, _num_levels=num_levels)
+
+
+@dataclasses.dataclass(frozen=True)
+class T5Scorer:
+  """An encoder-decoder (genrec_jax.models.t5): encode once, decode steps.
+
+  prompt: {"input_ids": int32 [S], "attention_mask": bool [S]} encoder input
+  (padding anywhere). The decoder starts from `start_token`.
+  The encoder output is shared by the beams and is not gathered.
+  """
+
+  graphdef: Any
+  start_token: int = 0
+  max_decode_len: int | None = None
+  vocab_size: int | None = None
+  _num_levels: int = 0
+
+  def init(self, params, prompt):
+    model = _merge(self.graphdef, params)
+    ids = prompt["input_ids"][None]  # [1, S]
+    mask = prompt["attention_mask"][None].astype(bool)  # [1, S]
+    enc = model.encode(ids, mask)  # [1, S, D]
+    cache = model.init_cache(1, self.max_decode_len or self._num_levels + 1)
+    start = jnp.full((1,), self.start_token, jnp.int32)
+    logits, cache = model.decode_step(start, enc, mask, cache)  # [1, V]
+    return (cache, enc, mask), logits[0]
+
+  def step(self, params, state, tokens):
+    model = _merge(self.graphdef, params)
+    cache, enc, mask = state
+    w = tokens.shape[0]
+    enc_w = jnp.broadcast_to(enc[:1], (w,) + enc.shape[1:])  # [W, S, D]
+    mask_w = jnp.broadcast_to(mask[:1], (w,) + mask.shape[1:])  # [W, S]
+    logits, cache = model.decode_step(tokens, enc_w, mask_w, cache)
+    return (cache, enc, mask), logits
+
+  def gather(self, state, beam):
+    cache, enc, mask = state
+    return _gather_beams(cache, beam), enc, mask
+
+  def check_prompts(self, prompts, num_levels):
+    ids = np.asarray(prompts["input_ids"])
+    mask = np.asarray(prompts["attention_mask"]).astype(bool)
+    if ids.ndim != 2 or mask.shape != ids.shape or ids.size == 0:
+      raise ValueError(f"encoder prompts must be non-empty [batch, length], "
+                       f"got {ids.shape} / {mask.shape}")
+    empty = np.flatnonzero(~mask.any(1))
+    if len(empty):
+      raise ValueError(f"encoder prompt row {empty[0]} is all padding")
+    if self.max_decode_len is not None and num_levels + 1 > (
+        self.max_decode_len):
+      raise ValueError(f"{num_levels} levels + start token exceed the decoder "
+                       f"cache length {self.max_decode_len}")
+    real = ids[mask]
+    if (real < 0).any() or (self.vocab_size is not None and
+                            (real >= self.vocab_size).any()):
+      raise ValueError(f"encoder token ids outside [0, {self.vocab_size})")
+
+  def with_levels(self, num_levels: int) -> T5Scorer:
+    return dataclasses.replace(self, _num_levels=num_levels)
+
+
+# ----------------------------------------------------------------------------
+# The search.
+
+
+def _next_states(tables: TrieTables, state, level, c_max: int):
+  """int32 [W, C] next state (item id at the last level) or -1.
+
+  Args:
+    tables: trie tables.
+    state: int32 [W] current trie states (any value for dead beams).
+    level: int32 [] current level.
+    c_max: codes per row of the output.
+  """
+  w = state.shape[0]
+  s_dense = tables.dense_next.shape[0]
+  # Dense levels: one row lookup.
+  dense = tables.dense_next[jnp.clip(state, 0, s_dense - 1)]  # [W, C']
+  if dense.shape[1] < c_max:  # SID blocks wider than the trie's codebooks
+    dense = jnp.pad(dense, ((0, 0), (0, c_max - dense.shape[1])),
+                    constant_values=-1)  # [W, C]
+  # Sparse levels: read a window of max_branch CSR entries from the row start.
+  row = jnp.clip(state - s_dense, 0, tables.indptr.shape[0] - 2)  # [W]
+  start = tables.indptr[row]  # [W]
+  stop = tables.indptr[row + 1]  # [W]
+  pos = start[:, None] + tables.window[None, :]  # [W, R]
+  inside = pos < stop[:, None]  # [W, R]
+  codes = jnp.where(inside, tables.csr_codes[pos], c_max)  # [W, R]
+  nxt = tables.csr_next[pos]  # [W, R]
+  sparse = jnp.full((w, c_max), -1, jnp.int32).at[
+      jnp.arange(w)[:, None], codes].set(nxt, mode="drop")  # [W, C]
+  return jnp.where(level < tables.num_dense, dense, sparse)
+
+
+def _search_one(scorer, params, prompt, tables: TrieTables, *,
+                sid_tokens: SidTokens, beam_size: int, num_levels: int,
+                top_n: int):
+  """Beam search for one example. Returns (items [N], scores [N], codes [N, L])."""
+  w = beam_size
+  c_max = max(sid_tokens.sizes)
+  sizes = np.asarray(sid_tokens.sizes)
+  # Static per-level token ids and code validity: [L, C].
+  code_range = np.arange(c_max)[None, :]
+  code_ok = code_range < sizes[:, None]
+  tok_idx = np.where(code_ok, np.asarray(sid_tokens.offsets)[:, None]
+                     + code_range, 0).astype(np.int32)
+
+  sstate, logits = scorer.init(params, prompt)  # logits [V]
+  vocab = logits.shape[-1]
+  if sid_tokens.end > vocab:
+    raise ValueError(
+        f"SID tokens {sid_tokens.offsets} + sizes {sid_tokens.sizes} reach "
+        f"token {sid_tokens.end - 1}, beyond the model vocabulary of {vocab}")
+  sstate = jax.tree.map(lambda x: jnp.repeat(x, w, axis=0), sstate)
+  logits = jnp.broadcast_to(logits, (w, vocab))  # [W, V]
+  scores = jnp.where(jnp.arange(w) == 0, 0.0, NEG_INF)  # [W]
+  tstate = jnp.zeros((w,), jnp.int32)  # [W] all at the root
+  seqs = jnp.full((w, num_levels), -1, jnp.int32)  # [W, L]
+  tok_idx_j = jnp.asarray(tok_idx)
+  code_ok_j = jnp.asarray(code_ok)
+
+  def select(level, logits, scores, tstate, k):
+    logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)  # [W, V]
+    lp = jnp.take(logp, tok_idx_j[level], axis=1)  # [W, C]
+    nxt = _next_states(tables, tstate, level, c_max)  # [W, C]
+    ok = ((nxt >= 0) & code_ok_j[level][None, :]
+          & (scores > NEG_INF / 2)[:, None])  # [W, C]
+    cand = jnp.where(ok, scores[:, None] + lp, NEG_INF)  # [W, C]
+    top, flat = jax.lax.top_k(cand.reshape(-1), k)  # [k]
+    beam, code = flat // c_max, flat % c_max
+    alive = top > NEG_INF / 2
+    new_state = jnp.where(alive, nxt[beam, code], -1)
+    return jnp.where(alive, top, NEG_INF), beam, code, new_state, alive
+
+  def body(carry, level):
+    sstate, logits, scores, tstate, seqs = carry
+    scores, beam, code, tstate, _ = select(level, logits, scores, tstate, w)
+    seqs = seqs[beam].at[:, level].set(code)  # [W, L]
+    sstate = scorer.gather(sstate, beam)
+    tokens = tok_idx_j[level][code]  # [W]
+    sstate, logits = scorer.step(params, sstate, tokens)  # logits [W, V]
+    return (sstate, logits, scores, tstate, seqs), None
+
+  carry = (sstate, logits, scores, tstate, seqs)
+  if num_levels > 1:
+    carry, _ = jax.lax.scan(body, carry, jnp.arange(num_levels - 1))
+  _, logits, scores, tstate, seqs = carry
+  last = num_levels - 1
+  scores, beam, code, items, alive = select(last, logits, scores, tstate,
+                                            top_n)
+  codes = seqs[beam].at[:, last].set(code)  # [N, L]
+  codes = jnp.where(alive[:, None], codes, -1)
+  return items, scores, codes
+
+
+def search_batch(scorer, params, prompts, tables: TrieTables, *,
+                 sid_tokens: SidTokens, beam_size: int, num_levels: int,
+                 top_n: int) -> SearchResult:
+  """The vmapped (not yet jitted) search; see `beam_search`."""
+  if len(sid_tokens.sizes) != num_levels:
+    raise ValueError(f"sid_tokens has {len(sid_tokens.sizes)} levels, "
+                     f"num_levels={num_levels}")
+  if not 1 <= top_n <= beam_size:
+    raise ValueError(f"top_n={top_n} must be in [1, beam_size={beam_size}]")
+  if hasattr(scorer, "with_levels"):
+    scorer = scorer.with_levels(num_levels)
+  one = functools.partial(_search_one, scorer, sid_tokens=sid_tokens,
+                          beam_size=beam_size, num_levels=num_levels,
+                          top_n=top_n)
+  items, scores, codes = jax.vmap(one, in_axes=(None, 0, None))(
+      params, prompts, tables)
+  return SearchResult(items, scores, codes)
+
+
+# Jitted once per (scorer, sid_tokens, beam_size, num_levels, top_n) and
+# input shapes; params, prompts and trie tables are traced arguments.
+beam_search_jit = jax.jit(
+    search_batch,
+    static_argnames=("scorer", "sid_tokens", "beam_size", "num_levels",
+                     "top_n"))
+
+
+def beam_search(scorer, params, prompts, trie: Trie, *, beam_size: int,
+                top_n: int | None = None,
+                sid_tokens: SidTokens) -> SearchResult:
+  """Constrained beam search with host-side input checks.
+
+  Args:
+    scorer: a hashable scorer (TableScorer, DecoderScorer, T5Scorer, ...).
+    params: model parameters (a pytree of arrays; nnx State(s)).
+    prompts: a pytree of arrays with a leading batch axis, as the scorer
+      expects.
+    trie: item trie; `trie.tables` are passed to the jitted search.
+    beam_size: beams per example (W).
+    top_n: results per example (<= beam_size; default beam_size).
+    sid_tokens: SID token layout in the model vocabulary.
+
+  Returns:
+    SearchResult with [B, top_n] items and scores, best first.
+
+  Raises:
+    ValueError: malformed prompts, SID layout not matching the trie or the
+      vocabulary, top_n > beam_size.
+  """
+  top_n = beam_size if top_n is None else top_n
+  if tuple(sid_tokens.sizes) != tuple(trie.codebook_sizes):
+    if len(sid_tokens.sizes) != trie.num_levels or any(
+        s < t for s, t in zip(sid_tokens.sizes, trie.codebook_sizes)):
+      raise ValueError(f"SID token sizes {sid_tokens.sizes} do not cover the "
+                       f"trie codebook sizes {trie.codebook_sizes}")
+  scorer.check_prompts(prompts, trie.num_levels)
+  return beam_search_jit(scorer, params, prompts, trie.tables,
+                         sid_tokens=sid_tokens, beam_size=beam_size,
+                         num_levels=trie.num_levels, top_n=top_n)

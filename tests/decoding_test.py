@@ -1,0 +1,256 @@
+"""Tests for the constrained beam search (genrec_jax.decoding.beam_search)."""
+
+import chex
+import jax
+import numpy as np
+import pytest
+
+from genrec_jax.decoding import beam_search as bs
+from genrec_jax.decoding import trie as trie_lib
+
+NEG_INF = bs.NEG_INF
+
+
+def _random_case(rng, n_max=40):
+  num_levels = int(rng.integers(2, 5))
+  sizes = tuple(int(s) for s in rng.integers(2, 6, size=num_levels))
+  cap = int(np.prod(sizes))
+  n = int(rng.integers(1, min(cap, n_max) + 1))
+  flat = rng.choice(cap, size=n, replace=False)
+  codes = np.stack(np.unravel_index(flat, sizes), axis=1)
+  return codes, sizes
+
+
+def _toy_setup(rng, sizes, base=None, vocab_extra=3, rows=13):
+  base = int(rng.integers(0, 4)) if base is None else base
+  sid = bs.SidTokens.contiguous(sizes, base=base)
+  vocab = sid.end + vocab_extra
+  # Wide logits so that log-probs differ a lot between tokens.
+  table = (rng.normal(size=(rows, vocab)) * 3).astype(np.float32)
+  return sid, table
+
+
+def _brute_force(table, prompt, codes, item_ids, sid, top_n):
+  lp = bs.TableScorer.path_log_probs(table, prompt, sid.tokens(codes))
+  order = np.argsort(-lp, kind="stable")[:top_n]
+  return item_ids[order], lp[order]
+
+
+def _reference_beam(table, prompt, trie, sid, beam, top_n):
+  """Plain-python beam search over the trie with the same scorer."""
+  m = table.shape[0]
+  t64 = table.astype(np.float64)
+  logp = t64 - np.log(np.exp(t64 - t64.max(1, keepdims=True)).sum(
+      1, keepdims=True)) - t64.max(1, keepdims=True)
+  beams = [((), 0.0, int(prompt))]  # (prefix codes, score, row)
+  for level in range(trie.num_levels):
+    cands = []
+    for prefix, score, row in beams:
+      for c in trie.children(list(prefix)):
+        tok = sid.offsets[level] + c
+        cands.append((prefix + (c,), score + logp[row, tok],
+                      (row * 31 + tok + 7) % m))
+    cands.sort(key=lambda x: -x[1])
+    beams = cands[: beam if level + 1 < trie.num_levels else top_n]
+  return [trie.item_of(list(p)) for p, _, _ in beams], [s for _, s, _ in beams]
+
+
+def _levels_max_prefixes(codes):
+  return max(len({tuple(r[: l + 1]) for r in codes.tolist()})
+             for l in range(codes.shape[1]))
+
+
+def test_exhaustive_beam_equals_brute_force_on_random_tries():
+  rng = np.random.default_rng(0)
+  for trial in range(12):
+    codes, sizes = _random_case(rng)
+    ids = rng.permutation(len(codes))
+    num_dense = int(rng.integers(1, len(sizes) + 1))
+    trie = trie_lib.build_trie(codes, sizes, num_dense=num_dense,
+                               item_ids=ids)
+    sid, table = _toy_setup(rng, sizes)
+    # Beam as wide as the widest level: the search is exhaustive.
+    beam = _levels_max_prefixes(codes)
+    top_n = int(rng.integers(1, min(beam, len(codes)) + 1))
+    prompts = rng.integers(0, table.shape[0], size=3).astype(np.int32)
+    res = bs.beam_search(bs.TableScorer(), table, prompts, trie,
+                         beam_size=beam, top_n=top_n, sid_tokens=sid)
+    for b, p in enumerate(prompts):
+      items, scores = _brute_force(table, p, codes, ids, sid, top_n)
+      np.testing.assert_array_equal(np.asarray(res.items[b]), items,
+                                    err_msg=f"trial {trial}")
+      np.testing.assert_allclose(np.asarray(res.scores[b]), scores,
+                                 rtol=1e-5, atol=1e-4)
+      np.testing.assert_array_equal(np.asarray(res.codes[b]),
+                                    trie.codes[items])
+
+
+def test_narrow_beam_matches_reference_beam_search():
+  rng = np.random.default_rng(1)
+  for trial in range(8):
+    codes, sizes = _random_case(rng, n_max=60)
+    trie = trie_lib.build_trie(codes, sizes)
+    sid, table = _toy_setup(rng, sizes)
+    beam = int(rng.integers(1, 5))
+    prompts = rng.integers(0, table.shape[0], size=2).astype(np.int32)
+    res = bs.beam_search(bs.TableScorer(), table, prompts, trie,
+                         beam_size=beam, sid_tokens=sid)
+    for b, p in enumerate(prompts):
+      items, scores = _reference_beam(table, p, trie, sid, beam, beam)
+      got = np.asarray(res.items[b])
+      np.testing.assert_array_equal(got[: len(items)], items)
+      np.testing.assert_allclose(np.asarray(res.scores[b])[: len(items)],
+                                 scores, rtol=1e-5, atol=1e-4)
+      assert (got[len(items):] == -1).all()
+      # Every returned item is in the trie, with its true path score.
+      real = got[got >= 0]
+      assert trie.is_valid_item(real).all()
+      lp = bs.TableScorer.path_log_probs(table, p, sid.tokens(trie.codes[real]))
+      np.testing.assert_allclose(np.asarray(res.scores[b])[got >= 0], lp,
+                                 rtol=1e-5, atol=1e-4)
+
+
+def test_beam_wider_than_valid_continuations():
+  rng = np.random.default_rng(2)
+  codes = np.array([[3, 0, 1], [3, 0, 2], [1, 2, 0]])
+  sizes = (4, 3, 3)
+  trie = trie_lib.build_trie(codes, sizes)
+  sid, table = _toy_setup(rng, sizes)
+  res = bs.beam_search(bs.TableScorer(), table, np.array([0, 5], np.int32),
+                       trie, beam_size=8, top_n=6, sid_tokens=sid)
+  items = np.asarray(res.items)
+  scores = np.asarray(res.scores)
+  for b, p in enumerate([0, 5]):
+    want, want_s = _brute_force(table, p, codes, np.arange(3), sid, 3)
+    np.testing.assert_array_equal(items[b, :3], want)
+    np.testing.assert_allclose(scores[b, :3], want_s, rtol=1e-5, atol=1e-4)
+    np.testing.assert_array_equal(items[b, 3:], -1)
+    np.testing.assert_array_equal(scores[b, 3:], NEG_INF)
+    np.testing.assert_array_equal(np.asarray(res.codes)[b, 3:], -1)
+  # A single item, beam 1 and beam 5.
+  one = trie_lib.build_trie(np.array([[2, 1]]), (3, 2))
+  sid1, table1 = _toy_setup(rng, (3, 2))
+  for beam in (1, 5):
+    res = bs.beam_search(bs.TableScorer(), table1, np.array([1], np.int32),
+                         one, beam_size=beam, sid_tokens=sid1)
+    assert np.asarray(res.items)[0, 0] == 0
+    assert (np.asarray(res.items)[0, 1:] == -1).all()
+
+
+def test_items_sharing_all_but_last_code():
+  rng = np.random.default_rng(3)
+  sizes = (2, 2, 9)
+  # 9 items on one (a, b) prefix, one elsewhere.
+  codes = np.array([[1, 0, c] for c in range(9)] + [[0, 1, 4]])
+  trie = trie_lib.build_trie(codes, sizes, num_dense=2)
+  assert trie.max_branch == 9
+  sid, table = _toy_setup(rng, sizes)
+  for beam in (1, 2, 10):
+    res = bs.beam_search(bs.TableScorer(), table, np.array([4], np.int32),
+                         trie, beam_size=beam, sid_tokens=sid)
+    items = np.asarray(res.items)[0]
+    if beam == 10:  # exhaustive: exactly the brute-force order
+      want, _ = _brute_force(table, 4, codes, np.arange(10), sid, 10)
+      np.testing.assert_array_equal(items, want)
+    real = items[items >= 0]
+    assert len(set(real.tolist())) == len(real)
+    assert trie.is_valid_item(real).all()
+
+
+def test_same_result_for_every_dense_sparse_split():
+  rng = np.random.default_rng(4)
+  codes, sizes = _random_case(rng, n_max=50)
+  while len(sizes) < 3:
+    codes, sizes = _random_case(rng, n_max=50)
+  sid, table = _toy_setup(rng, sizes)
+  prompts = np.arange(4, dtype=np.int32)
+  results = []
+  for d in range(1, len(sizes) + 1):
+    trie = trie_lib.build_trie(codes, sizes, num_dense=d)
+    res = bs.beam_search(bs.TableScorer(), table, prompts, trie,
+                         beam_size=4, sid_tokens=sid)
+    results.append(np.asarray(res.items))
+  for r in results[1:]:
+    np.testing.assert_array_equal(r, results[0])
+
+
+def test_sid_blocks_wider_than_trie_codebooks():
+  rng = np.random.default_rng(5)
+  codes = np.array([[0, 1], [2, 0], [2, 1]])
+  trie = trie_lib.build_trie(codes)  # sizes (3, 2) inferred
+  sid = bs.SidTokens.contiguous((8, 8), base=1)
+  table = rng.normal(size=(7, sid.end)).astype(np.float32)
+  res = bs.beam_search(bs.TableScorer(), table, np.array([2], np.int32),
+                       trie, beam_size=3, sid_tokens=sid)
+  want, _ = _brute_force(table, 2, codes, np.arange(3), sid, 3)
+  np.testing.assert_array_equal(np.asarray(res.items)[0], want)
+
+
+def test_no_retrace_across_calls():
+  rng = np.random.default_rng(6)
+  codes, sizes = _random_case(rng)
+  trie = trie_lib.build_trie(codes, sizes)
+  sid, table = _toy_setup(rng, sizes)
+  fn = jax.jit(chex.assert_max_traces(bs.search_batch, n=1),
+               static_argnames=("scorer", "sid_tokens", "beam_size",
+                                "num_levels", "top_n"))
+  for i in range(3):
+    prompts = rng.integers(0, table.shape[0], size=5).astype(np.int32)
+    fn(bs.TableScorer(), table + i, prompts, trie.tables, sid_tokens=sid,
+       beam_size=4, num_levels=trie.num_levels, top_n=2)
+  # The module-level jitted search also compiles once for repeated calls.
+  before = bs.beam_search_jit._cache_size()
+  for i in range(3):
+    bs.beam_search(bs.TableScorer(), table * (i + 1), prompts, trie,
+                   beam_size=3, top_n=3, sid_tokens=sid)
+  assert bs.beam_search_jit._cache_size() == before + 1
+
+
+def test_vocabulary_too_small_is_an_error():
+  rng = np.random.default_rng(7)
+  codes = np.array([[0, 1], [1, 0]])
+  trie = trie_lib.build_trie(codes, (2, 2))
+  sid = bs.SidTokens.contiguous((2, 2), base=5)  # needs 9 tokens
+  table = rng.normal(size=(3, 8)).astype(np.float32)
+  with pytest.raises(ValueError, match="beyond the model vocabulary"):
+    bs.beam_search(bs.TableScorer(), table, np.array([0], np.int32), trie,
+                   beam_size=2, sid_tokens=sid)
+
+
+def test_bad_arguments():
+  codes = np.array([[0, 1], [1, 0]])
+  trie = trie_lib.build_trie(codes, (2, 2))
+  table = np.zeros((3, 8), np.float32)
+  prompts = np.array([0], np.int32)
+  with pytest.raises(ValueError, match="top_n"):
+    bs.beam_search(bs.TableScorer(), table, prompts, trie, beam_size=2,
+                   top_n=3, sid_tokens=bs.SidTokens.contiguous((2, 2), 0))
+  with pytest.raises(ValueError, match="do not cover"):
+    bs.beam_search(bs.TableScorer(), table, prompts, trie, beam_size=2,
+                   sid_tokens=bs.SidTokens.contiguous((2, 1), 0))
+  with pytest.raises(ValueError, match="do not cover"):
+    bs.beam_search(bs.TableScorer(), table, prompts, trie, beam_size=2,
+                   sid_tokens=bs.SidTokens.contiguous((2, 2, 2), 0))
+
+
+@pytest.mark.parametrize("ids,mask,kwargs,match", [
+    ([[1, 2]], [[0, 0]], {}, "all padding"),
+    ([[1, 2, 3]], [[1, 1, 0]], {}, "not left-padded"),
+    ([[1, 2, 3]], [[1, 0, 1]], {}, "not left-padded"),
+    (np.zeros((1, 0)), np.zeros((1, 0)), {}, "empty"),
+    ([[1, 2, 3]], [[1, 1, 1]], dict(max_len=5, num_new=3), "cache length"),
+    ([[1, 2, 3]], [[1, 1, 1]], dict(vocab_size=3), "outside"),
+    ([[1, 2, 3]], [[1, 1, 1]], dict(required_suffix=(2, 4)), "marker"),
+    ([[0, 2, 4]], [[0, 1, 1]], dict(required_suffix=(1, 2, 4)), "marker"),
+    ([[1, 2]], [[1, 1, 1]], {}, "batch, length"),
+])
+def test_malformed_prompts_are_errors(ids, mask, kwargs, match):
+  with pytest.raises(ValueError, match=match):
+    bs.check_left_padded(np.asarray(ids), np.asarray(mask), **kwargs)
+
+
+def test_good_prompts_pass_checks():
+  bs.check_left_padded(np.array([[0, 0, 5, 2, 4], [1, 3, 3, 2, 4]]),
+                       np.array([[0, 0, 1, 1, 1], [1, 1, 1, 1, 1]]),
+                       vocab_size=6, max_len=8, num_new=3,
+                       required_suffix=(2, 4))
