@@ -1,0 +1,310 @@
+"""Evaluation of generative (semantic-ID) recommenders with constrained beams.
+
+Library entry points:
+
+* `evaluate_generative(search_fn, examples, ...)`: the model-agnostic core.
+  `search_fn(batch: EvalExamples) -> int [B, N]` returns ranked item ids
+  (-1 = no item) for a batch of evaluation rows; the function computes
+  HR/Recall/NDCG@K and MRR with `ranks_from_lists` / `metrics_from_ranks`
+  and `invalid_rate` -- the fraction of returned ids that are not real items
+  in the trie, measured on every returned id (it is 0 by construction of the
+  constrained search, and we check it rather than assume it).
+* `sid_history_prompts(...)`: left-padded token prompts made of the SID
+  tokens of the last `max_history` history items (TIGER-style input for a
+  from-scratch SID decoder).
+* `run(config, workdir)`: the `evaluate` stage (binaries/evaluate.py).
+  Reads `WORKDIR/dataset`, `WORKDIR/<sids>/item_sids.json` and the model
+  folder `WORKDIR/<model>/` and writes `WORKDIR/<model>/metrics.json`.
+
+What the stage can load today (the generative training stage does not exist
+yet): a model folder written by `save_decoder_model` -- `model.json`
+(`kind: "decoder"`, the decoder config, the SID token layout and the prompt
+settings) plus `params/` (an orbax checkpoint of the NNX params), scored
+with `DecoderScorer` on SID-history prompts. The later training stage can
+either write that folder or plug its own `search_fn` into
+`evaluate_generative`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import pathlib
+import time
+from typing import Any, Callable
+
+from absl import logging
+import numpy as np
+
+from genrec_jax.data.dataset import Dataset, EvalExamples, Ragged
+from genrec_jax.data.dataset import atomic_write_json
+from genrec_jax.decoding import beam_search as bs
+from genrec_jax.decoding import trie as trie_lib
+from genrec_jax.evaluation import metrics as metrics_lib
+
+
+def take_examples(examples: EvalExamples, rows: np.ndarray) -> EvalExamples:
+  """The rows `rows` of `examples`, in that order."""
+  rows = np.asarray(rows, dtype=np.int64)
+  return EvalExamples(
+      users=examples.users[rows],
+      history=examples.history.take(rows),
+      targets=examples.targets.take(rows),
+      exclude=None if examples.exclude is None else examples.exclude.take(rows),
+      candidates=(None if examples.candidates is None
+                  else examples.candidates[rows]),
+  )
+
+
+def evaluate_generative(
+    search_fn: Callable[[EvalExamples], np.ndarray],
+    examples: EvalExamples,
+    *,
+    is_valid_item: Callable[[np.ndarray], np.ndarray],
+    batch_size: int = 64,
+    prefix: str = "test/",
+    ks=metrics_lib.KS,
+    log_every_s: float = 30.0,
+) -> dict[str, float]:
+  """Ranking metrics of ranked item lists produced batch by batch.
+
+  Args:
+    search_fn: maps a batch of rows to int [B, N] ranked item ids, best
+      first, -1 for empty slots. Batches always hold `batch_size` rows (the
+      last one is padded by repeating its last row; the padding is dropped),
+      so a jitted search compiles once.
+    examples: evaluation rows (targets as item ids).
+    is_valid_item: int array -> bool array, True for real items of the
+      catalogue that have an SID (e.g. `trie.is_valid_item`).
+    batch_size: rows per search_fn call.
+    prefix: metric key prefix ("test/" or "valid/").
+    ks: cut-offs; only K <= N are reported.
+    log_every_s: progress log period.
+
+  Returns:
+    {prefix + "hr@K", "recall@K", "ndcg@K", "mrr"}, plus `invalid_rate`
+    (returned ids that are not valid items / all returned ids), and
+    `empty_rate` (list slots left at -1 because fewer than N items could
+    be decoded), `num_eval_users`, `seconds`, `rows_per_second`.
+
+  Raises:
+    ValueError: search_fn returned a bad shape or duplicate items in a list.
+  """
+  n = len(examples)
+  if n == 0:
+    raise ValueError("no evaluation rows")
+  t0 = time.perf_counter()
+  last_log = t0
+  lists = None
+  for start in range(0, n, batch_size):
+    stop = min(start + batch_size, n)
+    rows = np.arange(start, stop)
+    fill = np.concatenate([rows, np.full(batch_size - len(rows), rows[-1])])
+    out = np.asarray(search_fn(take_examples(examples, fill)))
+    if out.ndim != 2 or out.shape[0] != batch_size:
+      raise ValueError(f"search_fn returned shape {out.shape}, expected "
+                       f"[{batch_size}, N]")
+    if lists is None:
+      lists = np.full((n, out.shape[1]), -1, dtype=np.int64)
+    lists[start:stop] = out[: len(rows)]
+    now = time.perf_counter()
+    if now - last_log > log_every_s or stop == n:
+      rate = stop / (now - t0)
+      logging.info("evaluate %s: %d/%d rows, %.1f rows/s, ETA %.0fs", prefix,
+                   stop, n, rate, (n - stop) / max(rate, 1e-9))
+      last_log = now
+  seconds = time.perf_counter() - t0
+  top_n = lists.shape[1]
+  returned = lists >= 0
+  srt = np.sort(np.where(returned, lists, -1 - np.arange(top_n)[None]), 1)
+  if (np.diff(srt, axis=1) == 0).any():
+    raise ValueError("search_fn returned an item twice in one list")
+  valid = is_valid_item(lists) & returned
+  num_returned = int(returned.sum())
+  ranks = metrics_lib.ranks_from_lists(lists, examples.targets)
+  ks = tuple(k for k in ks if k <= top_n)
+  out = metrics_lib.metrics_from_ranks(ranks, examples.targets.lengths(), ks,
+                                       prefix)
+  out.update({
+      "invalid_rate": float((num_returned - int(valid.sum())) /
+                            max(num_returned, 1)),
+      "empty_rate": float(1.0 - num_returned / lists.size),
+      "num_eval_users": int(n),
+      "seconds": round(seconds, 3),
+      "rows_per_second": round(n / max(seconds, 1e-9), 2),
+  })
+  return out
+
+
+def sid_history_prompts(
+    history: Ragged,
+    item_tokens: np.ndarray,
+    *,
+    max_history: int,
+    bos_id: int | None,
+    pad_id: int = 0,
+) -> dict[str, np.ndarray]:
+  """Left-padded SID-token prompts from item histories.
+
+  Args:
+    history: per row, time-ordered item ids.
+    item_tokens: int [num_items, L] token ids of each item's SID (-1 rows for
+      items without an SID: those history items are skipped).
+    max_history: the most recent items kept.
+    bos_id: token prepended to every prompt (None: none).
+    pad_id: padding token id (masked out).
+
+  Returns:
+    {"input_ids": int32 [B, T], "attention_mask": bool [B, T]} with
+    T = max_history * L + (bos_id is not None).
+
+  Raises:
+    ValueError: a row ends up empty (no history and no BOS).
+  """
+  num_levels = item_tokens.shape[1]
+  t = max_history * num_levels + (bos_id is not None)
+  b = len(history)
+  ids = np.full((b, t), pad_id, dtype=np.int32)
+  mask = np.zeros((b, t), dtype=bool)
+  for i in range(b):
+    items = history[i]
+    items = items[(items >= 0) & (items < len(item_tokens))]
+    toks = item_tokens[items]
+    toks = toks[(toks >= 0).all(1)][-max_history:].reshape(-1)
+    if bos_id is not None:
+      toks = np.concatenate([[bos_id], toks])
+    if len(toks) == 0:
+      raise ValueError(f"evaluation row {i}: empty prompt (no history item "
+                       "with an SID and no BOS token)")
+    ids[i, t - len(toks):] = toks
+    mask[i, t - len(toks):] = True
+  return {"input_ids": ids, "attention_mask": mask}
+
+
+# ----------------------------------------------------------------------------
+# Model folders.
+
+MODEL_JSON = "model.json"
+
+
+def save_decoder_model(model_dir: str | pathlib.Path, model, model_config:
+                       dict[str, Any], sid_tokens: bs.SidTokens, *,
+                       prompt: dict[str, Any]) -> None:
+  """Writes a decoder model folder the `evaluate` stage can load.
+
+  Args:
+    model_dir: folder to write (`model.json` + `params/`).
+    model: a genrec_jax.models.decoder model.
+    model_config: keyword arguments that rebuild the model's config
+      (`decoder.DecoderConfig(**model_config)`).
+    sid_tokens: SID token layout in the model vocabulary.
+    prompt: {"max_history": int, "bos_id": int|None, "pad_id": int}.
+  """
+  from flax import nnx  # pylint: disable=g-import-not-at-top
+  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
+
+  model_dir = pathlib.Path(model_dir).resolve()
+  model_dir.mkdir(parents=True, exist_ok=True)
+  params = nnx.state(model, nnx.Param)
+  ckpt = model_dir / "params"
+  with ocp.StandardCheckpointer() as ckptr:
+    ckptr.save(ckpt, params, force=True)
+  atomic_write_json(model_dir / MODEL_JSON, {
+      "kind": "decoder",
+      "model_config": model_config,
+      "sid_tokens": {"offsets": list(sid_tokens.offsets),
+                     "sizes": list(sid_tokens.sizes)},
+      "prompt": prompt,
+  })
+
+
+def _load_decoder(model_dir: pathlib.Path, spec: dict[str, Any]):
+  """(DecoderScorer, params, SidTokens, prompt settings) of a model folder."""
+  from flax import nnx  # pylint: disable=g-import-not-at-top
+  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
+
+  from genrec_jax.models import decoder as decoder_lib  # pylint: disable=g-import-not-at-top
+
+  cfg = decoder_lib.DecoderConfig(**spec["model_config"])
+  abstract = nnx.eval_shape(lambda: decoder_lib.Decoder(cfg, rngs=nnx.Rngs(0)))
+  graphdef, abstract_params, rest = nnx.split(abstract, nnx.Param, ...)
+  with ocp.StandardCheckpointer() as ckptr:
+    params = ckptr.restore(model_dir / "params", abstract_params)
+  sid = bs.SidTokens(tuple(spec["sid_tokens"]["offsets"]),
+                     tuple(spec["sid_tokens"]["sizes"]))
+  scorer = bs.DecoderScorer(graphdef, vocab_size=cfg.vocab_size)
+  return scorer, (params, rest), sid, dict(spec.get("prompt", {}))
+
+
+def run(config, workdir) -> dict[str, Any]:
+  """The evaluate stage: constrained beam search over a split.
+
+  Reads WORKDIR/dataset, WORKDIR/<config.sids_dir>/item_sids.json and
+  WORKDIR/<config.model>/model.json; writes WORKDIR/<config.model>/
+  metrics.json (existing keys of other splits are kept).
+  """
+  workdir = pathlib.Path(workdir)
+  model_dir = workdir / config.model
+  spec_path = model_dir / MODEL_JSON
+  if not spec_path.exists():
+    raise FileNotFoundError(
+        f"{spec_path}: no generative model to evaluate (the folder needs a "
+        "model.json written by the training stage or save_decoder_model)")
+  try:
+    spec = json.loads(spec_path.read_text())
+  except json.JSONDecodeError as e:
+    raise ValueError(f"{spec_path}: {e}") from None
+  kind = spec.get("kind")
+  if kind != "decoder":
+    raise ValueError(f"{spec_path}: field 'kind' = {kind!r}; this stage can "
+                     "evaluate 'decoder' models")
+  ds = Dataset.load(workdir / "dataset")
+  trie = trie_lib.load_trie(workdir / config.sids_dir / "item_sids.json",
+                            num_items=ds.num_items)
+  scorer, params, sid, prompt = _load_decoder(model_dir, spec)
+  max_history = int(config.max_history or prompt.get("max_history", 20))
+  item_tokens = np.where(trie.codes >= 0, sid.tokens(np.maximum(trie.codes, 0)),
+                         -1)
+  if config.split not in ("test", "valid"):
+    raise ValueError(f"config field 'split': {config.split!r} is not 'test' "
+                     "or 'valid'")
+  examples = ds.test if config.split == "test" else ds.valid
+  if examples is None:
+    raise ValueError(f"{workdir / 'dataset'}: the dataset has no "
+                     f"{config.split} split")
+  if config.max_rows:
+    examples = take_examples(examples, np.arange(min(config.max_rows,
+                                                     len(examples))))
+
+  def search_fn(batch: EvalExamples) -> np.ndarray:
+    prompts = sid_history_prompts(
+        batch.history, item_tokens, max_history=max_history,
+        bos_id=prompt.get("bos_id"), pad_id=int(prompt.get("pad_id", 0)))
+    res = bs.beam_search(scorer, params, prompts, trie,
+                         beam_size=config.beam_size, top_n=config.top_n,
+                         sid_tokens=sid)
+    return np.asarray(res.items)
+
+  prefix = f"{config.split}/"
+  out = evaluate_generative(search_fn, examples,
+                            is_valid_item=trie.is_valid_item,
+                            batch_size=config.batch_size, prefix=prefix)
+  out["beam_size"] = int(config.beam_size)
+  if out["invalid_rate"] != 0.0:
+    logging.error("invalid_rate %.4f != 0: the constrained search returned "
+                  "items outside the trie", out["invalid_rate"])
+  path = model_dir / "metrics.json"
+  merged = {}
+  if path.exists():
+    try:
+      merged = json.loads(path.read_text())
+    except json.JSONDecodeError:
+      merged = {}
+  merged = {k: v for k, v in merged.items() if not k.startswith(prefix)}
+  merged.update(out)
+  atomic_write_json(path, merged)
+  hr = out.get(f"{prefix}hr@10", math.nan)
+  logging.info("evaluate %s: %s hr@10 %.4f invalid_rate %g (%d rows, %.1fs)",
+               config.model, config.split, hr, out["invalid_rate"],
+               out["num_eval_users"], out["seconds"])
+  return out
