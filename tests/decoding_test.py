@@ -325,3 +325,183 @@ def test_sid_history_prompts():
   with pytest.raises(ValueError, match="row 1: empty prompt"):
     evaluate_lib.sid_history_prompts(hist, item_tokens, max_history=2,
                                      bos_id=None)
+
+
+# ---------------------------------------------------------------------------
+# Real KV-cache decoders (the benchmark's Qwen2-like stand-in) and T5 plumbing.
+
+import jax.numpy as jnp  # noqa: E402
+import ml_collections  # noqa: E402
+from flax import nnx  # noqa: E402
+
+from genrec_jax.benchmarks import beam_search as bench  # noqa: E402
+
+
+def _tiny_decoder(vocab=29, seed=0):
+  cfg = ml_collections.FrozenConfigDict(dict(
+      hidden=16, layers=2, heads=4, kv_heads=2, intermediate=24, vocab=vocab,
+      eps=1e-6, rope_theta=1e4))
+  model = bench.BenchDecoder(cfg, rngs=nnx.Rngs(seed))
+  # Larger weights than the 0.02 init so that log-probs are well separated.
+  graphdef, params = nnx.split(model)
+  params = jax.tree.map(lambda x: x * 8.0 if x.ndim > 1 else x, params)
+  return graphdef, params
+
+
+def _decoder_path_log_probs(graphdef, params, prompt, paths_tokens):
+  """Teacher-forced sum of full-vocab log-probs of each path after prompt."""
+  model = nnx.merge(graphdef, params)
+  p = len(paths_tokens)
+  seq = np.concatenate([np.tile(prompt, (p, 1)), paths_tokens], 1)
+  seq = jnp.asarray(seq, jnp.int32)
+  cache = model.init_cache(p, seq.shape[1])
+  logits, _ = model.prefill(seq, jnp.ones_like(seq, bool), cache)
+  logp = jax.nn.log_softmax(np.asarray(logits, np.float64), -1)
+  t = len(prompt)
+  total = np.zeros(p)
+  for l in range(paths_tokens.shape[1]):
+    total += logp[np.arange(p), t - 1 + l, paths_tokens[:, l]]
+  return total
+
+
+def test_decoder_exhaustive_search_equals_brute_force():
+  rng = np.random.default_rng(10)
+  sizes = (3, 4, 2)
+  codes = np.stack(np.unravel_index(rng.choice(24, 15, replace=False), sizes),
+                   1)
+  trie = trie_lib.build_trie(codes, sizes)
+  sid = bs.SidTokens.contiguous(sizes, base=7)
+  graphdef, params = _tiny_decoder(vocab=sid.end + 4)
+  scorer = bs.DecoderScorer(graphdef, vocab_size=sid.end + 4)
+  ids = rng.integers(1, 7, size=(2, 5)).astype(np.int32)
+  prompts = {"input_ids": ids, "attention_mask": np.ones_like(ids, bool)}
+  beam = _levels_max_prefixes(codes)
+  res = bs.beam_search(scorer, params, prompts, trie, beam_size=beam,
+                       top_n=6, sid_tokens=sid)
+  for b in range(2):
+    lp = _decoder_path_log_probs(graphdef, params, ids[b], sid.tokens(codes))
+    order = np.argsort(-lp)[:6]
+    np.testing.assert_array_equal(np.asarray(res.items[b]), order)
+    np.testing.assert_allclose(np.asarray(res.scores[b]), lp[order],
+                               rtol=1e-4, atol=1e-4)
+
+
+def test_decoder_left_padding_matches_single_prompts():
+  rng = np.random.default_rng(11)
+  sizes = (4, 3, 3)
+  codes = np.stack(np.unravel_index(rng.choice(36, 20, replace=False), sizes),
+                   1)
+  trie = trie_lib.build_trie(codes, sizes)
+  sid = bs.SidTokens.contiguous(sizes, base=5)
+  graphdef, params = _tiny_decoder(vocab=sid.end + 2, seed=1)
+  scorer = bs.DecoderScorer(graphdef, vocab_size=sid.end + 2)
+  lengths = [7, 3, 5]
+  rows = [rng.integers(1, 5, size=n).astype(np.int32) for n in lengths]
+  t = max(lengths)
+  ids = np.zeros((3, t), np.int32)
+  mask = np.zeros((3, t), bool)
+  for i, r in enumerate(rows):
+    ids[i, t - len(r):] = r
+    mask[i, t - len(r):] = True
+  batched = bs.beam_search(scorer, params, {"input_ids": ids,
+                                            "attention_mask": mask}, trie,
+                           beam_size=5, sid_tokens=sid)
+  for i, r in enumerate(rows):
+    single = bs.beam_search(scorer, params, {
+        "input_ids": r[None], "attention_mask": np.ones((1, len(r)), bool)},
+                            trie, beam_size=5, sid_tokens=sid)
+    np.testing.assert_array_equal(np.asarray(batched.items[i]),
+                                  np.asarray(single.items[0]))
+    np.testing.assert_allclose(np.asarray(batched.scores[i]),
+                               np.asarray(single.scores[0]), rtol=1e-5,
+                               atol=1e-5)
+
+
+def test_decoder_rejects_malformed_prompts():
+  trie = trie_lib.build_trie(np.array([[0, 1], [1, 0]]), (2, 2))
+  sid = bs.SidTokens.contiguous((2, 2), base=3)
+  graphdef, params = _tiny_decoder(vocab=9)
+  good = np.array([[1, 2, 1]], np.int32)
+  for scorer, ids, mask, match in [
+      (bs.DecoderScorer(graphdef), good, np.zeros((1, 3), bool), "empty"),
+      (bs.DecoderScorer(graphdef, max_len=4), good, np.ones((1, 3), bool),
+       "cache length"),
+      (bs.DecoderScorer(graphdef, required_suffix=(2, 2)), good,
+       np.ones((1, 3), bool), "marker"),
+      (bs.DecoderScorer(graphdef, vocab_size=9), good + 8,
+       np.ones((1, 3), bool), "outside"),
+  ]:
+    with pytest.raises(ValueError, match=match):
+      bs.beam_search(scorer, params, {"input_ids": ids,
+                                      "attention_mask": mask}, trie,
+                     beam_size=2, sid_tokens=sid)
+  # SID tokens beyond the model vocabulary: caught at trace time.
+  with pytest.raises(ValueError, match="vocabulary"):
+    bs.beam_search(bs.DecoderScorer(graphdef), params,
+                   {"input_ids": good, "attention_mask": np.ones((1, 3), bool)},
+                   trie, beam_size=2,
+                   sid_tokens=bs.SidTokens.contiguous((2, 2), base=6))
+
+
+class _ToyT5(nnx.Module):
+  """Stand-in with the T5 API: logits from (encoder mean, last 2 tokens)."""
+
+  def __init__(self, vocab, d, *, rngs):
+    self.emb = nnx.Param(jax.random.normal(rngs.params(), (vocab, d)) * 2.0)
+    self.out = nnx.Param(jax.random.normal(rngs.params(), (3 * d, vocab)))
+
+  def encode(self, ids, mask):
+    return self.emb[...][ids] * mask[..., None]  # [B, S, D]
+
+  def init_cache(self, batch, max_len):
+    return {"tokens": jnp.zeros((batch, max_len), jnp.int32),
+            "index": jnp.zeros((batch,), jnp.int32)}
+
+  def decode_step(self, tokens, enc, mask, cache):
+    b = tokens.shape[0]
+    toks = cache["tokens"].at[jnp.arange(b), cache["index"]].set(tokens)
+    prev = toks[jnp.arange(b), jnp.maximum(cache["index"] - 1, 0)]
+    ctx = enc.sum(1) / mask.sum(1, keepdims=True)  # [B, D]
+    h = jnp.concatenate([ctx, self.emb[...][tokens], self.emb[...][prev]], -1)
+    return jnp.tanh(h) @ self.out[...], {"tokens": toks,
+                                         "index": cache["index"] + 1}
+
+
+def test_t5_scorer_exhaustive_equals_brute_force():
+  rng = np.random.default_rng(12)
+  sizes = (3, 3, 2)
+  codes = np.stack(np.unravel_index(rng.choice(18, 11, replace=False), sizes),
+                   1)
+  trie = trie_lib.build_trie(codes, sizes)
+  sid = bs.SidTokens.contiguous(sizes, base=2)
+  model = _ToyT5(sid.end + 1, 5, rngs=nnx.Rngs(0))
+  graphdef, params = nnx.split(model)
+  scorer = bs.T5Scorer(graphdef, start_token=0, vocab_size=sid.end + 1)
+  ids = rng.integers(1, sid.end, size=(2, 4)).astype(np.int32)
+  mask = np.array([[1, 1, 1, 0], [1, 1, 0, 0]], bool)
+  res = bs.beam_search(scorer, params, {"input_ids": ids,
+                                        "attention_mask": mask}, trie,
+                       beam_size=_levels_max_prefixes(codes), top_n=5,
+                       sid_tokens=sid)
+  toks = sid.tokens(codes)
+  for b in range(2):
+    p = len(codes)
+    enc = model.encode(jnp.asarray(ids[b:b + 1]).repeat(p, 0),
+                       jnp.asarray(mask[b:b + 1]).repeat(p, 0))
+    cache = model.init_cache(p, 4)
+    cur = jnp.zeros((p,), jnp.int32)
+    total = np.zeros(p)
+    m = jnp.asarray(mask[b:b + 1]).repeat(p, 0)
+    for l in range(3):
+      logits, cache = model.decode_step(cur, enc, m, cache)
+      logp = np.asarray(jax.nn.log_softmax(logits, -1), np.float64)
+      total += logp[np.arange(p), toks[:, l]]
+      cur = jnp.asarray(toks[:, l])
+    order = np.argsort(-total)[:5]
+    np.testing.assert_array_equal(np.asarray(res.items[b]), order)
+    np.testing.assert_allclose(np.asarray(res.scores[b]), total[order],
+                               rtol=1e-4, atol=1e-4)
+  with pytest.raises(ValueError, match="all padding"):
+    bs.beam_search(scorer, params, {"input_ids": ids,
+                                    "attention_mask": mask * False}, trie,
+                   beam_size=3, sid_tokens=sid)
