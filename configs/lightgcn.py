@@ -1,0 +1,71 @@
+"""LightGCN on the train user-item graph of WORKDIR/dataset.
+
+python -m binaries.train_lightgcn --config=configs/lightgcn.py:gowalla --workdir=runs/gowalla
+
+Variants: default (paper settings: d 64, 3 layers, lr 1e-3, batch 2048),
+gowalla (large batch + higher lr to converge within ~30 min on 2 CPU cores),
+tiny (tests).
+"""
+import ml_collections
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+  variant = arg or "default"
+  config = ml_collections.ConfigDict()
+  # Random seed for init and BPR sampling.
+  config.seed = 2020
+
+  config.model = ml_collections.ConfigDict()
+  # Embedding dimension.
+  config.model.dim = 64
+  # Propagation layers K (the output is the mean of layers 0..K).
+  config.model.num_layers = 3
+  # Std of the normal init of the layer-0 embeddings.
+  config.model.init_std = 0.1
+
+  config.train = ml_collections.ConfigDict()
+  # (user, positive, negative) triples per step; an epoch covers
+  # num_train_pairs samples.
+  config.train.batch_size = 2048
+  # Adam learning rate.
+  config.train.learning_rate = 1e-3
+  # L2 weight on the batch's layer-0 embeddings (1/2 sum of squares / batch).
+  config.train.decay = 1e-4
+  # Maximum epochs.
+  config.train.num_epochs = 1000
+  # Evaluate every this many epochs.
+  config.train.eval_every = 5
+  # Early stopping patience in evaluations (only with a validation split).
+  config.train.patience = 10
+  # Wall-clock budget in minutes for the training loop (0 = none).
+  config.train.max_minutes = 0.0
+  # Resume from WORKDIR/lightgcn/checkpoints when it exists.
+  config.train.resume = True
+
+  config.eval = ml_collections.ConfigDict()
+  # Cut-off of the ranked list (metrics at K <= k).
+  config.eval.k = 20
+  # Users scored per call.
+  config.eval.batch_size = 1024
+  # Also log test metrics at each evaluation (monitoring; never selects).
+  config.eval.monitor_test = True
+
+  if variant == "default":
+    pass
+  elif variant == "gowalla":
+    config.train.batch_size = 16384
+    config.train.learning_rate = 5e-3
+    config.train.num_epochs = 400
+    config.train.eval_every = 10
+    config.train.max_minutes = 27.0
+  elif variant == "tiny":  # used by tests: seconds on 2 CPU cores
+    config.model.dim = 7
+    config.model.num_layers = 2
+    config.train.batch_size = 16
+    config.train.learning_rate = 1e-2
+    config.train.num_epochs = 2
+    config.train.eval_every = 1
+    config.eval.batch_size = 8
+  else:
+    raise ValueError(f"configs/lightgcn.py: unknown variant {variant!r}")
+  return config
