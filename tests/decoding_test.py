@@ -331,17 +331,16 @@ def test_sid_history_prompts():
 # Real KV-cache decoders (the benchmark's Qwen2-like stand-in) and T5 plumbing.
 
 import jax.numpy as jnp  # noqa: E402
-import ml_collections  # noqa: E402
 from flax import nnx  # noqa: E402
 
-from genrec_jax.benchmarks import beam_search as bench  # noqa: E402
+from genrec_jax.decoding import reference_decoder  # noqa: E402
 
 
 def _tiny_decoder(vocab=29, seed=0):
-  cfg = ml_collections.FrozenConfigDict(dict(
+  cfg = reference_decoder.decoder_config(
       hidden=16, layers=2, heads=4, kv_heads=2, intermediate=24, vocab=vocab,
-      eps=1e-6, rope_theta=1e4))
-  model = bench.BenchDecoder(cfg, rngs=nnx.Rngs(seed))
+      rope_theta=1e4)
+  model = reference_decoder.ReferenceDecoder(cfg, rngs=nnx.Rngs(seed))
   # Larger weights than the 0.02 init so that log-probs are well separated.
   graphdef, params = nnx.split(model)
   params = jax.tree.map(lambda x: x * 8.0 if x.ndim > 1 else x, params)
@@ -505,3 +504,93 @@ def test_t5_scorer_exhaustive_equals_brute_force():
     bs.beam_search(scorer, params, {"input_ids": ids,
                                     "attention_mask": mask * False}, trie,
                    beam_size=3, sid_tokens=sid)
+
+
+# ---------------------------------------------------------------------------
+# The evaluate stage end to end (tiny synthetic workdir).
+
+import json as _json  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+
+from genrec_jax.data.dataset import Dataset  # noqa: E402
+
+
+def _tiny_workdir(tmp_path, rng, num_items=13, users=6):
+  seqs = [rng.choice(num_items, size=int(rng.integers(3, 6)),
+                     replace=False).tolist() for _ in range(users)]
+  test = EvalExamples(
+      users=np.arange(users, dtype=np.int32),
+      history=Ragged.from_lists([s[:-1] for s in seqs]),
+      targets=Ragged.from_lists([[s[-1]] for s in seqs]),
+      exclude=Ragged.from_lists([s[:-1] for s in seqs]))
+  ds = Dataset(
+      name="toy", num_users=users, num_items=num_items,
+      item_ids=[str(i) for i in range(num_items)],
+      user_ids=[str(u) for u in range(users)],
+      item_fields={"title": [f"item {i}" for i in range(num_items)]},
+      sequences=Ragged.from_lists(seqs), timestamps=None,
+      train=Ragged.from_lists([s[:-2] for s in seqs]), valid=None, test=test,
+      split="leave_one_out")
+  ds.save(tmp_path / "dataset")
+  sizes = (3, 3, 2)
+  codes = np.stack(np.unravel_index(
+      rng.choice(18, num_items, replace=False), sizes), 1)
+  (tmp_path / "sids").mkdir()
+  (tmp_path / "sids" / "item_sids.json").write_text(_json.dumps(
+      {str(i): c.tolist() for i, c in enumerate(codes)}))
+  (tmp_path / "sids" / "report.json").write_text(_json.dumps(
+      {"codebook_sizes": list(sizes)}))
+  sid = bs.SidTokens.contiguous(sizes, base=2)
+  model_config = dict(hidden=16, layers=2, heads=4, kv_heads=2,
+                      intermediate=24, vocab=sid.end, rope_theta=1e4)
+  model = reference_decoder.ReferenceDecoder(
+      reference_decoder.decoder_config(**model_config), rngs=nnx.Rngs(3))
+  evaluate_lib.save_model(tmp_path / "generative", "reference_decoder", model,
+                          model_config, sid,
+                          prompt={"max_history": 3, "bos_id": 1, "pad_id": 0})
+  return ds, codes, sid
+
+
+def test_evaluate_stage_end_to_end(tmp_path):
+  from configs import evaluate as evaluate_config  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(13)
+  ds, codes, sid = _tiny_workdir(tmp_path, rng)
+  config = evaluate_config.get_config("tiny")
+  out = evaluate_lib.run(config, tmp_path)
+  saved = _json.loads((tmp_path / "generative" / "metrics.json").read_text())
+  assert saved == out
+  assert out["invalid_rate"] == 0.0
+  assert out["num_eval_users"] == len(ds.test)
+  for k in (1, 3, 5):
+    assert 0.0 <= out[f"test/hr@{k}"] <= 1.0
+    assert f"test/ndcg@{k}" in out
+  # Same lists as calling the search directly on the same prompts.
+  trie = trie_lib.load_trie(tmp_path / "sids" / "item_sids.json",
+                            num_items=ds.num_items)
+  scorer, params, sid2, _ = evaluate_lib.load_model(
+      tmp_path / "generative",
+      _json.loads((tmp_path / "generative" / "model.json").read_text()))
+  assert sid2 == sid
+  item_tokens = sid.tokens(trie.codes)
+  prompts = evaluate_lib.sid_history_prompts(ds.test.history, item_tokens,
+                                             max_history=3, bos_id=1)
+  res = bs.beam_search(scorer, params, prompts, trie, beam_size=5,
+                       sid_tokens=sid)
+  ranks = evaluate_lib.metrics_lib.ranks_from_lists(np.asarray(res.items),
+                                                    ds.test.targets)
+  want = evaluate_lib.metrics_lib.metrics_from_ranks(ranks, None, (1, 3, 5),
+                                                     "test/")
+  for k, v in want.items():
+    assert out[k] == pytest.approx(v), k
+
+
+def test_evaluate_binary_reports_bad_input(tmp_path):
+  proc = subprocess.run(
+      [sys.executable, "-m", "binaries.evaluate",
+       "--config=configs/evaluate.py:tiny", f"--workdir={tmp_path}"],
+      capture_output=True, text=True, cwd=str(
+          __import__("pathlib").Path(__file__).resolve().parents[1]),
+      check=False)
+  assert proc.returncode != 0
+  assert "model.json" in proc.stderr

@@ -17,11 +17,13 @@ Library entry points:
   folder `WORKDIR/<model>/` and writes `WORKDIR/<model>/metrics.json`.
 
 What the stage can load today (the generative training stage does not exist
-yet): a model folder written by `save_decoder_model` -- `model.json`
-(`kind: "decoder"`, the decoder config, the SID token layout and the prompt
-settings) plus `params/` (an orbax checkpoint of the NNX params), scored
-with `DecoderScorer` on SID-history prompts. The later training stage can
-either write that folder or plug its own `search_fn` into
+yet): a model folder written by `save_model` -- `model.json` (`kind`, the
+model config, the SID token layout `sid_tokens` and the prompt settings)
+plus `params/` (an orbax checkpoint of the NNX params). The only kind wired
+is "reference_decoder" (genrec_jax.decoding.reference_decoder, a Qwen2-style
+decoder over SID tokens), scored with `DecoderScorer` on SID-history prompts
+(`sid_history_prompts`). The later training stage can either write such a
+folder (adding its kind to `_build_model`) or plug its own `search_fn` into
 `evaluate_generative`.
 """
 
@@ -34,6 +36,7 @@ import time
 from typing import Any, Callable
 
 from absl import logging
+import jax
 import numpy as np
 
 from genrec_jax.data.dataset import Dataset, EvalExamples, Ragged
@@ -186,17 +189,36 @@ def sid_history_prompts(
 
 MODEL_JSON = "model.json"
 
+# Model kinds the stage can rebuild from model.json: kind -> factory(config
+# dict) -> nnx.Module with the DecoderScorer API.
+_KINDS = ("reference_decoder",)
 
-def save_decoder_model(model_dir: str | pathlib.Path, model, model_config:
-                       dict[str, Any], sid_tokens: bs.SidTokens, *,
-                       prompt: dict[str, Any]) -> None:
-  """Writes a decoder model folder the `evaluate` stage can load.
+
+def _build_model(kind: str, model_config: dict[str, Any], where: str):
+  from flax import nnx  # pylint: disable=g-import-not-at-top
+
+  from genrec_jax.decoding import reference_decoder  # pylint: disable=g-import-not-at-top
+
+  if kind == "reference_decoder":
+    try:
+      cfg = reference_decoder.decoder_config(**model_config)
+    except (TypeError, ValueError) as e:
+      raise ValueError(f"{where}: field 'model_config': {e}") from None
+    return reference_decoder.ReferenceDecoder(cfg, rngs=nnx.Rngs(0)), cfg
+  raise ValueError(f"{where}: field 'kind' = {kind!r}; this stage can "
+                   f"evaluate {list(_KINDS)}")
+
+
+def save_model(model_dir: str | pathlib.Path, kind: str, model,
+               model_config: dict[str, Any], sid_tokens: bs.SidTokens, *,
+               prompt: dict[str, Any]) -> None:
+  """Writes a model folder the `evaluate` stage can load.
 
   Args:
     model_dir: folder to write (`model.json` + `params/`).
-    model: a genrec_jax.models.decoder model.
-    model_config: keyword arguments that rebuild the model's config
-      (`decoder.DecoderConfig(**model_config)`).
+    kind: one of _KINDS ("reference_decoder").
+    model: the NNX model.
+    model_config: keyword arguments that rebuild the model's config.
     sid_tokens: SID token layout in the model vocabulary.
     prompt: {"max_history": int, "bos_id": int|None, "pad_id": int}.
   """
@@ -205,35 +227,39 @@ def save_decoder_model(model_dir: str | pathlib.Path, model, model_config:
 
   model_dir = pathlib.Path(model_dir).resolve()
   model_dir.mkdir(parents=True, exist_ok=True)
-  params = nnx.state(model, nnx.Param)
-  ckpt = model_dir / "params"
   with ocp.StandardCheckpointer() as ckptr:
-    ckptr.save(ckpt, params, force=True)
+    ckptr.save(model_dir / "params", nnx.state(model, nnx.Param), force=True)
   atomic_write_json(model_dir / MODEL_JSON, {
-      "kind": "decoder",
-      "model_config": model_config,
+      "kind": kind,
+      "model_config": dict(model_config),
       "sid_tokens": {"offsets": list(sid_tokens.offsets),
                      "sizes": list(sid_tokens.sizes)},
       "prompt": prompt,
   })
 
 
-def _load_decoder(model_dir: pathlib.Path, spec: dict[str, Any]):
+def load_model(model_dir: pathlib.Path, spec: dict[str, Any]):
   """(DecoderScorer, params, SidTokens, prompt settings) of a model folder."""
   from flax import nnx  # pylint: disable=g-import-not-at-top
   import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
 
-  from genrec_jax.models import decoder as decoder_lib  # pylint: disable=g-import-not-at-top
-
-  cfg = decoder_lib.DecoderConfig(**spec["model_config"])
-  abstract = nnx.eval_shape(lambda: decoder_lib.Decoder(cfg, rngs=nnx.Rngs(0)))
-  graphdef, abstract_params, rest = nnx.split(abstract, nnx.Param, ...)
+  where = str(model_dir / MODEL_JSON)
+  for field in ("model_config", "sid_tokens"):
+    if field not in spec:
+      raise ValueError(f"{where}: missing field {field!r}")
+  model, cfg = _build_model(spec.get("kind"), spec["model_config"], where)
+  graphdef, abstract, rest = nnx.split(model, nnx.Param, ...)
+  abstract = jax.tree.map(
+      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), abstract)
   with ocp.StandardCheckpointer() as ckptr:
-    params = ckptr.restore(model_dir / "params", abstract_params)
-  sid = bs.SidTokens(tuple(spec["sid_tokens"]["offsets"]),
-                     tuple(spec["sid_tokens"]["sizes"]))
-  scorer = bs.DecoderScorer(graphdef, vocab_size=cfg.vocab_size)
-  return scorer, (params, rest), sid, dict(spec.get("prompt", {}))
+    params = ckptr.restore(model_dir / "params", abstract)
+  try:
+    sid = bs.SidTokens(tuple(spec["sid_tokens"]["offsets"]),
+                       tuple(spec["sid_tokens"]["sizes"]))
+  except (KeyError, TypeError, ValueError) as e:
+    raise ValueError(f"{where}: field 'sid_tokens': {e}") from None
+  scorer = bs.DecoderScorer(graphdef, vocab_size=int(cfg.vocab))
+  return scorer, (params, rest), sid, dict(spec.get("prompt") or {})
 
 
 def run(config, workdir) -> dict[str, Any]:
@@ -249,19 +275,15 @@ def run(config, workdir) -> dict[str, Any]:
   if not spec_path.exists():
     raise FileNotFoundError(
         f"{spec_path}: no generative model to evaluate (the folder needs a "
-        "model.json written by the training stage or save_decoder_model)")
+        "model.json written by the training stage or save_model)")
   try:
     spec = json.loads(spec_path.read_text())
   except json.JSONDecodeError as e:
     raise ValueError(f"{spec_path}: {e}") from None
-  kind = spec.get("kind")
-  if kind != "decoder":
-    raise ValueError(f"{spec_path}: field 'kind' = {kind!r}; this stage can "
-                     "evaluate 'decoder' models")
   ds = Dataset.load(workdir / "dataset")
   trie = trie_lib.load_trie(workdir / config.sids_dir / "item_sids.json",
                             num_items=ds.num_items)
-  scorer, params, sid, prompt = _load_decoder(model_dir, spec)
+  scorer, params, sid, prompt = load_model(model_dir, spec)
   max_history = int(config.max_history or prompt.get("max_history", 20))
   item_tokens = np.where(trie.codes >= 0, sid.tokens(np.maximum(trie.codes, 0)),
                          -1)
