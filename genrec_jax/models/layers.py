@@ -1,0 +1,218 @@
+"""Shared transformer maths: parameters, norms, RoPE, attention, MLPs.
+
+The models in this package keep each layer's weights stacked on a leading
+"layers" axis (one `nnx.Param` per weight kind, `[L, ...]`) and run the blocks
+with `jax.lax.scan`, so compile time does not grow with depth. The per-layer
+maths below are pure functions of arrays, shared by the decoder (Qwen2/Llama),
+T5 and BERT.
+
+Logical axis names used on parameters (mapped to mesh axes by the rules in
+`genrec_jax/training/sharding.py`):
+  layers, vocab, embed, heads, kv_heads, kv, mlp, norm, pos, buckets.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Callable, Sequence
+
+from flax import nnx
+import jax
+import jax.numpy as jnp
+
+Array = jax.Array
+
+# Additive mask value; finite so that fully masked rows stay NaN-free.
+NEG_INF = -1e9
+
+
+def param(rngs: nnx.Rngs | None, init: Callable[..., Array],
+          shape: Sequence[int], axes: Sequence[str | None],
+          dtype: Any) -> nnx.Param:
+  """A parameter annotated with logical axis names.
+
+  Under `jax.set_mesh(mesh)` + `nnx.logical_axis_rules(rules)` the value is
+  placed with the resolved sharding at creation; without a mesh the names are
+  kept as metadata only (eager sharding would otherwise raise).
+
+  Args:
+    rngs: the params stream is used for the random init.
+    init: a jax initializer `init(key, shape, dtype)`.
+    shape: the parameter shape.
+    axes: one logical name (or None) per dimension.
+    dtype: the parameter dtype.
+
+  Returns:
+    The `nnx.Param`, with `out_sharding=axes` metadata.
+  """
+  if len(axes) != len(shape):
+    raise ValueError(f"axes {axes} do not match shape {shape}")
+  key = rngs.params() if rngs is not None else jax.random.key(0)
+  value = init(key, tuple(shape), dtype)
+  if jax.sharding.get_abstract_mesh().empty:
+    with nnx.use_eager_sharding(False):
+      return nnx.Param(value, out_sharding=tuple(axes))
+  return nnx.Param(value, out_sharding=tuple(axes))
+
+
+def normal(stddev: float = 0.02) -> Callable[..., Array]:
+  return jax.nn.initializers.normal(stddev)
+
+
+ZEROS = jax.nn.initializers.zeros
+ONES = jax.nn.initializers.ones
+
+
+def stacked(module: nnx.Module) -> dict[str, Array]:
+  """The module's direct `nnx.Param` attributes as a dict of arrays."""
+  out = {}
+  for name, value in vars(module).items():
+    if isinstance(value, nnx.Param):
+      out[name] = value[...]
+  return out
+
+
+def rms_norm(x: Array, scale: Array, eps: float) -> Array:
+  """RMSNorm (Llama/Qwen2/T5): computed in float32, cast back to x.dtype."""
+  x32 = x.astype(jnp.float32)
+  var = jnp.mean(x32 * x32, axis=-1, keepdims=True)
+  y = x32 * jax.lax.rsqrt(var + eps)
+  return (y * scale.astype(jnp.float32)).astype(x.dtype)
+
+
+def layer_norm(x: Array, scale: Array, bias: Array, eps: float) -> Array:
+  """LayerNorm (BERT): computed in float32, cast back to x.dtype."""
+  x32 = x.astype(jnp.float32)
+  mean = jnp.mean(x32, axis=-1, keepdims=True)
+  var = jnp.mean(jnp.square(x32 - mean), axis=-1, keepdims=True)
+  y = (x32 - mean) * jax.lax.rsqrt(var + eps)
+  return (y * scale.astype(jnp.float32) + bias.astype(jnp.float32)).astype(
+      x.dtype)
+
+
+def activation(name: str) -> Callable[[Array], Array]:
+  """HF activation names -> functions."""
+  if name == "gelu":  # exact erf GELU (BERT)
+    return lambda x: jax.nn.gelu(x, approximate=False)
+  if name in ("gelu_new", "gelu_pytorch_tanh", "gelu_fast"):
+    return lambda x: jax.nn.gelu(x, approximate=True)
+  if name == "relu":
+    return jax.nn.relu
+  if name in ("silu", "swish"):
+    return jax.nn.silu
+  raise ValueError(f"unsupported activation {name!r}")
+
+
+def rope_tables(positions: Array, head_dim: int,
+                theta: float) -> tuple[Array, Array]:
+  """cos/sin tables for rotate-half RoPE (HF Llama/Qwen2 convention).
+
+  Args:
+    positions: int32 [B, T] position ids.
+    head_dim: H (even).
+    theta: the RoPE base (config `rope_theta`).
+
+  Returns:
+    (cos, sin), each float32 [B, T, H].
+  """
+  inv_freq = 1.0 / (theta**(jnp.arange(0, head_dim, 2, dtype=jnp.float32) /
+                            head_dim))  # [H/2]
+  freqs = positions.astype(jnp.float32)[..., None] * inv_freq  # [B, T, H/2]
+  emb = jnp.concatenate([freqs, freqs], axis=-1)  # [B, T, H]
+  return jnp.cos(emb), jnp.sin(emb)
+
+
+def apply_rope(x: Array, cos: Array, sin: Array) -> Array:
+  """Rotate-half RoPE on x [B, T, N, H] with tables [B, T, H]."""
+  x32 = x.astype(jnp.float32)
+  half = x.shape[-1] // 2
+  rot = jnp.concatenate([-x32[..., half:], x32[..., :half]], axis=-1)
+  y = x32 * cos[:, :, None, :] + rot * sin[:, :, None, :]
+  return y.astype(x.dtype)
+
+
+def attention(q: Array, k: Array, v: Array, mask: Array | None,
+              scale: float, bias: Array | None = None) -> Array:
+  """Grouped-query dot-product attention.
+
+  Args:
+    q: [B, T, N, H] queries.
+    k: [B, S, K, H] keys (N = K * G).
+    v: [B, S, K, H] values.
+    mask: bool [B, T, S] (True = may attend) or None.
+    scale: multiplier of the logits (1/sqrt(H); 1.0 for T5).
+    bias: optional additive float [B or 1, N, T, S] (T5 position bias).
+
+  Returns:
+    [B, T, N, H] in q.dtype.
+  """
+  b, t, n, h = q.shape
+  kh = k.shape[2]
+  g = n // kh
+  qg = q.reshape(b, t, kh, g, h)  # [B, T, K, G, H]
+  logits = jnp.einsum("BTKGH,BSKH->BKGTS", qg, k,
+                      preferred_element_type=jnp.float32) * scale
+  if bias is not None:
+    s = k.shape[1]
+    logits = logits + bias.astype(jnp.float32).reshape(-1, kh, g, t, s)
+  if mask is not None:
+    logits = jnp.where(mask[:, None, None, :, :], logits, NEG_INF)
+  probs = jax.nn.softmax(logits, axis=-1).astype(v.dtype)  # [B, K, G, T, S]
+  out = jnp.einsum("BKGTS,BSKH->BTKGH", probs, v)
+  return out.reshape(b, t, n, h)
+
+
+def dense(x: Array, kernel: Array, bias: Array | None = None) -> Array:
+  """x [..., D] @ kernel [D, F] (+ bias) with the kernel cast to x.dtype."""
+  y = jnp.einsum("...D,DF->...F", x, kernel.astype(x.dtype))
+  if bias is not None:
+    y = y + bias.astype(x.dtype)
+  return y
+
+
+def project_heads(x: Array, kernel: Array, bias: Array | None = None) -> Array:
+  """x [B, T, D] @ kernel [D, N, H] (+ bias [N, H]) -> [B, T, N, H]."""
+  y = jnp.einsum("BTD,DNH->BTNH", x, kernel.astype(x.dtype))
+  if bias is not None:
+    y = y + bias.astype(x.dtype)
+  return y
+
+
+def merge_heads(x: Array, kernel: Array, bias: Array | None = None) -> Array:
+  """x [B, T, N, H] @ kernel [N, H, D] (+ bias [D]) -> [B, T, D]."""
+  y = jnp.einsum("BTNH,NHD->BTD", x, kernel.astype(x.dtype))
+  if bias is not None:
+    y = y + bias.astype(x.dtype)
+  return y
+
+
+def swiglu(x: Array, gate: Array, up: Array, down: Array) -> Array:
+  """Llama/Qwen2 MLP: down(silu(gate x) * up x)."""
+  return dense(jax.nn.silu(dense(x, gate)) * dense(x, up), down)
+
+
+def causal_mask(t: int) -> Array:
+  """bool [T, T], True on and below the diagonal."""
+  return jnp.tril(jnp.ones((t, t), dtype=bool))
+
+
+def positions_from_mask(mask: Array) -> Array:
+  """Position ids counting only real tokens: cumsum(mask) - 1, floor 0.
+
+  Args:
+    mask: bool/int [B, T] (True = real token; prompts are left-padded).
+
+  Returns:
+    int32 [B, T].
+  """
+  return jnp.maximum(jnp.cumsum(mask.astype(jnp.int32), axis=-1) - 1, 0)
+
+
+def default_head_dim(hidden: int, heads: int) -> int:
+  if hidden % heads:
+    raise ValueError(f"hidden size {hidden} not divisible by {heads} heads")
+  return hidden // heads
+
+
+def inv_sqrt(h: int) -> float:
+  return 1.0 / math.sqrt(h)
