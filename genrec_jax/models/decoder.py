@@ -1,0 +1,382 @@
+"""Decoder-only LM for the Qwen2 and Llama families (SmolLM2 is a Llama).
+
+Grouped-query attention, rotate-half RoPE (theta from config), RMSNorm,
+SwiGLU, optional q/k/v bias (Qwen2), tied or untied embeddings. Layers are
+stacked and scanned.
+
+Full forward:   logits = model(input_ids)                    # f32 [B, T, V]
+Cached decode:  cache = model.init_cache(B, max_len)
+                logits, cache = model.prefill(ids, mask, cache)  # left-padded
+                logits, cache = model.decode_step(tokens, cache)  # f32 [B, V]
+
+The KV cache is a dict of batch-first arrays (gather beams with
+`jax.tree.map(lambda x: x[idx], cache)`):
+  k, v   [B, L, S, K, H]  keys/values per layer and slot
+  mask   bool [B, S]       slots holding a real token
+  index  int32 [B]         next slot to write
+  pos    int32 [B]         next position id (counts real tokens only)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Any
+
+from flax import nnx
+import jax
+import jax.numpy as jnp
+
+from genrec_jax.models import layers
+
+Array = jax.Array
+Cache = dict[str, Array]
+
+
+@dataclasses.dataclass(frozen=True)
+class DecoderConfig:
+  """Hyper-parameters of a Qwen2/Llama decoder."""
+  # Vocabulary size V.
+  vocab_size: int = 151936
+  # Model width D.
+  hidden_size: int = 896
+  # SwiGLU width F.
+  intermediate_size: int = 4864
+  # Number of blocks L.
+  num_layers: int = 24
+  # Query heads N.
+  num_heads: int = 14
+  # Key/value heads K (N % K == 0).
+  num_kv_heads: int = 2
+  # Head dim H (None: hidden_size // num_heads).
+  head_dim: int | None = None
+  # RoPE base.
+  rope_theta: float = 10000.0
+  # RMSNorm epsilon.
+  rms_norm_eps: float = 1e-6
+  # Output head shares the input embedding.
+  tie_word_embeddings: bool = True
+  # Bias on the q/k/v projections (Qwen2: always).
+  attention_bias: bool = False
+  # Bias on the output projection (Llama attention_bias=True).
+  o_bias: bool = False
+  # Bias on the MLP projections (Llama mlp_bias).
+  mlp_bias: bool = False
+  # Context length recorded in config.json.
+  max_position_embeddings: int = 2048
+  # "qwen2" or "llama" (what save_pretrained writes).
+  model_type: str = "qwen2"
+  # Special token ids (metadata only).
+  bos_token_id: int | None = None
+  eos_token_id: int | None = None
+  pad_token_id: int | None = None
+  # Parameter / compute dtype.
+  dtype: Any = jnp.float32
+
+  def __post_init__(self):
+    if self.head_dim is None:
+      object.__setattr__(self, "head_dim",
+                         layers.default_head_dim(self.hidden_size,
+                                                 self.num_heads))
+    if self.num_heads % self.num_kv_heads:
+      raise ValueError(f"num_heads {self.num_heads} not divisible by "
+                       f"num_kv_heads {self.num_kv_heads}")
+    if self.model_type not in ("qwen2", "llama"):
+      raise ValueError(f"model_type must be qwen2 or llama, got "
+                       f"{self.model_type!r}")
+
+  @classmethod
+  def from_hf(cls, d: dict[str, Any], **overrides) -> "DecoderConfig":
+    """From an HF Qwen2/Llama config.json dict."""
+    mtype = d.get("model_type", "llama")
+    rope = d.get("rope_scaling") or {}
+    params = d.get("rope_parameters") or {}
+    rtype = rope.get("rope_type", rope.get("type")) or params.get(
+        "rope_type", "default")
+    if rtype not in (None, "default"):
+      raise ValueError(f"config.json: rope type {rtype!r} is not supported")
+    if d.get("use_sliding_window"):
+      raise ValueError("config.json: use_sliding_window is not supported")
+    if d.get("hidden_act", "silu") != "silu":
+      raise ValueError(f"config.json: hidden_act {d['hidden_act']!r} "
+                       "is not supported")
+    theta = d.get("rope_theta", params.get("rope_theta", 10000.0))
+    n = d["num_attention_heads"]
+    llama_bias = bool(d.get("attention_bias", False))
+    kw = dict(
+        vocab_size=d["vocab_size"], hidden_size=d["hidden_size"],
+        intermediate_size=d["intermediate_size"],
+        num_layers=d["num_hidden_layers"], num_heads=n,
+        num_kv_heads=d.get("num_key_value_heads") or n,
+        head_dim=d.get("head_dim"), rope_theta=float(theta),
+        rms_norm_eps=float(d.get("rms_norm_eps", 1e-6)),
+        tie_word_embeddings=bool(d.get("tie_word_embeddings", False)),
+        attention_bias=True if mtype == "qwen2" else llama_bias,
+        o_bias=False if mtype == "qwen2" else llama_bias,
+        mlp_bias=bool(d.get("mlp_bias", False)) if mtype == "llama" else False,
+        max_position_embeddings=d.get("max_position_embeddings", 2048),
+        model_type=mtype, bos_token_id=d.get("bos_token_id"),
+        eos_token_id=d.get("eos_token_id"), pad_token_id=d.get("pad_token_id"))
+    if isinstance(kw["eos_token_id"], list):
+      kw["eos_token_id"] = kw["eos_token_id"][0]
+    kw.update(overrides)
+    return cls(**kw)
+
+  def to_hf(self) -> dict[str, Any]:
+    """config.json for transformers."""
+    arch = {"qwen2": "Qwen2ForCausalLM", "llama": "LlamaForCausalLM"}
+    if self.model_type == "qwen2" and not (self.attention_bias and
+                                           not self.o_bias and
+                                           not self.mlp_bias):
+      raise ValueError("qwen2 needs attention_bias=True, o_bias=False, "
+                       "mlp_bias=False; use model_type='llama'")
+    if self.model_type == "llama" and self.attention_bias != self.o_bias:
+      raise ValueError("llama has one attention_bias flag for q/k/v and o")
+    d = dict(
+        architectures=[arch[self.model_type]], model_type=self.model_type,
+        vocab_size=self.vocab_size, hidden_size=self.hidden_size,
+        intermediate_size=self.intermediate_size,
+        num_hidden_layers=self.num_layers,
+        num_attention_heads=self.num_heads,
+        num_key_value_heads=self.num_kv_heads, head_dim=self.head_dim,
+        rope_theta=self.rope_theta, rms_norm_eps=self.rms_norm_eps,
+        tie_word_embeddings=self.tie_word_embeddings, hidden_act="silu",
+        max_position_embeddings=self.max_position_embeddings,
+        bos_token_id=self.bos_token_id, eos_token_id=self.eos_token_id,
+        pad_token_id=self.pad_token_id,
+        torch_dtype=jnp.dtype(self.dtype).name)
+    if self.model_type == "llama":
+      d.update(attention_bias=self.attention_bias, mlp_bias=self.mlp_bias)
+    return d
+
+
+class DecoderLayers(nnx.Module):
+  """All blocks' weights stacked on a leading layers axis."""
+
+  def __init__(self, cfg: DecoderConfig, *, rngs: nnx.Rngs):
+    L, D, F = cfg.num_layers, cfg.hidden_size, cfg.intermediate_size
+    N, K, H = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
+    dt, p, w = cfg.dtype, layers.param, layers.normal()
+    z, o = layers.ZEROS, layers.ONES
+    # HF: self_attn.{q,k,v,o}_proj
+    self.q = p(rngs, w, (L, D, N, H), ("layers", "embed", "heads", "kv"), dt)
+    self.k = p(rngs, w, (L, D, K, H), ("layers", "embed", "kv_heads", "kv"),
+               dt)
+    self.v = p(rngs, w, (L, D, K, H), ("layers", "embed", "kv_heads", "kv"),
+               dt)
+    self.o = p(rngs, w, (L, N, H, D), ("layers", "heads", "kv", "embed"), dt)
+    if cfg.attention_bias:
+      self.q_bias = p(rngs, z, (L, N, H), ("layers", "heads", "kv"), dt)
+      self.k_bias = p(rngs, z, (L, K, H), ("layers", "kv_heads", "kv"), dt)
+      self.v_bias = p(rngs, z, (L, K, H), ("layers", "kv_heads", "kv"), dt)
+    if cfg.o_bias:
+      self.o_bias = p(rngs, z, (L, D), ("layers", "norm"), dt)
+    # HF: mlp.{gate,up,down}_proj
+    self.gate = p(rngs, w, (L, D, F), ("layers", "embed", "mlp"), dt)
+    self.up = p(rngs, w, (L, D, F), ("layers", "embed", "mlp"), dt)
+    self.down = p(rngs, w, (L, F, D), ("layers", "mlp", "embed"), dt)
+    if cfg.mlp_bias:
+      self.gate_bias = p(rngs, z, (L, F), ("layers", "mlp"), dt)
+      self.up_bias = p(rngs, z, (L, F), ("layers", "mlp"), dt)
+      self.down_bias = p(rngs, z, (L, D), ("layers", "norm"), dt)
+    # HF: input_layernorm, post_attention_layernorm
+    self.attn_norm = p(rngs, o, (L, D), ("layers", "norm"), dt)
+    self.mlp_norm = p(rngs, o, (L, D), ("layers", "norm"), dt)
+
+
+def _mlp(h: Array, w: dict[str, Array]) -> Array:
+  g = layers.dense(h, w["gate"], w.get("gate_bias"))
+  u = layers.dense(h, w["up"], w.get("up_bias"))
+  return layers.dense(jax.nn.silu(g) * u, w["down"], w.get("down_bias"))
+
+
+class Decoder(nnx.Module):
+  """Qwen2/Llama causal LM."""
+
+  def __init__(self, config: DecoderConfig, *, rngs: nnx.Rngs):
+    self.config = config
+    D, V, dt = config.hidden_size, config.vocab_size, config.dtype
+    # HF: model.embed_tokens
+    self.embed = layers.param(rngs, layers.normal(), (V, D),
+                              ("vocab", "embed"), dt)
+    self.layers = DecoderLayers(config, rngs=rngs)
+    # HF: model.norm
+    self.final_norm = layers.param(rngs, layers.ONES, (D,), ("norm",), dt)
+    if not config.tie_word_embeddings:
+      # HF: lm_head
+      self.lm_head = layers.param(rngs, layers.normal(), (D, V),
+                                  ("embed", "vocab"), dt)
+
+  # -- pieces ---------------------------------------------------------------
+
+  def _qkv(self, h: Array, w: dict[str, Array], positions: Array):
+    cfg = self.config
+    q = layers.project_heads(h, w["q"], w.get("q_bias"))  # [B, T, N, H]
+    k = layers.project_heads(h, w["k"], w.get("k_bias"))  # [B, T, K, H]
+    v = layers.project_heads(h, w["v"], w.get("v_bias"))  # [B, T, K, H]
+    cos, sin = layers.rope_tables(positions, cfg.head_dim, cfg.rope_theta)
+    return layers.apply_rope(q, cos, sin), layers.apply_rope(k, cos, sin), v
+
+  def _head(self, h: Array) -> Array:
+    h = layers.rms_norm(h, self.final_norm[...], self.config.rms_norm_eps)
+    if self.config.tie_word_embeddings:
+      kernel = self.embed[...]  # [V, D]
+      return jnp.einsum("...D,VD->...V", h, kernel.astype(h.dtype),
+                        preferred_element_type=jnp.float32)
+    return jnp.einsum("...D,DV->...V", h, self.lm_head[...].astype(h.dtype),
+                      preferred_element_type=jnp.float32)
+
+  def _forward(self, input_ids: Array, attention_mask: Array):
+    """Returns (logits [B,T,V], k [L,B,T,K,H], v [L,B,T,K,H])."""
+    cfg = self.config
+    B, T = input_ids.shape
+    mask = attention_mask.astype(bool)  # [B, T]
+    positions = layers.positions_from_mask(mask)  # [B, T]
+    attn_mask = layers.causal_mask(T)[None] & mask[:, None, :]  # [B, T, S]
+    x = self.embed[...][input_ids].astype(cfg.dtype)  # [B, T, D]
+    eps, scale = cfg.rms_norm_eps, layers.inv_sqrt(cfg.head_dim)
+
+    def block(h, w):
+      a_in = layers.rms_norm(h, w["attn_norm"], eps)
+      q, k, v = self._qkv(a_in, w, positions)
+      a = layers.attention(q, k, v, attn_mask, scale)  # [B, T, N, H]
+      h = h + layers.merge_heads(a, w["o"], w.get("o_bias"))
+      h = h + _mlp(layers.rms_norm(h, w["mlp_norm"], eps), w)
+      return h, (k, v)
+
+    x, (ks, vs) = jax.lax.scan(block, x, layers.stacked(self.layers))
+    return self._head(x), ks, vs
+
+  # -- public API -----------------------------------------------------------
+
+  def __call__(self, input_ids: Array,
+               attention_mask: Array | None = None) -> Array:
+    """Full causal forward.
+
+    Args:
+      input_ids: int32 [B, T].
+      attention_mask: optional bool [B, T] (left padding; positions count
+        real tokens only).
+
+    Returns:
+      float32 [B, T, V] logits.
+    """
+    if attention_mask is None:
+      attention_mask = jnp.ones(input_ids.shape, bool)
+    return self._forward(input_ids, attention_mask)[0]
+
+  def init_cache(self, batch_size: int, max_len: int,
+                 dtype: Any = jnp.float32) -> Cache:
+    """An empty KV cache (every leaf batch-first)."""
+    cfg = self.config
+    shape = (batch_size, cfg.num_layers, max_len, cfg.num_kv_heads,
+             cfg.head_dim)
+    return {
+        "k": jnp.zeros(shape, dtype),  # [B, L, S, K, H]
+        "v": jnp.zeros(shape, dtype),  # [B, L, S, K, H]
+        "mask": jnp.zeros((batch_size, max_len), bool),  # [B, S]
+        "index": jnp.zeros((batch_size,), jnp.int32),  # [B]
+        "pos": jnp.zeros((batch_size,), jnp.int32),  # [B]
+    }
+
+  def prefill(self, input_ids: Array, attention_mask: Array,
+              cache: Cache) -> tuple[Array, Cache]:
+    """Runs the (left-padded) prompt and fills slots [0, T) of a fresh cache.
+
+    Args:
+      input_ids: int32 [B, T].
+      attention_mask: bool [B, T], False on left padding.
+      cache: from `init_cache` (S >= T).
+
+    Returns:
+      (logits float32 [B, T, V], cache); logits[:, -1] is the next-token
+      distribution.
+    """
+    B, T = input_ids.shape
+    S = cache["mask"].shape[1]
+    if T > S:
+      raise ValueError(f"prompt length {T} > cache length {S}")
+    mask = attention_mask.astype(bool)
+    logits, ks, vs = self._forward(input_ids, mask)
+    dt = cache["k"].dtype
+    ks = jnp.moveaxis(ks, 0, 1).astype(dt)  # [B, L, T, K, H]
+    vs = jnp.moveaxis(vs, 0, 1).astype(dt)
+    new = {
+        "k": jax.lax.dynamic_update_slice_in_dim(cache["k"], ks, 0, axis=2),
+        "v": jax.lax.dynamic_update_slice_in_dim(cache["v"], vs, 0, axis=2),
+        "mask": jax.lax.dynamic_update_slice_in_dim(
+            jnp.zeros_like(cache["mask"]), mask, 0, axis=1),
+        "index": jnp.full((B,), T, jnp.int32),
+        "pos": jnp.sum(mask, axis=1, dtype=jnp.int32),
+    }
+    return logits, new
+
+  def decode_step(self, tokens: Array, cache: Cache) -> tuple[Array, Cache]:
+    """One token per row at the cache's write index.
+
+    Args:
+      tokens: int32 [B].
+      cache: the cache after `prefill` / previous steps.
+
+    Returns:
+      (logits float32 [B, V], cache).
+    """
+    cfg = self.config
+    B = tokens.shape[0]
+    S = cache["mask"].shape[1]
+    idx = cache["index"]  # [B]
+    rows = jnp.arange(B)
+    key_mask = cache["mask"] | (jnp.arange(S)[None] == idx[:, None])  # [B, S]
+    positions = cache["pos"][:, None]  # [B, 1]
+    x = self.embed[...][tokens][:, None].astype(cfg.dtype)  # [B, 1, D]
+    eps, scale = cfg.rms_norm_eps, layers.inv_sqrt(cfg.head_dim)
+    dt = cache["k"].dtype
+
+    def block(carry, xs):
+      h, kc, vc = carry
+      w, i = xs
+      a_in = layers.rms_norm(h, w["attn_norm"], eps)
+      q, k, v = self._qkv(a_in, w, positions)  # q [B, 1, N, H]
+      kc = kc.at[rows, i, idx].set(k[:, 0].astype(dt))  # [B, L, S, K, H]
+      vc = vc.at[rows, i, idx].set(v[:, 0].astype(dt))
+      kl = jax.lax.dynamic_index_in_dim(kc, i, axis=1, keepdims=False)
+      vl = jax.lax.dynamic_index_in_dim(vc, i, axis=1, keepdims=False)
+      a = layers.attention(q, kl.astype(q.dtype), vl.astype(q.dtype),
+                           key_mask[:, None, :], scale)  # [B, 1, N, H]
+      h = h + layers.merge_heads(a, w["o"], w.get("o_bias"))
+      h = h + _mlp(layers.rms_norm(h, w["mlp_norm"], eps), w)
+      return (h, kc, vc), None
+
+    xs = (layers.stacked(self.layers), jnp.arange(cfg.num_layers))
+    (x, kc, vc), _ = jax.lax.scan(block, (x, cache["k"], cache["v"]), xs)
+    logits = self._head(x[:, 0])  # [B, V]
+    new = {"k": kc, "v": vc, "mask": key_mask, "index": idx + 1,
+           "pos": cache["pos"] + 1}
+    return logits, new
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef", "max_new_tokens"))
+def _greedy(graphdef, state, input_ids, attention_mask, max_new_tokens):
+  model = nnx.merge(graphdef, state)
+  B, T = input_ids.shape
+  cache = model.init_cache(B, T + max_new_tokens, dtype=model.config.dtype)
+  logits, cache = model.prefill(input_ids, attention_mask, cache)
+  first = jnp.argmax(logits[:, -1], axis=-1).astype(jnp.int32)  # [B]
+
+  def step(carry, _):
+    tok, cache = carry
+    logits, cache = model.decode_step(tok, cache)
+    nxt = jnp.argmax(logits, axis=-1).astype(jnp.int32)
+    return (nxt, cache), tok
+
+  (_, _), toks = jax.lax.scan(step, (first, cache), None,
+                              length=max_new_tokens)
+  return toks.T  # [B, max_new_tokens]
+
+
+def greedy_generate(model: Decoder, input_ids: Array, attention_mask: Array,
+                    max_new_tokens: int) -> Array:
+  """Greedy continuation of left-padded prompts -> int32 [B, new]."""
+  graphdef, state = nnx.split(model)
+  return _greedy(graphdef, state, jnp.asarray(input_ids, jnp.int32),
+                 jnp.asarray(attention_mask, bool), max_new_tokens)

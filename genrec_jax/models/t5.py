@@ -1,0 +1,363 @@
+"""T5 encoder-decoder (v1.0 ReLU FFN and v1.1 gated-GELU FFN).
+
+Relative position buckets (bias computed once per stack and shared by its
+layers), no 1/sqrt(d) attention scaling, RMS layer norm without bias, and the
+tied head scaled by d_model**-0.5.
+
+  logits = model(encoder_ids, decoder_ids)               # f32 [B, T, V]
+  enc = model.encode(encoder_ids, encoder_mask)           # [B, S, D]
+  cache = model.init_cache(B, max_decode_len)
+  logits, cache = model.decode_step(tokens, enc, encoder_mask, cache)  # [B, V]
+
+The decode cache is a dict of batch-first arrays:
+  k, v   [B, L, T, N, H]  decoder self-attention keys/values
+  index  int32 [B]         number of decoder tokens already fed
+Cross-attention keys/values are recomputed from `enc` at each step.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any
+
+from flax import nnx
+import jax
+import jax.numpy as jnp
+
+from genrec_jax.models import layers
+
+Array = jax.Array
+Cache = dict[str, Array]
+
+
+@dataclasses.dataclass(frozen=True)
+class T5Config:
+  """T5 hyper-parameters (names follow HF `T5Config`)."""
+  # Vocabulary size V.
+  vocab_size: int = 32128
+  # Model width D.
+  d_model: int = 512
+  # Per-head width H (inner width is num_heads * d_kv).
+  d_kv: int = 64
+  # FFN width F.
+  d_ff: int = 2048
+  # Encoder blocks.
+  num_layers: int = 6
+  # Decoder blocks (None: same as num_layers).
+  num_decoder_layers: int | None = None
+  # Attention heads N.
+  num_heads: int = 8
+  # Relative position buckets and the distance where they saturate.
+  relative_attention_num_buckets: int = 32
+  relative_attention_max_distance: int = 128
+  # "relu" (v1.0) or "gated-gelu" (v1.1) ("gated-<act>" / "<act>").
+  feed_forward_proj: str = "relu"
+  # RMS norm epsilon.
+  layer_norm_epsilon: float = 1e-6
+  # Head shares `shared` (no separate lm_head).
+  tie_word_embeddings: bool = True
+  # Scale the decoder output by d_model**-0.5 before the head (T5 v1.0;
+  # None: same as tie_word_embeddings, the transformers 4.x rule).
+  scale_decoder_outputs: bool | None = None
+  # Decoder start / pad / eos ids.
+  decoder_start_token_id: int = 0
+  pad_token_id: int = 0
+  eos_token_id: int = 1
+  # Parameter / compute dtype.
+  dtype: Any = jnp.float32
+
+  def __post_init__(self):
+    if self.num_decoder_layers is None:
+      object.__setattr__(self, "num_decoder_layers", self.num_layers)
+    if self.scale_decoder_outputs is None:
+      object.__setattr__(self, "scale_decoder_outputs",
+                         self.tie_word_embeddings)
+    parts = self.feed_forward_proj.split("-")
+    if len(parts) > 2 or (len(parts) == 2 and parts[0] != "gated"):
+      raise ValueError(f"feed_forward_proj {self.feed_forward_proj!r}")
+    layers.activation(self.dense_act_fn)  # validates the name
+
+  @property
+  def is_gated_act(self) -> bool:
+    return self.feed_forward_proj.startswith("gated-")
+
+  @property
+  def dense_act_fn(self) -> str:
+    if self.feed_forward_proj == "gated-gelu":
+      return "gelu_new"  # as HF
+    return self.feed_forward_proj.split("-")[-1]
+
+  @classmethod
+  def from_hf(cls, d: dict[str, Any], **overrides) -> "T5Config":
+    names = {f.name for f in dataclasses.fields(cls)}
+    kw = {k: v for k, v in d.items() if k in names}
+    kw.setdefault("tie_word_embeddings", True)
+    # transformers 5 always ties and records the v1.0 scaling separately;
+    # 4.x used tie_word_embeddings for both.
+    kw.setdefault("scale_decoder_outputs", kw["tie_word_embeddings"])
+    if kw.get("decoder_start_token_id") is None:
+      kw["decoder_start_token_id"] = d.get("pad_token_id") or 0
+    kw.update(overrides)
+    return cls(**kw)
+
+  def to_hf(self) -> dict[str, Any]:
+    d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
+         if f.name != "dtype"}
+    d.update(architectures=["T5ForConditionalGeneration"], model_type="t5",
+             is_encoder_decoder=True, dropout_rate=0.0,
+             torch_dtype=jnp.dtype(self.dtype).name)
+    return d
+
+
+def relative_position_bucket(rel: Array, bidirectional: bool,
+                             num_buckets: int, max_distance: int) -> Array:
+  """HF T5 bucketing of rel = key_pos - query_pos -> int32 buckets."""
+  buckets = jnp.zeros_like(rel)
+  if bidirectional:
+    num_buckets //= 2
+    buckets = buckets + (rel > 0).astype(jnp.int32) * num_buckets
+    rel = jnp.abs(rel)
+  else:
+    rel = -jnp.minimum(rel, 0)
+  max_exact = num_buckets // 2
+  is_small = rel < max_exact
+  large = max_exact + (
+      jnp.log(jnp.maximum(rel, 1).astype(jnp.float32) / max_exact) /
+      math.log(max_distance / max_exact) *
+      (num_buckets - max_exact)).astype(jnp.int32)
+  large = jnp.minimum(large, num_buckets - 1)
+  return buckets + jnp.where(is_small, rel, large)
+
+
+class T5Layers(nnx.Module):
+  """One stack's blocks, weights stacked on a leading layers axis."""
+
+  def __init__(self, cfg: T5Config, num_layers: int, cross: bool, *,
+               rngs: nnx.Rngs):
+    L, D, F, N, H = (num_layers, cfg.d_model, cfg.d_ff, cfg.num_heads,
+                     cfg.d_kv)
+    dt, p, w, o = cfg.dtype, layers.param, layers.normal(0.05), layers.ONES
+    qkv_axes = ("layers", "embed", "heads", "kv")
+    out_axes = ("layers", "heads", "kv", "embed")
+    # HF: layer.0.SelfAttention.{q,k,v,o}, layer.0.layer_norm
+    self.self_q = p(rngs, w, (L, D, N, H), qkv_axes, dt)
+    self.self_k = p(rngs, w, (L, D, N, H), qkv_axes, dt)
+    self.self_v = p(rngs, w, (L, D, N, H), qkv_axes, dt)
+    self.self_o = p(rngs, w, (L, N, H, D), out_axes, dt)
+    self.self_norm = p(rngs, o, (L, D), ("layers", "norm"), dt)
+    if cross:
+      # HF: layer.1.EncDecAttention.{q,k,v,o}, layer.1.layer_norm
+      self.cross_q = p(rngs, w, (L, D, N, H), qkv_axes, dt)
+      self.cross_k = p(rngs, w, (L, D, N, H), qkv_axes, dt)
+      self.cross_v = p(rngs, w, (L, D, N, H), qkv_axes, dt)
+      self.cross_o = p(rngs, w, (L, N, H, D), out_axes, dt)
+      self.cross_norm = p(rngs, o, (L, D), ("layers", "norm"), dt)
+    # HF: layer.{1|2}.DenseReluDense.{wi|wi_0,wi_1,wo}, layer.{1|2}.layer_norm
+    if cfg.is_gated_act:
+      self.wi_0 = p(rngs, w, (L, D, F), ("layers", "embed", "mlp"), dt)
+      self.wi_1 = p(rngs, w, (L, D, F), ("layers", "embed", "mlp"), dt)
+    else:
+      self.wi = p(rngs, w, (L, D, F), ("layers", "embed", "mlp"), dt)
+    self.wo = p(rngs, w, (L, F, D), ("layers", "mlp", "embed"), dt)
+    self.ffn_norm = p(rngs, o, (L, D), ("layers", "norm"), dt)
+
+
+class T5Model(nnx.Module):
+  """T5ForConditionalGeneration."""
+
+  def __init__(self, config: T5Config, *, rngs: nnx.Rngs):
+    self.config = config
+    cfg = config
+    D, V, dt = cfg.d_model, cfg.vocab_size, cfg.dtype
+    nb = cfg.relative_attention_num_buckets
+    p = layers.param
+    # HF: shared (= encoder/decoder.embed_tokens)
+    self.shared = p(rngs, layers.normal(1.0), (V, D), ("vocab", "embed"), dt)
+    # HF: {encoder,decoder}.block.0.layer.0.SelfAttention.
+    #     relative_attention_bias
+    self.enc_rel_bias = p(rngs, layers.normal(0.1), (nb, cfg.num_heads),
+                          ("buckets", "heads"), dt)
+    self.dec_rel_bias = p(rngs, layers.normal(0.1), (nb, cfg.num_heads),
+                          ("buckets", "heads"), dt)
+    self.enc_layers = T5Layers(cfg, cfg.num_layers, False, rngs=rngs)
+    self.dec_layers = T5Layers(cfg, cfg.num_decoder_layers, True, rngs=rngs)
+    # HF: {encoder,decoder}.final_layer_norm
+    self.enc_final_norm = p(rngs, layers.ONES, (D,), ("norm",), dt)
+    self.dec_final_norm = p(rngs, layers.ONES, (D,), ("norm",), dt)
+    if not cfg.tie_word_embeddings:
+      # HF: lm_head
+      self.lm_head = p(rngs, layers.normal(), (D, V), ("embed", "vocab"), dt)
+
+  # -- pieces ---------------------------------------------------------------
+
+  def _ffn(self, h: Array, w: dict[str, Array]) -> Array:
+    act = layers.activation(self.config.dense_act_fn)
+    if self.config.is_gated_act:
+      x = act(layers.dense(h, w["wi_0"])) * layers.dense(h, w["wi_1"])
+    else:
+      x = act(layers.dense(h, w["wi"]))
+    return layers.dense(x, w["wo"])
+
+  def _pos_bias(self, table: Array, q_pos: Array, k_pos: Array,
+                bidirectional: bool) -> Array:
+    """[B or 1, N, T, S] bias from q_pos [B|1, T] and k_pos [S]."""
+    cfg = self.config
+    rel = k_pos[None, None, :] - q_pos[:, :, None]  # [B, T, S]
+    b = relative_position_bucket(rel, bidirectional,
+                                 cfg.relative_attention_num_buckets,
+                                 cfg.relative_attention_max_distance)
+    return jnp.moveaxis(table[b], -1, 1).astype(jnp.float32)  # [B, N, T, S]
+
+  def _head(self, h: Array) -> Array:
+    cfg = self.config
+    h = layers.rms_norm(h, self.dec_final_norm[...], cfg.layer_norm_epsilon)
+    if cfg.scale_decoder_outputs:
+      h = h * (cfg.d_model**-0.5)
+    if cfg.tie_word_embeddings:
+      return jnp.einsum("...D,VD->...V", h, self.shared[...].astype(h.dtype),
+                        preferred_element_type=jnp.float32)
+    return jnp.einsum("...D,DV->...V", h, self.lm_head[...].astype(h.dtype),
+                      preferred_element_type=jnp.float32)
+
+  def _cross(self, h: Array, w: dict[str, Array], enc: Array,
+             enc_mask: Array) -> Array:
+    eps = self.config.layer_norm_epsilon
+    x = layers.rms_norm(h, w["cross_norm"], eps)
+    q = layers.project_heads(x, w["cross_q"])  # [B, T, N, H]
+    k = layers.project_heads(enc, w["cross_k"])  # [B, S, N, H]
+    v = layers.project_heads(enc, w["cross_v"])
+    T = h.shape[1]
+    mask = jnp.broadcast_to(enc_mask[:, None, :],
+                            (enc.shape[0], T, enc.shape[1]))  # [B, T, S]
+    a = layers.attention(q, k, v, mask, 1.0)
+    return h + layers.merge_heads(a, w["cross_o"])
+
+  # -- public API -----------------------------------------------------------
+
+  def encode(self, encoder_ids: Array,
+             encoder_mask: Array | None = None) -> Array:
+    """Encoder stack.
+
+    Args:
+      encoder_ids: int32 [B, S].
+      encoder_mask: bool [B, S] (None: all tokens real).
+
+    Returns:
+      [B, S, D] encoder output (after the final norm), in the model dtype.
+    """
+    cfg = self.config
+    B, S = encoder_ids.shape
+    if encoder_mask is None:
+      encoder_mask = jnp.ones((B, S), bool)
+    mask = encoder_mask.astype(bool)
+    attn_mask = jnp.broadcast_to(mask[:, None, :], (B, S, S))
+    pos = jnp.arange(S)
+    bias = self._pos_bias(self.enc_rel_bias[...], pos[None], pos, True)
+    x = self.shared[...][encoder_ids].astype(cfg.dtype)  # [B, S, D]
+    eps = cfg.layer_norm_epsilon
+
+    def block(h, w):
+      a_in = layers.rms_norm(h, w["self_norm"], eps)
+      q = layers.project_heads(a_in, w["self_q"])
+      k = layers.project_heads(a_in, w["self_k"])
+      v = layers.project_heads(a_in, w["self_v"])
+      a = layers.attention(q, k, v, attn_mask, 1.0, bias)
+      h = h + layers.merge_heads(a, w["self_o"])
+      h = h + self._ffn(layers.rms_norm(h, w["ffn_norm"], eps), w)
+      return h, None
+
+    x, _ = jax.lax.scan(block, x, layers.stacked(self.enc_layers))
+    return layers.rms_norm(x, self.enc_final_norm[...], eps)
+
+  def decode(self, decoder_ids: Array, enc: Array,
+             encoder_mask: Array | None = None) -> Array:
+    """Teacher-forced decoder -> float32 [B, T, V] logits."""
+    cfg = self.config
+    B, T = decoder_ids.shape
+    if encoder_mask is None:
+      encoder_mask = jnp.ones(enc.shape[:2], bool)
+    enc_mask = encoder_mask.astype(bool)
+    pos = jnp.arange(T)
+    bias = self._pos_bias(self.dec_rel_bias[...], pos[None], pos, False)
+    causal = layers.causal_mask(T)[None]  # [1, T, T]
+    x = self.shared[...][decoder_ids].astype(cfg.dtype)  # [B, T, D]
+    eps = cfg.layer_norm_epsilon
+
+    def block(h, w):
+      a_in = layers.rms_norm(h, w["self_norm"], eps)
+      q = layers.project_heads(a_in, w["self_q"])
+      k = layers.project_heads(a_in, w["self_k"])
+      v = layers.project_heads(a_in, w["self_v"])
+      a = layers.attention(q, k, v, jnp.broadcast_to(causal, (B, T, T)), 1.0,
+                           bias)
+      h = h + layers.merge_heads(a, w["self_o"])
+      h = self._cross(h, w, enc, enc_mask)
+      h = h + self._ffn(layers.rms_norm(h, w["ffn_norm"], eps), w)
+      return h, None
+
+    x, _ = jax.lax.scan(block, x, layers.stacked(self.dec_layers))
+    return self._head(x)
+
+  def __call__(self, encoder_ids: Array, decoder_ids: Array,
+               encoder_mask: Array | None = None) -> Array:
+    """Teacher-forced forward -> float32 [B, T, V] logits."""
+    enc = self.encode(encoder_ids, encoder_mask)
+    return self.decode(decoder_ids, enc, encoder_mask)
+
+  def init_cache(self, batch_size: int, max_decode_len: int,
+                 dtype: Any = jnp.float32) -> Cache:
+    """Empty decoder self-attention cache (batch-first leaves)."""
+    cfg = self.config
+    shape = (batch_size, cfg.num_decoder_layers, max_decode_len,
+             cfg.num_heads, cfg.d_kv)
+    return {"k": jnp.zeros(shape, dtype), "v": jnp.zeros(shape, dtype),
+            "index": jnp.zeros((batch_size,), jnp.int32)}
+
+  def decode_step(self, tokens: Array, enc: Array, encoder_mask: Array,
+                  cache: Cache) -> tuple[Array, Cache]:
+    """Feeds one decoder token per row.
+
+    Args:
+      tokens: int32 [B] (the first step feeds decoder_start_token_id).
+      enc: [B, S, D] from `encode`.
+      encoder_mask: bool [B, S].
+      cache: from `init_cache` / the previous step.
+
+    Returns:
+      (logits float32 [B, V], cache).
+    """
+    cfg = self.config
+    B = tokens.shape[0]
+    T = cache["k"].shape[2]
+    idx = cache["index"]  # [B]
+    rows = jnp.arange(B)
+    slots = jnp.arange(T)
+    key_mask = (slots[None] <= idx[:, None])[:, None, :]  # [B, 1, T]
+    bias = self._pos_bias(self.dec_rel_bias[...], idx[:, None], slots, False)
+    enc_mask = encoder_mask.astype(bool)
+    x = self.shared[...][tokens][:, None].astype(cfg.dtype)  # [B, 1, D]
+    eps = cfg.layer_norm_epsilon
+    dt = cache["k"].dtype
+
+    def block(carry, xs):
+      h, kc, vc = carry
+      w, i = xs
+      a_in = layers.rms_norm(h, w["self_norm"], eps)
+      q = layers.project_heads(a_in, w["self_q"])  # [B, 1, N, H]
+      k = layers.project_heads(a_in, w["self_k"])
+      v = layers.project_heads(a_in, w["self_v"])
+      kc = kc.at[rows, i, idx].set(k[:, 0].astype(dt))  # [B, L, T, N, H]
+      vc = vc.at[rows, i, idx].set(v[:, 0].astype(dt))
+      kl = jax.lax.dynamic_index_in_dim(kc, i, axis=1, keepdims=False)
+      vl = jax.lax.dynamic_index_in_dim(vc, i, axis=1, keepdims=False)
+      a = layers.attention(q, kl.astype(q.dtype), vl.astype(q.dtype),
+                           key_mask, 1.0, bias)
+      h = h + layers.merge_heads(a, w["self_o"])
+      h = self._cross(h, w, enc, enc_mask)
+      h = h + self._ffn(layers.rms_norm(h, w["ffn_norm"], eps), w)
+      return (h, kc, vc), None
+
+    xs = (layers.stacked(self.dec_layers), jnp.arange(cfg.num_decoder_layers))
+    (x, kc, vc), _ = jax.lax.scan(block, (x, cache["k"], cache["v"]), xs)
+    return self._head(x[:, 0]), {"k": kc, "v": vc, "index": idx + 1}
