@@ -111,7 +111,9 @@ def plan_batches(lengths: np.ndarray, buckets: Sequence[int],
   """Groups texts by length bucket: a list of (bucket_len, batch, rows).
 
   Rows are sorted by length; each chunk has at most `batch` rows, where
-  batch = max(1, tokens_per_batch // bucket_len) is fixed per bucket.
+  batch = max(1, tokens_per_batch // bucket_len), or the next power of two
+  of the bucket's row count when that is smaller (few texts: small batches);
+  so every bucket has one fixed batch shape.
   """
   buckets = sorted(int(b) for b in buckets)
   order = np.argsort(lengths, kind="stable")
@@ -120,7 +122,10 @@ def plan_batches(lengths: np.ndarray, buckets: Sequence[int],
   plan = []
   for b, blen in enumerate(buckets):
     rows = order[which == b]
-    batch = max(1, tokens_per_batch // blen)
+    if not len(rows):
+      continue
+    batch = min(max(1, tokens_per_batch // blen),
+                1 << (len(rows) - 1).bit_length())
     for s in range(0, len(rows), batch):
       plan.append((blen, batch, rows[s:s + batch]))
   return plan
@@ -150,7 +155,10 @@ class BertEncoder:
     self.log_every = float(config.get("log_every", 10.0))
     model = weights.load_pretrained(self.model_dir)
     self.graphdef, self.state = nnx.split(model)
-    probe = self._run(np.zeros((1, 1), np.int32), np.ones((1, 1), np.int32))
+    probe = jax.eval_shape(
+        functools.partial(_forward, self.graphdef, normalize=self.normalize),
+        self.state, jax.ShapeDtypeStruct((1, 1), jnp.int32),
+        jax.ShapeDtypeStruct((1, 1), jnp.int32))  # traced, not compiled
     self.dim = int(probe.shape[-1])
 
   def _run(self, ids, mask):
