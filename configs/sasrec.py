@@ -3,7 +3,8 @@
 python -m binaries.train_sasrec --config=configs/sasrec.py:beauty --workdir=runs/beauty
 
 Variants: default (paper settings, BCE), beauty (CE loss, tuned for Amazon
-Beauty full ranking), beauty_bce (the paper's BCE loss on Beauty), tiny (tests).
+Beauty full ranking), beauty_bce (the paper's BCE loss on Beauty), demo
+(MovieLens-100K in a few minutes), tiny (tests).
 """
 import ml_collections
 
@@ -79,6 +80,16 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.train.eval_every = 2
     config.train.patience = 5
     config.train.max_minutes = 27.0
+  elif variant == "demo":  # make demo on MovieLens-100K: a few minutes
+    config.model.hidden_dim = 64
+    config.model.num_heads = 2
+    config.model.dropout = 0.2
+    config.train.loss = "ce"
+    config.train.batch_size = 128
+    config.train.num_epochs = 30
+    config.train.eval_every = 2
+    config.train.patience = 3
+    config.train.max_minutes = 3.0
   elif variant == "tiny":  # used by tests: seconds on 2 CPU cores
     config.model.hidden_dim = 12
     config.model.num_heads = 3
