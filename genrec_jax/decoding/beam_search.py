@@ -20,7 +20,7 @@ functions, `init(params, prompt) -> (state, logits[V])` (prefill one prompt;
 state leaves have a leading axis of 1) and `step(params, state, tokens[W]) ->
 (state, logits[W, V])` (one token per beam; leaves have a leading beam axis),
 plus `gather(state, beam_idx)` and a host-side `check_prompts(prompts,
-num_levels)`. Model parameters are jit *arguments* (`nnx.split` outside,
+num_new)` (num_new = tokens that will follow the prompt). Model parameters are jit *arguments* (`nnx.split` outside,
 `nnx.merge` inside); the scorer object itself is a static argument (it holds
 only hashable things such as an `nnx.GraphDef`).
 
@@ -63,10 +63,15 @@ class SidTokens:
   """Where the SID tokens live in the model vocabulary.
 
   Token of (level l, code c) = offsets[l] + c, for c < sizes[l].
+  `suffix`: tokens forced after the last level (e.g. the ids of "\n" and EOS
+  for MiniOneRec checkpoints). Every surviving beam is fed them and their
+  full-vocabulary log-probs are added to its score, which can reorder the
+  results exactly as HF beam search does (METHODS.md 3.3, pitfall 4).
   """
 
   offsets: tuple[int, ...]
   sizes: tuple[int, ...]
+  suffix: tuple[int, ...] = ()
 
   def __post_init__(self):
     if len(self.offsets) != len(self.sizes) or not self.offsets:
@@ -75,18 +80,27 @@ class SidTokens:
     if min(self.offsets) < 0 or min(self.sizes) < 1:
       raise ValueError(f"SidTokens: bad offsets {self.offsets} / sizes "
                        f"{self.sizes}")
+    if self.suffix and min(self.suffix) < 0:
+      raise ValueError(f"SidTokens: negative suffix token in {self.suffix}")
 
   @classmethod
-  def contiguous(cls, sizes: Sequence[int], base: int) -> SidTokens:
+  def contiguous(cls, sizes: Sequence[int], base: int,
+                 suffix: Sequence[int] = ()) -> SidTokens:
     """Level blocks laid out back to back from token `base`."""
     sizes = tuple(int(s) for s in sizes)
     offsets = tuple(int(base + s) for s in np.cumsum((0,) + sizes[:-1]))
-    return cls(offsets, sizes)
+    return cls(offsets, sizes, tuple(int(t) for t in suffix))
 
   @property
   def end(self) -> int:
-    """One past the largest SID token."""
-    return max(o + s for o, s in zip(self.offsets, self.sizes))
+    """One past the largest SID (or suffix) token."""
+    return max([o + s for o, s in zip(self.offsets, self.sizes)]
+               + [t + 1 for t in self.suffix])
+
+  @property
+  def num_new_tokens(self) -> int:
+    """Tokens fed to the model after the prompt (levels + suffix)."""
+    return len(self.sizes) + len(self.suffix)
 
   def tokens(self, codes: np.ndarray) -> np.ndarray:
     """int [..., L] codes -> int32 [..., L] token ids."""
@@ -137,7 +151,7 @@ class TableScorer:
   def gather(self, state, beam):
     return _gather_beams(state, beam)
 
-  def check_prompts(self, prompts, num_levels):
+  def check_prompts(self, prompts, num_new):
     prompts = np.asarray(prompts)
     if prompts.ndim != 1:
       raise ValueError(f"TableScorer prompts must be int [B], got "
@@ -235,7 +249,7 @@ class DecoderScorer:
     model = _merge(self.graphdef, params)
     ids = prompt["input_ids"][None]  # [1, T]
     mask = prompt["attention_mask"][None].astype(bool)  # [1, T]
-    max_len = self.max_len or ids.shape[1] + self._num_levels
+    max_len = self.max_len or ids.shape[1] + self._num_new
     cache = model.init_cache(1, max_len, jnp.dtype(self.cache_dtype))
     logits, cache = model.prefill(ids, mask, cache)  # [1, T, V]
     return cache, logits[0, -1]
@@ -248,17 +262,18 @@ class DecoderScorer:
   def gather(self, state, beam):
     return _gather_beams(state, beam)
 
-  def check_prompts(self, prompts, num_levels):
+  def check_prompts(self, prompts, num_new):
     check_left_padded(prompts["input_ids"], prompts["attention_mask"],
                       vocab_size=self.vocab_size, max_len=self.max_len,
-                      num_new=num_levels,
+                      num_new=num_new,
                       required_suffix=self.required_suffix)
 
   # Set by `with_levels`; the default cache length needs it at trace time.
-  _num_levels: int = 0
+  _num_new: int = 0
 
-  def with_levels(self, num_levels: int) -> DecoderScorer:
-    return dataclasses.replace(self, _num_levels=num_levels)
+  def with_levels(self, num_new: int) -> DecoderScorer:
+    """Copy that knows how many tokens follow the prompt (cache length)."""
+    return dataclasses.replace(self, _num_new=num_new)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -274,14 +289,14 @@ class T5Scorer:
   start_token: int = 0
   max_decode_len: int | None = None
   vocab_size: int | None = None
-  _num_levels: int = 0
+  _num_new: int = 0
 
   def init(self, params, prompt):
     model = _merge(self.graphdef, params)
     ids = prompt["input_ids"][None]  # [1, S]
     mask = prompt["attention_mask"][None].astype(bool)  # [1, S]
     enc = model.encode(ids, mask)  # [1, S, D]
-    cache = model.init_cache(1, self.max_decode_len or self._num_levels + 1)
+    cache = model.init_cache(1, self.max_decode_len or self._num_new + 1)
     start = jnp.full((1,), self.start_token, jnp.int32)
     logits, cache = model.decode_step(start, enc, mask, cache)  # [1, V]
     return (cache, enc, mask), logits[0]
@@ -299,7 +314,7 @@ class T5Scorer:
     cache, enc, mask = state
     return _gather_beams(cache, beam), enc, mask
 
-  def check_prompts(self, prompts, num_levels):
+  def check_prompts(self, prompts, num_new):
     ids = np.asarray(prompts["input_ids"])
     mask = np.asarray(prompts["attention_mask"]).astype(bool)
     if ids.ndim != 2 or mask.shape != ids.shape or ids.size == 0:
@@ -308,17 +323,17 @@ class T5Scorer:
     empty = np.flatnonzero(~mask.any(1))
     if len(empty):
       raise ValueError(f"encoder prompt row {empty[0]} is all padding")
-    if self.max_decode_len is not None and num_levels + 1 > (
-        self.max_decode_len):
-      raise ValueError(f"{num_levels} levels + start token exceed the decoder "
-                       f"cache length {self.max_decode_len}")
+    if self.max_decode_len is not None and num_new > self.max_decode_len:
+      raise ValueError(f"start token + {num_new - 1} decoder steps exceed the "
+                       f"decoder cache length {self.max_decode_len}")
     real = ids[mask]
     if (real < 0).any() or (self.vocab_size is not None and
                             (real >= self.vocab_size).any()):
       raise ValueError(f"encoder token ids outside [0, {self.vocab_size})")
 
-  def with_levels(self, num_levels: int) -> T5Scorer:
-    return dataclasses.replace(self, _num_levels=num_levels)
+  def with_levels(self, num_new: int) -> T5Scorer:
+    """Copy that knows how many tokens are decoded (cache length)."""
+    return dataclasses.replace(self, _num_new=num_new)
 
 
 # ----------------------------------------------------------------------------
@@ -338,6 +353,9 @@ def _next_states(tables: TrieTables, state, level, c_max: int):
   s_dense = tables.dense_next.shape[0]
   # Dense levels: one row lookup.
   dense = tables.dense_next[jnp.clip(state, 0, s_dense - 1)]  # [W, C']
+  if dense.shape[1] > c_max:
+    raise ValueError(f"trie codebooks ({dense.shape[1]} codes) are wider than "
+                     f"the SID token blocks ({c_max})")
   if dense.shape[1] < c_max:  # SID blocks wider than the trie's codebooks
     dense = jnp.pad(dense, ((0, 0), (0, c_max - dense.shape[1])),
                     constant_values=-1)  # [W, C]
@@ -406,11 +424,24 @@ def _search_one(scorer, params, prompt, tables: TrieTables, *,
   carry = (sstate, logits, scores, tstate, seqs)
   if num_levels > 1:
     carry, _ = jax.lax.scan(body, carry, jnp.arange(num_levels - 1))
-  _, logits, scores, tstate, seqs = carry
+  sstate, logits, scores, tstate, seqs = carry
   last = num_levels - 1
-  scores, beam, code, items, alive = select(last, logits, scores, tstate,
-                                            top_n)
-  codes = seqs[beam].at[:, last].set(code)  # [N, L]
+  suffix = sid_tokens.suffix
+  scores, beam, code, items, alive = select(
+      last, logits, scores, tstate, w if suffix else top_n)
+  codes = seqs[beam].at[:, last].set(code)  # [N, L] (N = W with a suffix)
+  if suffix:
+    # Forced tokens: one continuation per beam, so the beam set is final;
+    # only the scores (and hence the order) change.
+    sstate = scorer.gather(sstate, beam)
+    tokens = tok_idx_j[last][code]  # [W]
+    for f in suffix:
+      sstate, logits = scorer.step(params, sstate, tokens)  # [W, V]
+      lp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)[:, f]
+      scores = jnp.where(alive, scores + lp, NEG_INF)  # [W]
+      tokens = jnp.full((w,), f, jnp.int32)
+    scores, order = jax.lax.top_k(scores, top_n)  # [N]
+    items, codes, alive = items[order], codes[order], alive[order]
   codes = jnp.where(alive[:, None], codes, -1)
   return items, scores, codes
 
@@ -425,7 +456,7 @@ def search_batch(scorer, params, prompts, tables: TrieTables, *,
   if not 1 <= top_n <= beam_size:
     raise ValueError(f"top_n={top_n} must be in [1, beam_size={beam_size}]")
   if hasattr(scorer, "with_levels"):
-    scorer = scorer.with_levels(num_levels)
+    scorer = scorer.with_levels(sid_tokens.num_new_tokens)
   one = functools.partial(_search_one, scorer, sid_tokens=sid_tokens,
                           beam_size=beam_size, num_levels=num_levels,
                           top_n=top_n)
@@ -455,7 +486,8 @@ def beam_search(scorer, params, prompts, trie: Trie, *, beam_size: int,
     trie: item trie; `trie.tables` are passed to the jitted search.
     beam_size: beams per example (W).
     top_n: results per example (<= beam_size; default beam_size).
-    sid_tokens: SID token layout in the model vocabulary.
+    sid_tokens: SID token layout in the model vocabulary (and the forced
+      suffix tokens, if any).
 
   Returns:
     SearchResult with [B, top_n] items and scores, best first.
@@ -470,7 +502,7 @@ def beam_search(scorer, params, prompts, trie: Trie, *, beam_size: int,
         s < t for s, t in zip(sid_tokens.sizes, trie.codebook_sizes)):
       raise ValueError(f"SID token sizes {sid_tokens.sizes} do not cover the "
                        f"trie codebook sizes {trie.codebook_sizes}")
-  scorer.check_prompts(prompts, trie.num_levels)
+  scorer.check_prompts(prompts, sid_tokens.num_new_tokens)
   return beam_search_jit(scorer, params, prompts, trie.tables,
                          sid_tokens=sid_tokens, beam_size=beam_size,
                          num_levels=trie.num_levels, top_n=top_n)

@@ -19,9 +19,10 @@ Library entry points:
 What the stage can load today (the generative training stage does not exist
 yet): a model folder written by `save_model` -- `model.json` (`kind`, the
 model config, the SID token layout `sid_tokens` and the prompt settings)
-plus `params/` (an orbax checkpoint of the NNX params). The only kind wired
-is "reference_decoder" (genrec_jax.decoding.reference_decoder, a Qwen2-style
-decoder over SID tokens), scored with `DecoderScorer` on SID-history prompts
+plus `params/` (an orbax checkpoint of the NNX params). The kinds wired
+are decoder-only LMs: "decoder" (genrec_jax.models.decoder, Qwen2/Llama)
+and "reference_decoder" (genrec_jax.decoding.reference_decoder), scored with
+`DecoderScorer` on SID-history prompts
 (`sid_history_prompts`). The later training stage can either write such a
 folder (adding its kind to `_build_model`) or plug its own `search_fn` into
 `evaluate_generative`.
@@ -29,6 +30,7 @@ folder (adding its kind to `_build_model`) or plug its own `search_fn` into
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import pathlib
@@ -37,6 +39,7 @@ from typing import Any, Callable
 
 from absl import logging
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from genrec_jax.data.dataset import Dataset, EvalExamples, Ragged
@@ -189,22 +192,41 @@ def sid_history_prompts(
 
 MODEL_JSON = "model.json"
 
-# Model kinds the stage can rebuild from model.json: kind -> factory(config
-# dict) -> nnx.Module with the DecoderScorer API.
-_KINDS = ("reference_decoder",)
+# Model kinds the stage can rebuild from model.json (all decoder-only LMs
+# with the DecoderScorer cache API):
+#   "decoder": genrec_jax.models.decoder.Decoder, model_config = the
+#     DecoderConfig fields (dtype as a name, e.g. "float32");
+#   "reference_decoder": genrec_jax.decoding.reference_decoder.
+_KINDS = ("decoder", "reference_decoder")
+
+
+def config_dict(cfg) -> dict[str, Any]:
+  """A model config (dataclass or mapping) as JSON-able model_config."""
+  d = dataclasses.asdict(cfg) if dataclasses.is_dataclass(cfg) else dict(cfg)
+  if "dtype" in d:
+    d["dtype"] = np.dtype(d["dtype"]).name
+  return d
 
 
 def _build_model(kind: str, model_config: dict[str, Any], where: str):
+  """(model, vocab size) for a model.json kind + model_config."""
   from flax import nnx  # pylint: disable=g-import-not-at-top
 
-  from genrec_jax.decoding import reference_decoder  # pylint: disable=g-import-not-at-top
-
-  if kind == "reference_decoder":
-    try:
+  try:
+    if kind == "decoder":
+      from genrec_jax.models import decoder as decoder_lib  # pylint: disable=g-import-not-at-top
+      kw = dict(model_config)
+      if "dtype" in kw:
+        kw["dtype"] = jnp.dtype(kw["dtype"])
+      cfg = decoder_lib.DecoderConfig(**kw)
+      return decoder_lib.Decoder(cfg, rngs=nnx.Rngs(0)), cfg.vocab_size
+    if kind == "reference_decoder":
+      from genrec_jax.decoding import reference_decoder  # pylint: disable=g-import-not-at-top
       cfg = reference_decoder.decoder_config(**model_config)
-    except (TypeError, ValueError) as e:
-      raise ValueError(f"{where}: field 'model_config': {e}") from None
-    return reference_decoder.ReferenceDecoder(cfg, rngs=nnx.Rngs(0)), cfg
+      return (reference_decoder.ReferenceDecoder(cfg, rngs=nnx.Rngs(0)),
+              cfg.vocab)
+  except (TypeError, ValueError) as e:
+    raise ValueError(f"{where}: field 'model_config': {e}") from None
   raise ValueError(f"{where}: field 'kind' = {kind!r}; this stage can "
                    f"evaluate {list(_KINDS)}")
 
@@ -216,9 +238,9 @@ def save_model(model_dir: str | pathlib.Path, kind: str, model,
 
   Args:
     model_dir: folder to write (`model.json` + `params/`).
-    kind: one of _KINDS ("reference_decoder").
+    kind: one of _KINDS ("decoder", "reference_decoder").
     model: the NNX model.
-    model_config: keyword arguments that rebuild the model's config.
+    model_config: the model's config (dataclass or dict; see config_dict).
     sid_tokens: SID token layout in the model vocabulary.
     prompt: {"max_history": int, "bos_id": int|None, "pad_id": int}.
   """
@@ -231,9 +253,10 @@ def save_model(model_dir: str | pathlib.Path, kind: str, model,
     ckptr.save(model_dir / "params", nnx.state(model, nnx.Param), force=True)
   atomic_write_json(model_dir / MODEL_JSON, {
       "kind": kind,
-      "model_config": dict(model_config),
+      "model_config": config_dict(model_config),
       "sid_tokens": {"offsets": list(sid_tokens.offsets),
-                     "sizes": list(sid_tokens.sizes)},
+                     "sizes": list(sid_tokens.sizes),
+                     "suffix": list(sid_tokens.suffix)},
       "prompt": prompt,
   })
 
@@ -247,7 +270,7 @@ def load_model(model_dir: pathlib.Path, spec: dict[str, Any]):
   for field in ("model_config", "sid_tokens"):
     if field not in spec:
       raise ValueError(f"{where}: missing field {field!r}")
-  model, cfg = _build_model(spec.get("kind"), spec["model_config"], where)
+  model, vocab = _build_model(spec.get("kind"), spec["model_config"], where)
   graphdef, abstract, rest = nnx.split(model, nnx.Param, ...)
   abstract = jax.tree.map(
       lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), abstract)
@@ -255,10 +278,11 @@ def load_model(model_dir: pathlib.Path, spec: dict[str, Any]):
     params = ckptr.restore(model_dir / "params", abstract)
   try:
     sid = bs.SidTokens(tuple(spec["sid_tokens"]["offsets"]),
-                       tuple(spec["sid_tokens"]["sizes"]))
+                       tuple(spec["sid_tokens"]["sizes"]),
+                       tuple(spec["sid_tokens"].get("suffix", ())))
   except (KeyError, TypeError, ValueError) as e:
     raise ValueError(f"{where}: field 'sid_tokens': {e}") from None
-  scorer = bs.DecoderScorer(graphdef, vocab_size=int(cfg.vocab))
+  scorer = bs.DecoderScorer(graphdef, vocab_size=int(vocab))
   return scorer, (params, rest), sid, dict(spec.get("prompt") or {})
 
 
