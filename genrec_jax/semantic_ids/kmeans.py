@@ -108,38 +108,40 @@ def _init(x, w, key, k, init, init_sample):
   raise ValueError(f"unknown k-means init {init!r} (kmeans++, random)")
 
 
-def _sinkhorn_assign(s, w, k, epsilon, iters):
+def _sinkhorn_assign(s, w, k, epsilon, iters, g0=None):
   """Balanced assignment from scores s [N, K] by log-domain Sinkhorn.
 
-  Rows carry mass w / sum(w), columns 1 / K each. Returns the argmax of the
-  transport plan, i.e. argmin_k (s - g_k) with the column potentials g.
+  Rows carry mass w / sum(w), columns 1 / K each. Returns the argmin of
+  (s - g_k) with the column potentials g (i.e. the argmax of the transport
+  plan) and g in units of the normalised scores, to warm-start the next call.
   """
   scale = jnp.maximum(jnp.std(s), 1e-12)
   cost = s / scale  # [N, K]
   log_a = jnp.where(w > 0, jnp.log(jnp.maximum(w, 1e-30) / jnp.sum(w)), -jnp.inf)
   log_b = jnp.full((k,), -jnp.log(k))
+  valid = (w > 0)[:, None]
 
-  def body(_, fg):
-    f, g = fg
+  def body(_, g):
     f = epsilon * (log_a - jax.nn.logsumexp((g[None, :] - cost) / epsilon, axis=1))
     f = jnp.where(w > 0, f, 0.0)
-    z = (f[:, None] - cost) / epsilon
-    z = jnp.where(w[:, None] > 0, z, -jnp.inf)
-    g = epsilon * (log_b - jax.nn.logsumexp(z, axis=0))
-    return f, g
+    z = jnp.where(valid, (f[:, None] - cost) / epsilon, -jnp.inf)
+    return epsilon * (log_b - jax.nn.logsumexp(z, axis=0))
 
-  f0 = jnp.zeros(s.shape[0], s.dtype)
-  g0 = jnp.zeros((k,), s.dtype)
-  _, g = lax.fori_loop(0, iters, body, (f0, g0))
-  return jnp.argmin(cost - g[None, :], axis=1).astype(jnp.int32), g * scale
+  g0 = jnp.zeros((k,), s.dtype) if g0 is None else g0
+  g = lax.fori_loop(0, iters, body, g0)
+  return jnp.argmin(cost - g[None, :], axis=1).astype(jnp.int32), g
 
 
-def _lloyd_step(x, w, x2, c, *, balanced, epsilon, sinkhorn_iters):
-  """One assignment + update; empty clusters get the farthest points."""
+def _lloyd_step(x, w, x2, c, g, *, balanced, epsilon, sinkhorn_iters):
+  """One assignment + update; empty clusters get the farthest points.
+
+  g [K] are the Sinkhorn column potentials of the previous step (balanced
+  mode warm start; unused otherwise).
+  """
   k = c.shape[0]
   s = _scores(x, c)  # [N, K]
   if balanced:
-    assign, _ = _sinkhorn_assign(s, w, k, epsilon, sinkhorn_iters)
+    assign, g = _sinkhorn_assign(s, w, k, epsilon, sinkhorn_iters, g)
   else:
     assign = jnp.argmin(s, axis=1).astype(jnp.int32)
   d2 = jnp.take_along_axis(s, assign[:, None], axis=1)[:, 0] + x2  # [N]
@@ -155,7 +157,7 @@ def _lloyd_step(x, w, x2, c, *, balanced, epsilon, sinkhorn_iters):
     return jnp.where(empty[:, None], x[idx[jnp.clip(rank, 0, k - 1)]], new_c)
 
   any_empty = jnp.any(empty)
-  return lax.cond(any_empty, reseed, lambda c: c, new_c), assign, any_empty
+  return lax.cond(any_empty, reseed, lambda c: c, new_c), assign, any_empty, g
 
 
 @functools.partial(
@@ -174,22 +176,22 @@ def _fit(x, w, key, *, k, iters, restarts, init, init_sample, balanced,
     # Lloyd until `iters` or a fixed point (no point changes its cluster and
     # none was empty; faiss stops too when the objective stops changing).
     def cond(carry):
-      i, _, _, moved = carry
+      i, _, _, moved, _ = carry
       return (i < iters) & (moved > tol * x.shape[0])
 
     def body(carry):
-      i, c, prev, _ = carry
-      c, assign, reseeded = step(x, w, x2, c)
+      i, c, prev, _, g = carry
+      c, assign, reseeded, g = step(x, w, x2, c, g)
       moved = jnp.sum((assign != prev) & (w > 0))
       moved = jnp.where(reseeded, x.shape[0] + 1, moved)
-      return i + 1, c, assign, moved
+      return i + 1, c, assign, moved, g
 
     init_carry = (jnp.int32(0), c, jnp.full(x.shape[0], -1, jnp.int32),
-                  jnp.int32(x.shape[0] + 1))
-    n_iter, c, _, _ = lax.while_loop(cond, body, init_carry)
+                  jnp.int32(x.shape[0] + 1), jnp.zeros((k,), x.dtype))
+    n_iter, c, _, _, g = lax.while_loop(cond, body, init_carry)
     if balanced:
       s = _scores(x, c)
-      assign, _ = _sinkhorn_assign(s, w, k, epsilon, sinkhorn_iters)
+      assign, _ = _sinkhorn_assign(s, w, k, epsilon, sinkhorn_iters, g)
       d2 = jnp.take_along_axis(s, assign[:, None], axis=1)[:, 0] + x2
     else:
       assign, d2 = nearest(x, c)
@@ -204,7 +206,7 @@ def _fit(x, w, key, *, k, iters, restarts, init, init_sample, balanced,
 def kmeans(x, k: int, *, seed: int = 0, iters: int = 20, restarts: int = 1,
            init: str = "kmeans++", init_sample: int = 0,
            weights=None, balanced: bool = False, epsilon: float = 0.05,
-           sinkhorn_iters: int = 50, tol: float = 0.0) -> KMeansResult:
+           sinkhorn_iters: int = 10, tol: float = 0.0) -> KMeansResult:
   """Fits k centres to x (float32 [N, D]); returns the best of `restarts`.
 
   Args:

@@ -45,7 +45,7 @@ def _kmeans_args(config) -> dict:
 
 
 def fit_residual(x: np.ndarray, sizes, *, seed: int, balanced: bool = False,
-                 epsilon: float = 0.05, sinkhorn_iters: int = 50,
+                 epsilon: float = 0.05, sinkhorn_iters: int = 10,
                  **kmeans_args) -> Quantized:
   """Residual k-means over len(sizes) levels.
 
