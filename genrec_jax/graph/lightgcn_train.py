@@ -170,6 +170,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
       mngr.save(epoch, args=ocp.args.Composite(state=ocp.args.StandardSave(
           {"params": params, "opt": opt_state})), force=True)
     eta = elapsed / (epoch - start_epoch) * (tcfg.num_epochs - epoch)
+    if tcfg.max_minutes:  # the time budget ends training first
+      eta = min(eta, max(0.0, tcfg.max_minutes * 60 - elapsed))
     logging.info("%s | %.0fs elapsed, ETA <= %.0fs", msg, elapsed, eta)
     if ds.valid is not None and bad >= tcfg.patience:
       logging.info("early stop at epoch %d", epoch)

@@ -206,6 +206,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
       msg += (f" | valid ndcg@10 {value:.4f} hr@10 {valid['valid/hr@10']:.4f}"
               f" (best {best:.4f} @ {best_epoch})")
     eta = elapsed / (epoch - start_epoch) * (tcfg.num_epochs - epoch)
+    if tcfg.max_minutes:  # the time budget ends training first
+      eta = min(eta, max(0.0, tcfg.max_minutes * 60 - elapsed))
     logging.info("%s | %.0fs elapsed, ETA <= %.0fs", msg, elapsed, eta)
     state = _state(params, opt_state, epoch, best_epoch, best, bad_evals)
     latest.save(epoch, args=ocp.args.Composite(
