@@ -19,6 +19,7 @@ from typing import Any, Callable, Sequence
 from flax import nnx
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 Array = jax.Array
 
@@ -55,12 +56,36 @@ def param(rngs: nnx.Rngs | None, init: Callable[..., Array],
   return nnx.Param(value, out_sharding=tuple(axes))
 
 
+def _concrete(key) -> bool:
+  return not isinstance(key, jax.core.Tracer)
+
+
 def normal(stddev: float = 0.02) -> Callable[..., Array]:
-  return jax.nn.initializers.normal(stddev)
+  """N(0, stddev^2) init; eager calls draw with numpy (no XLA compile per
+  shape, which costs seconds on a loaded CPU), traced calls use jax.random."""
+
+  def init(key, shape, dtype):
+    if not _concrete(key):
+      return (stddev * jax.random.normal(key, shape, jnp.float32)).astype(
+          dtype)
+    seed = np.asarray(jax.random.key_data(key)).ravel().tolist()
+    rng = np.random.default_rng(seed)
+    return jnp.asarray(stddev * rng.standard_normal(shape, np.float32), dtype)
+
+  return init
 
 
-ZEROS = jax.nn.initializers.zeros
-ONES = jax.nn.initializers.ones
+def _const(c: float) -> Callable[..., Array]:
+  def init(key, shape, dtype):
+    if not _concrete(key):
+      return jnp.full(shape, c, dtype)
+    return jnp.asarray(np.full(shape, c, np.float32), dtype)
+
+  return init
+
+
+ZEROS = _const(0.0)
+ONES = _const(1.0)
 
 
 def stacked(module: nnx.Module) -> dict[str, Array]:

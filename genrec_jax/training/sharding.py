@@ -1,0 +1,172 @@
+"""Mesh, logical-axis rules and sharded model placement.
+
+Every parameter of the models in `genrec_jax.models` carries logical axis
+names (`out_sharding` metadata, see `models/layers.py`). A rules table maps
+them to mesh axes:
+
+  mesh = make_mesh((2, 4), ("fsdp", "tensor"))
+  model = shard_model(load_pretrained(path), mesh)            # place weights
+  model = create_sharded_model(lambda: Decoder(cfg, rngs=...), mesh)
+  with jax.set_mesh(mesh), nnx.logical_axis_rules(DEFAULT_RULES): ...
+
+Mesh axes named in a rule but absent from the mesh, and mesh axes that do not
+divide a dimension (e.g. 9 heads on 4 devices), are dropped from that
+parameter's spec (it is replicated on them).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Callable, Sequence
+
+from absl import logging
+from flax import nnx
+import jax
+from jax.sharding import AxisType, NamedSharding, PartitionSpec as P
+
+LogicalRules = Sequence[tuple[str, str | tuple[str, ...] | None]]
+
+# Logical name -> mesh axis/axes. data: batch parallel; fsdp: batch and
+# parameter (embed dim) sharding; tensor: heads / mlp / vocab.
+DEFAULT_RULES: tuple[tuple[str, Any], ...] = (
+    ("batch", ("data", "fsdp")),
+    ("length", None),
+    ("vocab", "tensor"),
+    ("embed", "fsdp"),
+    ("heads", "tensor"),
+    ("kv_heads", "tensor"),
+    ("mlp", "tensor"),
+    ("kv", None),
+    ("layers", None),
+    ("norm", None),
+    ("pos", None),
+    ("buckets", None),
+)
+
+
+def make_mesh(shape: Sequence[int], axes: Sequence[str]) -> jax.sharding.Mesh:
+  """A mesh with Auto axis types; one -1 in shape takes the remaining devices.
+
+  Args:
+    shape: devices per axis, e.g. (2, 4) or (-1, 1).
+    axes: axis names, e.g. ("fsdp", "tensor").
+
+  Returns:
+    jax.sharding.Mesh with AxisType.Auto on every axis.
+  """
+  shape = list(shape)
+  if len(shape) != len(axes):
+    raise ValueError(f"mesh shape {shape} vs axes {axes}")
+  n = jax.device_count()
+  if shape.count(-1) > 1:
+    raise ValueError(f"at most one -1 in mesh shape {shape}")
+  if -1 in shape:
+    rest = math.prod(s for s in shape if s != -1)
+    shape[shape.index(-1)] = n // rest
+  if math.prod(shape) != n:
+    raise ValueError(f"mesh {tuple(shape)} needs {math.prod(shape)} devices, "
+                     f"have {n}")
+  return jax.make_mesh(tuple(shape), tuple(axes),
+                       axis_types=(AxisType.Auto,) * len(axes))
+
+
+def logical_to_spec(names: Sequence[str | None], shape: Sequence[int],
+                    mesh: jax.sharding.Mesh,
+                    rules: LogicalRules = DEFAULT_RULES) -> P:
+  """PartitionSpec for one array from its logical axis names."""
+  table = dict(rules)
+  used: set[str] = set()
+  out = []
+  for name, dim in zip(names, shape):
+    target = table.get(name) if name is not None else None
+    if target is None:
+      out.append(None)
+      continue
+    axes = (target,) if isinstance(target, str) else tuple(target)
+    keep = []
+    size = 1
+    for a in axes:
+      if a not in mesh.shape or a in used:
+        continue
+      if dim % (size * mesh.shape[a]):
+        continue
+      keep.append(a)
+      size *= mesh.shape[a]
+    used.update(keep)
+    out.append(None if not keep else keep[0] if len(keep) == 1 else
+               tuple(keep))
+  return P(*out)
+
+
+def param_shardings(model: nnx.Module, mesh: jax.sharding.Mesh,
+                    rules: LogicalRules = DEFAULT_RULES):
+  """nnx.State of NamedShardings for every Variable of the model."""
+  state = nnx.state(model)
+
+  def one(v):
+    names = v.get_metadata().get("out_sharding") if hasattr(
+        v, "get_metadata") else None
+    raw = v.get_raw_value() if hasattr(v, "get_raw_value") else v
+    shape = raw.shape
+    if not names:
+      return NamedSharding(mesh, P())
+    return NamedSharding(mesh, logical_to_spec(names, shape, mesh, rules))
+
+  return jax.tree.map(one, state,
+                      is_leaf=lambda x: isinstance(x, nnx.Variable))
+
+
+def shard_model(model: nnx.Module, mesh: jax.sharding.Mesh,
+                rules: LogicalRules = DEFAULT_RULES) -> nnx.Module:
+  """Places the model's Variables on the mesh per their logical names.
+
+  The model is updated in place and also returned.
+  """
+  shardings = param_shardings(model, mesh, rules)
+  state = nnx.state(model)
+  placed = jax.tree.map(
+      lambda v, s: jax.device_put(v[...], s), state, shardings,
+      is_leaf=lambda x: isinstance(x, nnx.Variable))
+  nnx.update(model, placed)
+  logging.info("sharded %s on mesh %s", type(model).__name__,
+               dict(mesh.shape))
+  return model
+
+
+def create_sharded_model(factory: Callable[[], nnx.Module],
+                         mesh: jax.sharding.Mesh,
+                         rules: LogicalRules = DEFAULT_RULES,
+                         jit_init: bool = False) -> nnx.Module:
+  """Builds `factory()` with its parameters sharded on the mesh.
+
+  Args:
+    factory: builds the model (e.g. `lambda: Decoder(cfg, rngs=nnx.Rngs(0))`).
+    mesh: from `make_mesh`.
+    rules: logical -> mesh axis rules.
+    jit_init: run the random init under jit with `out_shardings` from the
+      abstract model, so no full replica is materialised on one device (for
+      models that do not fit one host; the threefry compile costs ~20 s on a
+      loaded 2-core CPU). False: init eagerly on the host (numpy draws, see
+      layers.normal), then place with `shard_model`. The two give different
+      random draws.
+
+  Returns:
+    The sharded model.
+  """
+  if not jit_init:
+    return shard_model(factory(), mesh, rules)
+  abstract = nnx.eval_shape(factory)
+  graphdef, _ = nnx.split(abstract)
+  shardings = param_shardings(abstract, mesh, rules)
+  init = jax.jit(lambda: nnx.state(factory()), out_shardings=shardings)
+  return nnx.merge(graphdef, init())
+
+
+def batch_sharding(mesh: jax.sharding.Mesh, ndim: int,
+                   rules: LogicalRules = DEFAULT_RULES) -> NamedSharding:
+  """Sharding of a [batch, ...] input: batch on the 'batch' rule's axes."""
+  axes = dict(rules).get("batch")
+  axes = (axes,) if isinstance(axes, str) else tuple(axes or ())
+  keep = tuple(a for a in axes if a in mesh.shape)
+  first = None if not keep else keep[0] if len(keep) == 1 else keep
+  return NamedSharding(mesh, P(first, *([None] * (ndim - 1))))
