@@ -13,8 +13,9 @@ reference.npz} for qwen2, llama, t5_relu, t5_gated, bert, and
 tests/fixtures/minilm_reference.npz (sentence-transformers-equivalent
 all-MiniLM-L6-v2 vectors: HF BertModel, mean pooling over the attention
 mask, L2 normalisation). Also usable as a checker:
-`--check DIR --name NAME` loads a folder written by our save_pretrained with
-transformers and compares its logits with the stored reference.
+`--check NAME=DIR ...` loads folders written by our save_pretrained with
+transformers and prints, as JSON, the max |difference| of their outputs from
+the stored references.
 """
 
 from __future__ import annotations
@@ -225,12 +226,16 @@ def check(folder: str, name: str) -> float:
 def main():
   ap = argparse.ArgumentParser()
   ap.add_argument("--minilm_dir", default=None)
-  ap.add_argument("--check", default=None)
-  ap.add_argument("--name", default=None)
+  ap.add_argument("--check", nargs="*", default=None,
+                  help="NAME=DIR pairs: folders from our save_pretrained")
   args = ap.parse_args()
   transformers.logging.set_verbosity_error()
-  if args.check:
-    print(json.dumps({"max_abs": check(args.check, args.name)}))
+  if args.check is not None:
+    out = {}
+    for pair in args.check:
+      name, folder = pair.split("=", 1)
+      out[name] = check(folder, name)
+    print(json.dumps(out))
     return
   torch.set_num_threads(1)
   make_decoders()
