@@ -750,3 +750,25 @@ def test_real_t5_search_equals_brute_force():
     np.testing.assert_array_equal(np.asarray(res.items[b]), order)
     np.testing.assert_allclose(np.asarray(res.scores[b]), lp[order],
                                rtol=1e-4, atol=1e-4)
+
+
+def test_shared_prefix_scorer_matches_full_cache():
+  rng = np.random.default_rng(18)
+  sizes = (4, 3, 3)
+  codes = np.stack(np.unravel_index(rng.choice(36, 25, replace=False), sizes),
+                   1)
+  trie = trie_lib.build_trie(codes, sizes)
+  sid = bs.SidTokens.contiguous(sizes, base=5, suffix=(1,))
+  graphdef, params = _tiny_decoder(vocab=sid.end + 2, seed=4)
+  ids = rng.integers(1, 5, size=(3, 6)).astype(np.int32)
+  mask = np.ones_like(ids, bool)
+  mask[1, :2] = False
+  prompts = {"input_ids": ids, "attention_mask": mask}
+  full = bs.beam_search(bs.DecoderScorer(graphdef), params, prompts, trie,
+                        beam_size=6, sid_tokens=sid)
+  shared = bs.beam_search(bs.SharedPrefixDecoderScorer(graphdef), params,
+                          prompts, trie, beam_size=6, sid_tokens=sid)
+  np.testing.assert_array_equal(np.asarray(shared.items),
+                                np.asarray(full.items))
+  np.testing.assert_allclose(np.asarray(shared.scores),
+                             np.asarray(full.scores), rtol=1e-5, atol=1e-5)

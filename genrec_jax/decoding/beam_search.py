@@ -19,8 +19,10 @@ Models plug in through a *scorer*: a hashable object with two pure
 functions, `init(params, prompt) -> (state, logits[V])` (prefill one prompt;
 state leaves have a leading axis of 1) and `step(params, state, tokens[W]) ->
 (state, logits[W, V])` (one token per beam; leaves have a leading beam axis),
-plus `gather(state, beam_idx)` and a host-side `check_prompts(prompts,
-num_new)` (num_new = tokens that will follow the prompt). Model parameters are jit *arguments* (`nnx.split` outside,
+plus `gather(state, beam_idx)`, optionally `expand(state, W)` (batch-1
+state -> W beams; default: repeat every leaf) and a host-side
+`check_prompts(prompts, num_new)` (num_new = tokens that will follow the
+prompt). Model parameters are jit *arguments* (`nnx.split` outside,
 `nnx.merge` inside); the scorer object itself is a static argument (it holds
 only hashable things such as an `nnx.GraphDef`).
 
@@ -277,6 +279,47 @@ class DecoderScorer:
 
 
 @dataclasses.dataclass(frozen=True)
+class SharedPrefixDecoderScorer(DecoderScorer):
+  """A decoder whose prompt cache is shared by the beams (not copied).
+
+  For models with `init_suffix(beams, max_new)` and
+  `decode_step_shared(tokens, prefix, suffix)` (reference_decoder): the
+  prompt is prefilled once into a batch-1 cache of exactly the prompt length
+  and only the per-beam cache of generated tokens is gathered by beam.
+  Same prompts, checks and results as DecoderScorer.
+  """
+
+  def init(self, params, prompt):
+    model = _merge(self.graphdef, params)
+    ids = prompt["input_ids"][None]  # [1, T]
+    mask = prompt["attention_mask"][None].astype(bool)  # [1, T]
+    dtype = jnp.dtype(self.cache_dtype)
+    prefix = model.init_cache(1, ids.shape[1], dtype)
+    logits, prefix = model.prefill(ids, mask, prefix)  # [1, T, V]
+    suffix = model.init_suffix(1, max(self._num_new - 1, 1), dtype)
+    return (prefix, suffix), logits[0, -1]
+
+  def step(self, params, state, tokens):
+    model = _merge(self.graphdef, params)
+    prefix, suffix = state
+    logits, suffix = model.decode_step_shared(tokens, prefix, suffix)
+    return (prefix, suffix), logits
+
+  def gather(self, state, beam):
+    prefix, suffix = state
+    return prefix, _gather_beams(suffix, beam)
+
+  def expand(self, state, beams):
+    prefix, suffix = state
+    return prefix, jax.tree.map(lambda x: jnp.repeat(x, beams, 0), suffix)
+
+  def check_prompts(self, prompts, num_new):
+    check_left_padded(prompts["input_ids"], prompts["attention_mask"],
+                      vocab_size=self.vocab_size,
+                      required_suffix=self.required_suffix)
+
+
+@dataclasses.dataclass(frozen=True)
 class T5Scorer:
   """An encoder-decoder (genrec_jax.models.t5): encode once, decode steps.
 
@@ -313,6 +356,10 @@ class T5Scorer:
   def gather(self, state, beam):
     cache, enc, mask = state
     return _gather_beams(cache, beam), enc, mask
+
+  def expand(self, state, beams):
+    cache, enc, mask = state  # the encoder output stays [1, S, D]
+    return jax.tree.map(lambda x: jnp.repeat(x, beams, 0), cache), enc, mask
 
   def check_prompts(self, prompts, num_new):
     ids = np.asarray(prompts["input_ids"])
@@ -391,7 +438,10 @@ def _search_one(scorer, params, prompt, tables: TrieTables, *,
     raise ValueError(
         f"SID tokens {sid_tokens.offsets} + sizes {sid_tokens.sizes} reach "
         f"token {sid_tokens.end - 1}, beyond the model vocabulary of {vocab}")
-  sstate = jax.tree.map(lambda x: jnp.repeat(x, w, axis=0), sstate)
+  if hasattr(scorer, "expand"):
+    sstate = scorer.expand(sstate, w)
+  else:  # every leaf copied to the W beams
+    sstate = jax.tree.map(lambda x: jnp.repeat(x, w, axis=0), sstate)
   logits = jnp.broadcast_to(logits, (w, vocab))  # [W, V]
   scores = jnp.where(jnp.arange(w) == 0, 0.0, NEG_INF)  # [W]
   tstate = jnp.zeros((w,), jnp.int32)  # [W] all at the root

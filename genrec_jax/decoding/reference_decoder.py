@@ -104,9 +104,20 @@ class ReferenceDecoder(nnx.Module):
     q, k = _rope(q, pos, cfg.rope_theta), _rope(k, pos, cfg.rope_theta)
     ks, vs = write(ks, k), write(vs, v)  # [B, S, K, H]
     q = q.reshape(b, t, kh, n // kh, hd)  # [B, T, K, G, H]
-    s = jnp.einsum("BTKGH,BSKH->BKGTS", q, ks) / np.sqrt(hd)
+    if t == 1:
+      # One query per row (decode): multiply-and-reduce fuses into one loop
+      # on CPU, where a batched dot_general runs B*K tiny matmuls.
+      s = (q[:, 0, None] * ks[:, :, :, None]).sum(-1)  # [B, S, K, G]
+      s = jnp.moveaxis(s, 1, -1)[:, :, :, None] / np.sqrt(hd)  # [B,K,G,1,S]
+    else:
+      s = jnp.einsum("BTKGH,BSKH->BKGTS", q, ks) / np.sqrt(hd)
     s = jnp.where(kv_mask[:, None, None], s, _MASKED)  # kv_mask [B, T, S]
-    o = jnp.einsum("BKGTS,BSKH->BTKGH", jax.nn.softmax(s, -1), vs)
+    a = jax.nn.softmax(s, -1)  # [B, K, G, T, S]
+    if t == 1:
+      o = (jnp.moveaxis(a[:, :, :, 0], -1, 1)[..., None]
+           * vs[:, :, :, None]).sum(1)[:, None]  # [B, 1, K, G, H]
+    else:
+      o = jnp.einsum("BKGTS,BSKH->BTKGH", a, vs)
     x = x + jnp.einsum("BTNH,NHD->BTD", o.reshape(b, t, n, hd), p["wo"][...])
     h = _rms(x, p["ln2"][...], cfg.eps)
     g = jax.nn.silu(h @ p["wg"][...]) * (h @ p["wu"][...])
@@ -153,6 +164,70 @@ class ReferenceDecoder(nnx.Module):
     logits = x[:, 0] @ self.embed[...].T  # [B, V]
     del s
     return logits, dict(cache, valid=valid, index=idx + 1, pos=cache["pos"] + 1)
+
+  # ---- shared-prefix decoding ---------------------------------------------
+  # The prompt's keys/values are identical for every beam of one prompt.
+  # `decode_step_shared` keeps them once ([1, T, K, H], from `prefill` with
+  # batch 1 and max_len = T) and only the generated tokens per beam
+  # ([W, n, K, H]): gathering beams then moves a few KB instead of the whole
+  # prompt cache, and prompt attention is one [W*G, H] x [H, T] matmul.
+
+  def init_suffix(self, beams: int, max_new: int, dtype=jnp.float32):
+    """Per-beam cache of the generated tokens (batch = beams first)."""
+    cfg = self.cfg
+    shape = (beams, max_new, cfg.kv_heads, cfg.hidden // cfg.heads)
+    return {"k": [jnp.zeros(shape, dtype) for _ in range(cfg.layers)],
+            "v": [jnp.zeros(shape, dtype) for _ in range(cfg.layers)],
+            "index": jnp.zeros((beams,), jnp.int32)}
+
+  def decode_step_shared(self, tokens, prefix, suffix):
+    """tokens [W] after one prompt -> logits [W, V], new suffix cache.
+
+    Args:
+      tokens: int32 [W], one per beam.
+      prefix: the prompt's cache from `prefill` (batch 1).
+      suffix: from `init_suffix` / the previous step, rows = beams.
+    """
+    cfg = self.cfg
+    w = tokens.shape[0]
+    n, kh = cfg.heads, cfg.kv_heads
+    hd = cfg.hidden // n
+    idx = suffix["index"]  # [W]
+    rows = jnp.arange(w)
+    m = suffix["k"][0].shape[1]
+    pos = (prefix["pos"][0] + idx)[:, None]  # [W, 1]
+    p_valid = prefix["valid"][0]  # [T]
+    s_valid = jnp.arange(m)[None, :] <= idx[:, None]  # [W, M]
+    x = self.embed[...][tokens][:, None]  # [W, 1, D]
+    ks_out, vs_out = [], []
+    for i, p in enumerate(self.layers):
+      h = _rms(x, p["ln1"][...], cfg.eps)
+      q = jnp.einsum("BTD,DNH->BTNH", h, p["wq"][...]) + p["bq"][...]
+      k = jnp.einsum("BTD,DKH->BTKH", h, p["wk"][...]) + p["bk"][...]
+      v = jnp.einsum("BTD,DKH->BTKH", h, p["wv"][...]) + p["bv"][...]
+      q, k = _rope(q, pos, cfg.rope_theta), _rope(k, pos, cfg.rope_theta)
+      sk = suffix["k"][i].at[rows, idx].set(k[:, 0])  # [W, M, K, H]
+      sv = suffix["v"][i].at[rows, idx].set(v[:, 0])
+      ks_out.append(sk)
+      vs_out.append(sv)
+      q = q[:, 0].reshape(w, kh, n // kh, hd) / np.sqrt(hd)  # [W, K, G, H]
+      pk, pv = prefix["k"][i][0], prefix["v"][i][0]  # [T, K, H]
+      sp = jnp.einsum("WKGH,TKH->WKGT", q, pk)  # [W, K, G, T]
+      sp = jnp.where(p_valid, sp, _MASKED)
+      ss = jnp.moveaxis((q[:, None] * sk[:, :, :, None]).sum(-1), 1, -1)
+      ss = jnp.where(s_valid[:, None, None], ss, _MASKED)  # [W, K, G, M]
+      a = jax.nn.softmax(jnp.concatenate([sp, ss], -1), -1)
+      ap, as_ = a[..., : sp.shape[-1]], a[..., sp.shape[-1]:]
+      o = jnp.einsum("WKGT,TKH->WKGH", ap, pv) + (
+          jnp.moveaxis(as_, -1, 1)[..., None] * sv[:, :, :, None]).sum(1)
+      x = x + jnp.einsum("BNH,NHD->BD", o.reshape(w, n, hd),
+                         p["wo"][...])[:, None]
+      h = _rms(x, p["ln2"][...], cfg.eps)
+      g = jax.nn.silu(h @ p["wg"][...]) * (h @ p["wu"][...])
+      x = x + g @ p["wd"][...]
+    x = _rms(x, self.norm[...], cfg.eps)
+    logits = x[:, 0] @ self.embed[...].T  # [W, V]
+    return logits, {"k": ks_out, "v": vs_out, "index": idx + 1}
 
   def hf_state_dict(self) -> dict[str, np.ndarray]:
     """The weights under HF Qwen2 names (torch [out, in] layout)."""
