@@ -176,7 +176,8 @@ def add_sid_tokens(tokenizer, levels: int = 3,
   """
   vocab = sid_vocab(levels, codebook_size, dedup_size)
   toks = vocab.all_tokens()
-  existing = [t for t in toks if t in tokenizer.get_vocab()]
+  current = tokenizer.get_vocab()  # (a fresh dict per call: call once)
+  existing = [t for t in toks if t in current]
   if existing:
     raise ValueError(f"tokenizer already has SID token {existing[0]}")
   first = len(tokenizer)
