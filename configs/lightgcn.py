@@ -30,6 +30,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.train.batch_size = 2048
   # Adam learning rate.
   config.train.learning_rate = 1e-3
+  # "constant" or "cosine" (decay over num_epochs to final_lr_ratio * lr).
+  config.train.lr_schedule = "constant"
+  config.train.final_lr_ratio = 0.1
   # L2 weight on the batch's layer-0 embeddings (1/2 sum of squares / batch).
   config.train.decay = 1e-4
   # Maximum epochs.
@@ -58,8 +61,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # batch is nearly free; a higher lr makes up for fewer steps.
     config.train.batch_size = 32768
     config.train.learning_rate = 1e-2
-    config.train.num_epochs = 400
-    config.train.eval_every = 4
+    config.train.lr_schedule = "cosine"
+    config.train.num_epochs = 60
+    config.train.eval_every = 10
     config.train.max_minutes = 27.0
   elif variant == "beauty":
     # Hints source on Amazon Beauty (leave-one-out train graph; early

@@ -3,9 +3,12 @@
 The user-item bipartite graph A = [[0, R], [R^T, 0]] over N = users + items
 nodes (users first, items offset by num_users) is symmetric-normalised,
 Â = D^-1/2 A D^-1/2 (no self-loops), and kept as an edge list
-(receivers, senders, weights) sorted by receiver. Propagation is
-E^(k+1) = Â E^(k) = segment_sum(w * E^(k)[senders], receivers); the final
-embedding is the mean of layers 0..K. Score(u, i) = e_u . e_i.
+(receivers, senders, weights) sorted by receiver, i.e. also CSR. Propagation
+is E^(k+1) = Â E^(k): `propagate` writes it as
+segment_sum(w * E^(k)[senders], receivers) (the reference form), the model
+uses the same product as a BCSR matmul (`propagate_csr`, ~7x faster on CPU)
+with a custom VJP (Â symmetric: the backward pass is a propagation). The
+final embedding is the mean of layers 0..K. Score(u, i) = e_u . e_i.
 
 Training: BPR with one negative per sampled (user, positive) pair, users drawn
 uniformly and a positive uniformly from the user's items (the PyTorch port's
@@ -23,6 +26,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+from jax.experimental import sparse
 
 from genrec_jax.data.dataset import DataError, Ragged
 from genrec_jax.evaluation import metrics as metrics_lib
@@ -39,6 +43,7 @@ class Graph:
     num_users, num_items: node counts (N = num_users + num_items).
     receivers, senders: int32 [2E] edge endpoints (node ids), receiver-sorted.
     weights: float32 [2E] 1 / sqrt(deg(receiver) deg(sender)).
+    indptr: int32 [N + 1] CSR row pointers of Â (rows = receivers).
     offsets: int32 [num_users + 1] CSR offsets of each user's items.
     items: int32 [E] each user's distinct train items, sorted ascending.
   """
@@ -48,6 +53,7 @@ class Graph:
   receivers: np.ndarray
   senders: np.ndarray
   weights: np.ndarray
+  indptr: np.ndarray
   offsets: np.ndarray
   items: np.ndarray
 
@@ -63,7 +69,8 @@ class Graph:
   def arrays(self) -> dict[str, jax.Array]:
     """The device arrays a jitted step takes."""
     return {k: jnp.asarray(getattr(self, k))
-            for k in ("receivers", "senders", "weights", "offsets", "items")}
+            for k in ("receivers", "senders", "weights", "indptr", "offsets",
+                      "items")}
 
   def user_items(self, u: int) -> np.ndarray:
     return self.items[self.offsets[u] : self.offsets[u + 1]]
@@ -96,10 +103,11 @@ def build_graph(train: Ragged, num_users: int, num_items: int) -> Graph:
   order = np.argsort(receivers, kind="stable")
   offsets = np.zeros(num_users + 1, dtype=np.int64)
   np.cumsum(deg_u.astype(np.int64), out=offsets[1:])
-  return Graph(num_users, num_items,
-               receivers[order].astype(np.int32), senders[order].astype(np.int32),
-               weights[order].astype(np.float32), offsets.astype(np.int32),
-               items.astype(np.int32))
+  receivers = receivers[order].astype(np.int32)
+  indptr = np.searchsorted(receivers, np.arange(num_users + num_items + 1))
+  return Graph(num_users, num_items, receivers, senders[order].astype(np.int32),
+               weights[order].astype(np.float32), indptr.astype(np.int32),
+               offsets.astype(np.int32), items.astype(np.int32))
 
 
 def propagate(emb0: jax.Array, receivers: jax.Array, senders: jax.Array,
@@ -115,29 +123,45 @@ def propagate(emb0: jax.Array, receivers: jax.Array, senders: jax.Array,
   return total / (num_layers + 1)
 
 
+def propagate_csr(emb0: jax.Array, indptr: jax.Array, senders: jax.Array,
+                  weights: jax.Array, num_layers: int) -> jax.Array:
+  """`propagate` with Â as a BCSR matrix: layer = Â @ layer.
+
+  Same result as the gather + segment_sum form; on CPU the BCSR product is
+  several times faster (the row gather dominates the segment_sum form).
+  """
+  n = emb0.shape[0]
+  a_hat = sparse.BCSR((weights, senders, indptr), shape=(n, n))
+  layer, total = emb0, emb0
+  for _ in range(num_layers):
+    layer = a_hat @ layer  # [N, D]
+    total = total + layer
+  return total / (num_layers + 1)
+
+
 @functools.partial(jax.custom_vjp, nondiff_argnums=(4,))
-def propagate_symmetric(emb0: jax.Array, receivers: jax.Array,
+def propagate_symmetric(emb0: jax.Array, indptr: jax.Array,
                         senders: jax.Array, weights: jax.Array,
                         num_layers: int) -> jax.Array:
-  """`propagate` whose backward pass is another propagation.
+  """`propagate_csr` whose backward pass is another propagation.
 
   The layer mean is P = mean_k Â^k with Â symmetric (edges in both
   directions with equal weights, as `build_graph` makes them), so the
-  cotangent of emb0 is P g: the backward pass reuses the forward's gather +
-  sorted segment_sum instead of autodiff's scatter-add transpose (the slow
-  part on CPU). Only valid for a symmetric Â; no gradient for the graph.
+  cotangent of emb0 is P g: the backward pass reuses the forward product
+  instead of autodiff's transpose. Only valid for a symmetric Â; no gradient
+  for the graph.
   """
-  return propagate(emb0, receivers, senders, weights, num_layers)
+  return propagate_csr(emb0, indptr, senders, weights, num_layers)
 
 
-def _prop_fwd(emb0, receivers, senders, weights, num_layers):
-  out = propagate(emb0, receivers, senders, weights, num_layers)
-  return out, (receivers, senders, weights)
+def _prop_fwd(emb0, indptr, senders, weights, num_layers):
+  out = propagate_csr(emb0, indptr, senders, weights, num_layers)
+  return out, (indptr, senders, weights)
 
 
 def _prop_bwd(num_layers, res, g):
-  receivers, senders, weights = res
-  return (propagate(g, receivers, senders, weights, num_layers), None, None,
+  indptr, senders, weights = res
+  return (propagate_csr(g, indptr, senders, weights, num_layers), None, None,
           None)
 
 
@@ -168,7 +192,7 @@ class LightGCN(nnx.Module):
 
   def __call__(self, graph: dict[str, jax.Array]) -> tuple[jax.Array, jax.Array]:
     """Final (layer-mean) user [U, D] and item [I, D] embeddings."""
-    out = propagate_symmetric(self.ego(), graph["receivers"], graph["senders"],
+    out = propagate_symmetric(self.ego(), graph["indptr"], graph["senders"],
                               graph["weights"], self.num_layers)
     u = self.user_emb.shape[0]
     return out[:u], out[u:]

@@ -100,7 +100,16 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   model = lgcn.LightGCN(ds.num_users, ds.num_items, mcfg.dim, mcfg.num_layers,
                         mcfg.init_std, rngs=nnx.Rngs(config.seed))
   graphdef, params = nnx.split(model, nnx.Param)
-  tx = optax.adam(tcfg.learning_rate)
+  if tcfg.lr_schedule == "cosine":
+    lr = optax.cosine_decay_schedule(tcfg.learning_rate,
+                                     tcfg.num_epochs * steps,
+                                     alpha=tcfg.final_lr_ratio)
+  elif tcfg.lr_schedule == "constant":
+    lr = tcfg.learning_rate
+  else:
+    raise ValueError(f"train.lr_schedule {tcfg.lr_schedule!r}: use constant "
+                     "or cosine")
+  tx = optax.adam(lr)
   opt_state = tx.init(params)
   garrays = graph.arrays()
   train_step = make_train_step(
