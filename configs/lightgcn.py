@@ -23,6 +23,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.model.num_layers = 3
   # Std of the normal init of the layer-0 embeddings.
   config.model.init_std = 0.1
+  # Â E as "csr" (BCSR matmul, symmetric VJP; fast) or "segment_sum".
+  config.model.propagation = "csr"
 
   config.train = ml_collections.ConfigDict()
   # (user, positive, negative) triples per step; an epoch covers

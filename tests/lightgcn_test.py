@@ -86,10 +86,11 @@ def test_negatives_avoid_user_items():
     assert n not in items
 
 
-def test_bpr_step_decreases_loss():
+@pytest.mark.parametrize("propagation", ["csr", "segment_sum"])
+def test_bpr_step_decreases_loss(propagation):
   train = _train()
   g = lgcn.build_graph(train, U, I)
-  model = lgcn.LightGCN(U, I, 7, 2, rngs=nnx.Rngs(0))
+  model = lgcn.LightGCN(U, I, 7, 2, propagation=propagation, rngs=nnx.Rngs(0))
   graphdef, params = nnx.split(model, nnx.Param)
   tx = optax.adam(0.05)
   opt = tx.init(params)

@@ -176,15 +176,21 @@ class LightGCN(nnx.Module):
     dim: embedding dimension D.
     num_layers: propagation depth K.
     init_std: normal init scale (0.1 in the PyTorch port).
+    propagation: "csr" (BCSR matmul + symmetric VJP) or "segment_sum"
+      (gather + segment_sum, plain autodiff).
     rngs: init randomness.
   """
 
   def __init__(self, num_users: int, num_items: int, dim: int,
-               num_layers: int, init_std: float = 0.1, *, rngs: nnx.Rngs):
+               num_layers: int, init_std: float = 0.1,
+               propagation: str = "csr", *, rngs: nnx.Rngs):
+    if propagation not in ("csr", "segment_sum"):
+      raise ValueError(f"propagation {propagation!r}: use csr or segment_sum")
     init = nnx.initializers.normal(init_std)
     self.user_emb = nnx.Param(init(rngs.params(), (num_users, dim)))
     self.item_emb = nnx.Param(init(rngs.params(), (num_items, dim)))
     self.num_layers = num_layers
+    self.propagation = propagation
 
   def ego(self) -> jax.Array:
     """float [N, D]: users then items, layer 0."""
@@ -192,8 +198,12 @@ class LightGCN(nnx.Module):
 
   def __call__(self, graph: dict[str, jax.Array]) -> tuple[jax.Array, jax.Array]:
     """Final (layer-mean) user [U, D] and item [I, D] embeddings."""
-    out = propagate_symmetric(self.ego(), graph["indptr"], graph["senders"],
-                              graph["weights"], self.num_layers)
+    if self.propagation == "segment_sum":
+      out = propagate(self.ego(), graph["receivers"], graph["senders"],
+                      graph["weights"], self.num_layers)
+    else:
+      out = propagate_symmetric(self.ego(), graph["indptr"], graph["senders"],
+                                graph["weights"], self.num_layers)
     u = self.user_emb.shape[0]
     return out[:u], out[u:]
 

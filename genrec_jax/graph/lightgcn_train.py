@@ -98,7 +98,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
                tcfg.batch_size)
 
   model = lgcn.LightGCN(ds.num_users, ds.num_items, mcfg.dim, mcfg.num_layers,
-                        mcfg.init_std, rngs=nnx.Rngs(config.seed))
+                        mcfg.init_std, mcfg.propagation,
+                        rngs=nnx.Rngs(config.seed))
   graphdef, params = nnx.split(model, nnx.Param)
   if tcfg.lr_schedule == "cosine":
     lr = optax.cosine_decay_schedule(tcfg.learning_rate,
