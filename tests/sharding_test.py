@@ -55,7 +55,7 @@ def test_sharded_forward_matches_unsharded():
   for path, spec in specs.items():
     assert flat[path].sharding.spec == spec, (path, flat[path].sharding)
   sharded_ids = jax.device_put(ids, sharding.batch_sharding(mesh, 2))
-  with jax.set_mesh(mesh):
+  with jax.set_mesh(mesh), nnx.logical_axis_rules(sharding.DEFAULT_RULES):
     got = _forward(model, sharded_ids)
   np.testing.assert_allclose(np.asarray(got), np.asarray(want), atol=1e-5)
   # shard_model on an already built (unsharded) model gives the same specs.

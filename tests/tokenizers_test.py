@@ -7,8 +7,9 @@ import pytest
 from genrec_jax.models import decoder, t5
 from genrec_jax.weights import gguf, tokenizers
 
-TEXTS = ["Hello", "Hello world! 你好，世界。", "def f(x):\n    return x  # 42",
-         "naïve café — ümlaut", "emoji 🎉🚀", "  spaces\t\ttabs\n\n", ""]
+TEXTS = ["Hello", "Hello world! 你好，世界。",
+         "def f(x):\n    return x  # 42", "naïve café — ümlaut",
+         "emoji 🎉🚀", "  spaces\t\ttabs\n\n", ""]
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,4 @@
-"""Decoder throughput: our JAX Llama vs transformers+torch, same SmolLM2 weights.
+"""Decoder throughput: our JAX Llama vs transformers+torch on SmolLM2.
 
 python -m binaries.benchmark --config=configs/benchmarks.py:decoder \
     --workdir=runs/bench

@@ -234,6 +234,7 @@ class Decoder(nnx.Module):
     positions = layers.positions_from_mask(mask)  # [B, T]
     attn_mask = layers.causal_mask(T)[None] & mask[:, None, :]  # [B, T, S]
     x = self.embed[...][input_ids].astype(cfg.dtype)  # [B, T, D]
+    x = layers.constrain(x, ("batch", "length", "embed"))
     eps, scale = cfg.rms_norm_eps, layers.inv_sqrt(cfg.head_dim)
 
     def block(h, w):
@@ -242,6 +243,7 @@ class Decoder(nnx.Module):
       a = layers.attention(q, k, v, attn_mask, scale)  # [B, T, N, H]
       h = h + layers.merge_heads(a, w["o"], w.get("o_bias"))
       h = h + _mlp(layers.rms_norm(h, w["mlp_norm"], eps), w)
+      h = layers.constrain(h, ("batch", "length", "embed"))
       return h, (k, v)
 
     x, (ks, vs) = jax.lax.scan(block, x, layers.stacked(self.layers))

@@ -88,6 +88,53 @@ ZEROS = _const(0.0)
 ONES = _const(1.0)
 
 
+def resolve_spec(names: Sequence[str | None], shape: Sequence[int],
+                 mesh_shape: dict[str, int],
+                 rules) -> jax.sharding.PartitionSpec:
+  """PartitionSpec from logical names via rules [(logical, mesh axes)].
+
+  Mesh axes absent from the mesh, already used by another dimension, or not
+  dividing the dimension are dropped (that dimension is replicated on them).
+  """
+  table = dict(rules)
+  used: set[str] = set()
+  out = []
+  for name, dim in zip(names, shape):
+    target = table.get(name) if name is not None else None
+    if target is None:
+      out.append(None)
+      continue
+    axes = (target,) if isinstance(target, str) else tuple(target)
+    keep, size = [], 1
+    for a in axes:
+      if a not in mesh_shape or a in used or dim % (size * mesh_shape[a]):
+        continue
+      keep.append(a)
+      size *= mesh_shape[a]
+    used.update(keep)
+    out.append(None if not keep else keep[0] if len(keep) == 1 else
+               tuple(keep))
+  return jax.sharding.PartitionSpec(*out)
+
+
+def constrain(x: Array, names: Sequence[str | None]) -> Array:
+  """Logical sharding constraint on an activation (block boundaries).
+
+  A no-op unless a mesh (`jax.set_mesh`) and logical rules
+  (`nnx.logical_axis_rules`) are active, so models run unchanged on one
+  device.
+  """
+  mesh = jax.sharding.get_abstract_mesh()
+  if mesh.empty:
+    return x
+  from flax.core import spmd  # pylint: disable=g-import-not-at-top
+  rules = spmd.get_logical_axis_rules()
+  if not rules:
+    return x
+  spec = resolve_spec(names, x.shape, dict(mesh.shape), rules)
+  return jax.lax.with_sharding_constraint(x, spec)
+
+
 def stacked(module: nnx.Module) -> dict[str, Array]:
   """The module's direct `nnx.Param` attributes as a dict of arrays."""
   out = {}

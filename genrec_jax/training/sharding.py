@@ -24,6 +24,8 @@ from flax import nnx
 import jax
 from jax.sharding import AxisType, NamedSharding, PartitionSpec as P
 
+from genrec_jax.models import layers
+
 LogicalRules = Sequence[tuple[str, str | tuple[str, ...] | None]]
 
 # Logical name -> mesh axis/axes. data: batch parallel; fsdp: batch and
@@ -74,28 +76,7 @@ def logical_to_spec(names: Sequence[str | None], shape: Sequence[int],
                     mesh: jax.sharding.Mesh,
                     rules: LogicalRules = DEFAULT_RULES) -> P:
   """PartitionSpec for one array from its logical axis names."""
-  table = dict(rules)
-  used: set[str] = set()
-  out = []
-  for name, dim in zip(names, shape):
-    target = table.get(name) if name is not None else None
-    if target is None:
-      out.append(None)
-      continue
-    axes = (target,) if isinstance(target, str) else tuple(target)
-    keep = []
-    size = 1
-    for a in axes:
-      if a not in mesh.shape or a in used:
-        continue
-      if dim % (size * mesh.shape[a]):
-        continue
-      keep.append(a)
-      size *= mesh.shape[a]
-    used.update(keep)
-    out.append(None if not keep else keep[0] if len(keep) == 1 else
-               tuple(keep))
-  return P(*out)
+  return layers.resolve_spec(names, shape, dict(mesh.shape), rules)
 
 
 def param_shardings(model: nnx.Module, mesh: jax.sharding.Mesh,

@@ -1,7 +1,7 @@
 """Hugging Face folders (config.json + safetensors) <-> our NNX models.
 
   model = load_pretrained("/path/to/hf_folder")          # dispatch on config
-  save_pretrained(model, "/tmp/out")                       # transformers-loadable
+  save_pretrained(model, "/tmp/out")             # transformers-loadable
 
 Loading builds the model skeleton with `nnx.eval_shape` (no random init),
 fills numpy buffers from the checkpoint through the family's key map
