@@ -64,6 +64,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.rq_vae.weight_decay = 1e-4
   # Lloyd iterations of the k-means codebook init on the first batch.
   config.rq_vae.init_iters = 20
+  # Re-seed codes unused for this many steps with batch residuals (0: never).
+  config.rq_vae.reset_every = 100
+  # ... only during this first fraction of the steps.
+  config.rq_vae.reset_fraction = 0.8
   # Log the losses every this many steps.
   config.rq_vae.log_every = 500
 
@@ -112,6 +116,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.rq_vae.batch_size = 16
     config.rq_vae.init_iters = 3
     config.rq_vae.log_every = 2
+    config.rq_vae.reset_every = 2
     config.quality.sample = 50
     config.quality.plot = True
   if "faiss_rq" in variants and "tiny" in variants:

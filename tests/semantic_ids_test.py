@@ -180,6 +180,7 @@ def test_rq_vae_lowers_loss(gradient):
   q = quantizers.get("rq_vae")(x, cfg)
   hist = q.info["history"]
   assert hist[-1]["loss"] < hist[0]["loss"]
+  assert q.info["resets"] and q.info["resets"][-1]["step"] <= 32  # 0.8 * 40
   assert q.codes.shape == (61, 3) and q.recon.shape == x.shape
 
 
@@ -290,3 +291,24 @@ def test_binary_smoke(tmp_path):
   np.save(w / "embeddings" / "items.npy", np.zeros((5, 13), np.float32))
   r = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
   assert r.returncode != 0 and "5 rows" in r.stderr
+
+
+def test_benchmark_module_tiny(tmp_path):
+  pytest.importorskip("faiss")
+  from genrec_jax.benchmarks import rq_kmeans as bench
+  path = tmp_path / "x.npy"
+  np.save(path, np.random.default_rng(1).normal(size=(61, 13)).astype(np.float32))
+  config = bench.get_config()
+  config.embeddings = str(path)
+  config.codebook_sizes = (7, 7, 7)
+  config.iters = 5
+  config.init_sample = 0
+  config.repeats = 1
+  config.seeds = 2
+  out = bench.run(config, tmp_path)
+  for key in ("jax_seconds", "faiss_seconds", "time_ratio_jax_over_faiss",
+              "jax_error", "faiss_error", "error_ratio_jax_over_faiss"):
+    assert np.isfinite(out[key]), key
+  config.embeddings = str(tmp_path / "missing.npy")
+  with pytest.raises(DataError, match="missing"):
+    bench.run(config, tmp_path)

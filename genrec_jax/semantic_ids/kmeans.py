@@ -50,12 +50,26 @@ def _scores(x, c):
   return _sq_norms(c)[None, :] - 2.0 * xc
 
 
-def nearest(x, c):
-  """int32 [N] nearest centre and float32 [N] squared distance."""
+def nearest(x, c, chunk: int = 0):
+  """int32 [N] nearest centre and float32 [N] squared distance.
+
+  With chunk > 0 (N a multiple of chunk) the [chunk, K] score blocks are
+  reduced one at a time (`lax.map`), which keeps them in cache.
+  """
+  n, d = x.shape
+  if chunk and n > chunk:
+    idx, best = lax.map(
+        lambda xb: _nearest_scores(xb, c), x.reshape(n // chunk, chunk, d))
+    idx, best = idx.reshape(n), best.reshape(n)
+  else:
+    idx, best = _nearest_scores(x, c)
+  return idx, jnp.maximum(best + _sq_norms(x), 0.0)
+
+
+def _nearest_scores(x, c):
   s = _scores(x, c)  # [N, K]
   idx = jnp.argmin(s, axis=1).astype(jnp.int32)
-  d2 = jnp.take_along_axis(s, idx[:, None], axis=1)[:, 0] + _sq_norms(x)
-  return idx, jnp.maximum(d2, 0.0)
+  return idx, jnp.take_along_axis(s, idx[:, None], axis=1)[:, 0]
 
 
 def _kmeanspp(x, w, key, k):
@@ -76,8 +90,10 @@ def _kmeanspp(x, w, key, k):
 
   def body(j, carry):
     c, min_d2 = carry
-    logits = jnp.where(w > 0, jnp.log(jnp.maximum(min_d2, 1e-30)), -jnp.inf)
-    idx = jax.random.categorical(jax.random.fold_in(key, j), logits)
+    # D^2 sampling by inverse CDF: one uniform number per centre.
+    cdf = jnp.cumsum(jnp.where(w > 0, min_d2, 0.0))
+    u = jax.random.uniform(jax.random.fold_in(key, j)) * cdf[-1]
+    idx = jnp.clip(jnp.searchsorted(cdf, u, side="right"), 0, n - 1)
     c = c.at[j].set(x[idx])
     return c, jnp.minimum(min_d2, d2_to(x[idx]))
 
@@ -132,19 +148,19 @@ def _sinkhorn_assign(s, w, k, epsilon, iters, g0=None):
   return jnp.argmin(cost - g[None, :], axis=1).astype(jnp.int32), g
 
 
-def _lloyd_step(x, w, x2, c, g, *, balanced, epsilon, sinkhorn_iters):
+def _lloyd_step(x, w, x2, c, g, *, balanced, epsilon, sinkhorn_iters, chunk):
   """One assignment + update; empty clusters get the farthest points.
 
   g [K] are the Sinkhorn column potentials of the previous step (balanced
   mode warm start; unused otherwise).
   """
   k = c.shape[0]
-  s = _scores(x, c)  # [N, K]
   if balanced:
+    s = _scores(x, c)  # [N, K]
     assign, g = _sinkhorn_assign(s, w, k, epsilon, sinkhorn_iters, g)
+    d2 = jnp.take_along_axis(s, assign[:, None], axis=1)[:, 0] + x2  # [N]
   else:
-    assign = jnp.argmin(s, axis=1).astype(jnp.int32)
-  d2 = jnp.take_along_axis(s, assign[:, None], axis=1)[:, 0] + x2  # [N]
+    assign, d2 = nearest(x, c, chunk)
   sums = jax.ops.segment_sum(x * w[:, None], assign, num_segments=k)  # [K, D]
   counts = jax.ops.segment_sum(w, assign, num_segments=k)  # [K]
   new_c = sums / jnp.maximum(counts, 1e-12)[:, None]
@@ -163,12 +179,19 @@ def _lloyd_step(x, w, x2, c, g, *, balanced, epsilon, sinkhorn_iters):
 @functools.partial(
     jax.jit,
     static_argnames=("k", "iters", "restarts", "init", "init_sample",
-                     "balanced", "epsilon", "sinkhorn_iters", "tol"))
+                     "balanced", "epsilon", "sinkhorn_iters", "tol", "chunk"))
 def _fit(x, w, key, *, k, iters, restarts, init, init_sample, balanced,
-         epsilon, sinkhorn_iters, tol):
+         epsilon, sinkhorn_iters, tol, chunk):
+  n = x.shape[0]
+  if balanced or n <= chunk:
+    chunk = 0
+  if chunk and n % chunk:
+    # Pad once to a multiple of the chunk with weight-0 points.
+    x = jnp.pad(x, ((0, chunk - n % chunk), (0, 0)))
+    w = jnp.pad(w, (0, chunk - n % chunk))
   x2 = _sq_norms(x)
   step = functools.partial(_lloyd_step, balanced=balanced, epsilon=epsilon,
-                           sinkhorn_iters=sinkhorn_iters)
+                           sinkhorn_iters=sinkhorn_iters, chunk=chunk)
 
   def one(key):
     c = _init(x, w, key, k, init, init_sample)
@@ -194,19 +217,20 @@ def _fit(x, w, key, *, k, iters, restarts, init, init_sample, balanced,
       assign, _ = _sinkhorn_assign(s, w, k, epsilon, sinkhorn_iters, g)
       d2 = jnp.take_along_axis(s, assign[:, None], axis=1)[:, 0] + x2
     else:
-      assign, d2 = nearest(x, c)
+      assign, d2 = nearest(x, c, chunk)
     err = jnp.sum(jnp.maximum(d2, 0.0) * w) / jnp.sum(w)
     return c, assign, err, n_iter
 
   cs, assigns, errs, n_iters = lax.map(one, jax.random.split(key, restarts))
   best = jnp.argmin(errs)
-  return cs[best], assigns[best], errs[best], errs, n_iters
+  return cs[best], assigns[best][:n], errs[best], errs, n_iters
 
 
 def kmeans(x, k: int, *, seed: int = 0, iters: int = 20, restarts: int = 1,
            init: str = "kmeans++", init_sample: int = 0,
            weights=None, balanced: bool = False, epsilon: float = 0.05,
-           sinkhorn_iters: int = 10, tol: float = 0.0) -> KMeansResult:
+           sinkhorn_iters: int = 10, tol: float = 0.0,
+           chunk: int = 512) -> KMeansResult:
   """Fits k centres to x (float32 [N, D]); returns the best of `restarts`.
 
   Args:
@@ -224,6 +248,7 @@ def kmeans(x, k: int, *, seed: int = 0, iters: int = 20, restarts: int = 1,
     sinkhorn_iters: Sinkhorn iterations per assignment.
     tol: stop a restart early once at most tol * N points change cluster in
       an iteration (0: only at a fixed point).
+    chunk: points per block of the nearest-centre search (0: one block).
 
   Returns:
     KMeansResult; `assign` is nearest-centre (or Sinkhorn when balanced).
@@ -240,7 +265,7 @@ def kmeans(x, k: int, *, seed: int = 0, iters: int = 20, restarts: int = 1,
       jnp.asarray(x), jnp.asarray(w), jax.random.key(seed), k=k, iters=iters,
       restarts=restarts, init=init, init_sample=min(init_sample, n) if init_sample else 0,
       balanced=balanced, epsilon=float(epsilon), sinkhorn_iters=sinkhorn_iters,
-      tol=float(tol))
+      tol=float(tol), chunk=int(chunk))
   return KMeansResult(np.asarray(c), np.asarray(a), float(e), np.asarray(errs),
                       np.asarray(its))
 

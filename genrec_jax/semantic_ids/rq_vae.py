@@ -8,6 +8,9 @@ Codebooks are initialised by k-means on the latents of the first batch
 straight-through estimator ("ste") or the rotation trick ("rotation",
 Fifty et al. 2024: the quantized vector is the encoder output rotated and
 rescaled by a stop-gradient map, so the gradient keeps angle information).
+Optionally, codes unused for `reset_every` steps are re-seeded with random
+residuals of the current batch (dead-code reset) during the first
+`reset_fraction` of training.
 """
 
 from __future__ import annotations
@@ -120,6 +123,37 @@ def forward(model: RQVAE, x, *, beta: float, gradient: str):
                 "codes": codes}
 
 
+@functools.partial(jax.jit, static_argnames=("graphdef",))
+def _level_residuals(graphdef, params, x):
+  """float32 [L, B, E]: the residual each level quantizes, for batch x."""
+  model = nnx.merge(graphdef, params)
+  r = model.encoder(x)
+  out = []
+  for book in model.books():
+    out.append(r)
+    d = (jnp.sum(book * book, 1)[None, :]
+         - 2.0 * jnp.einsum("BE,KE->BK", r, book, precision=_HIGHEST))
+    r = r - book[jnp.argmin(d, axis=1)]
+  return jnp.stack(out)
+
+
+def reset_dead_codes(graphdef, params, x_batch, counts, rng):
+  """Codes unused since the last reset take random residuals of the batch."""
+  model = nnx.merge(graphdef, params)
+  res = np.asarray(_level_residuals(graphdef, params, x_batch))  # [L, B, E]
+  n_reset = []
+  for level, count in enumerate(counts):
+    dead = np.flatnonzero(count == 0)
+    n_reset.append(int(len(dead)))
+    if len(dead):
+      book = np.array(model.codebooks[level][...])
+      pick = rng.choice(res.shape[1], len(dead), replace=len(dead) > res.shape[1])
+      book[dead] = res[level, pick]
+      model.codebooks[level].set_value(jnp.asarray(book))
+  _, params = nnx.split(model, nnx.Param)
+  return params, n_reset
+
+
 def init_codebooks(model: RQVAE, x_batch: np.ndarray, sizes, *, seed: int,
                    iters: int) -> None:
   """Residual k-means on the first batch's latents -> the codebooks."""
@@ -160,6 +194,9 @@ def train(x: np.ndarray, config) -> tuple[RQVAE, dict]:
 
   xj = jnp.asarray(x)
   history = []
+  counts = [np.zeros(k, np.int64) for k in sizes]
+  resets = []
+  reset_until = int(rc.steps * rc.reset_fraction)
   t0 = time.perf_counter()
   pos = batch  # the first batch was used for the init; continue the epoch
   for step in range(int(rc.steps)):
@@ -168,6 +205,14 @@ def train(x: np.ndarray, config) -> tuple[RQVAE, dict]:
     idx = jnp.asarray(order[pos:pos + batch])
     pos += batch
     params, opt_state, aux = train_step(params, opt_state, xj[idx])
+    if rc.reset_every:
+      codes = np.asarray(aux["codes"])
+      for level, k in enumerate(sizes):
+        counts[level] += np.bincount(codes[:, level], minlength=k)
+      if (step + 1) % rc.reset_every == 0 and step < reset_until:
+        params, n_reset = reset_dead_codes(graphdef, params, xj[idx], counts, rng)
+        resets.append({"step": step + 1, "reset_codes": n_reset})
+        counts = [np.zeros(k, np.int64) for k in sizes]
     if step == 0 or (step + 1) % rc.log_every == 0 or step + 1 == rc.steps:
       used = [int(np.unique(np.asarray(aux["codes"][:, l])).size)
               for l in range(len(sizes))]
@@ -181,7 +226,7 @@ def train(x: np.ndarray, config) -> tuple[RQVAE, dict]:
                    rate, (rc.steps - step - 1) / rate)
   model = nnx.merge(graphdef, params)
   return model, {"history": history, "train_seconds": time.perf_counter() - t0,
-                 "steps": int(rc.steps), "batch_size": batch,
+                 "steps": int(rc.steps), "batch_size": batch, "resets": resets,
                  "gradient": rc.gradient, "beta": rc.beta}
 
 
