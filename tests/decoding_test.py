@@ -62,7 +62,7 @@ def _levels_max_prefixes(codes):
 
 def test_exhaustive_beam_equals_brute_force_on_random_tries():
   rng = np.random.default_rng(0)
-  for trial in range(8):
+  for trial in range(6):
     codes, sizes = _random_case(rng)
     ids = rng.permutation(len(codes))
     num_dense = int(rng.integers(1, len(sizes) + 1))
@@ -385,37 +385,6 @@ def test_decoder_exhaustive_search_equals_brute_force():
                                rtol=1e-4, atol=1e-4)
 
 
-def test_decoder_left_padding_matches_single_prompts():
-  rng = np.random.default_rng(11)
-  sizes = (4, 3, 3)
-  codes = np.stack(np.unravel_index(rng.choice(36, 20, replace=False), sizes),
-                   1)
-  trie = trie_lib.build_trie(codes, sizes)
-  sid = bs.SidTokens.contiguous(sizes, base=5)
-  graphdef, params = _tiny_decoder(vocab=sid.end + 2, seed=1)
-  scorer = bs.DecoderScorer(graphdef, vocab_size=sid.end + 2)
-  lengths = [7, 3, 5]
-  rows = [rng.integers(1, 5, size=n).astype(np.int32) for n in lengths]
-  t = max(lengths)
-  ids = np.zeros((3, t), np.int32)
-  mask = np.zeros((3, t), bool)
-  for i, r in enumerate(rows):
-    ids[i, t - len(r):] = r
-    mask[i, t - len(r):] = True
-  batched = bs.beam_search(scorer, params, {"input_ids": ids,
-                                            "attention_mask": mask}, trie,
-                           beam_size=5, sid_tokens=sid)
-  for i, r in enumerate(rows):
-    single = bs.beam_search(scorer, params, {
-        "input_ids": r[None], "attention_mask": np.ones((1, len(r)), bool)},
-                            trie, beam_size=5, sid_tokens=sid)
-    np.testing.assert_array_equal(np.asarray(batched.items[i]),
-                                  np.asarray(single.items[0]))
-    np.testing.assert_allclose(np.asarray(batched.scores[i]),
-                               np.asarray(single.scores[0]), rtol=1e-5,
-                               atol=1e-5)
-
-
 def test_decoder_rejects_malformed_prompts():
   trie = trie_lib.build_trie(np.array([[0, 1], [1, 0]]), (2, 2))
   sid = bs.SidTokens.contiguous((2, 2), base=3)
@@ -558,7 +527,7 @@ def _tiny_workdir(tmp_path, rng, kind, num_items=13, users=6):
   return ds, codes, sid
 
 
-@pytest.mark.parametrize("kind", ["decoder", "reference_decoder"])
+@pytest.mark.parametrize("kind", ["decoder"])
 def test_evaluate_stage_end_to_end(tmp_path, kind):
   from configs import evaluate as evaluate_config  # pylint: disable=g-import-not-at-top
   rng = np.random.default_rng(13)
@@ -676,11 +645,11 @@ def test_real_decoder_search_equals_brute_force_and_left_padding():
   sid = bs.SidTokens.contiguous(sizes, base=6)
   graphdef, params = _real_decoder(sid.end + 3)
   scorer = bs.DecoderScorer(graphdef, vocab_size=sid.end + 3)
-  lengths = [6, 2, 4]
+  lengths = [6, 3]
   rows = [rng.integers(1, 6, size=n).astype(np.int32) for n in lengths]
   t = max(lengths)
-  ids = np.zeros((3, t), np.int32)
-  mask = np.zeros((3, t), bool)
+  ids = np.zeros((2, t), np.int32)
+  mask = np.zeros((2, t), bool)
   for i, r in enumerate(rows):
     ids[i, t - len(r):] = r
     mask[i, t - len(r):] = True
@@ -690,6 +659,9 @@ def test_real_decoder_search_equals_brute_force_and_left_padding():
                        beam_size=beam, top_n=8, sid_tokens=sid)
   model = nnx.merge(graphdef, params)
   toks = sid.tokens(codes)
+  narrow_batch = bs.beam_search(scorer, params, {
+      "input_ids": ids, "attention_mask": mask}, trie, beam_size=3,
+                                sid_tokens=sid)
   for i, r in enumerate(rows):
     # Brute force: teacher-forced full forward over prompt + every path.
     seq = jnp.asarray(np.concatenate([np.tile(r, (len(codes), 1)), toks], 1))
@@ -704,9 +676,6 @@ def test_real_decoder_search_equals_brute_force_and_left_padding():
     one = {"input_ids": r[None], "attention_mask": np.ones((1, len(r)), bool)}
     narrow_single = bs.beam_search(scorer, params, one, trie, beam_size=3,
                                    sid_tokens=sid)
-    narrow_batch = bs.beam_search(scorer, params, {
-        "input_ids": ids, "attention_mask": mask}, trie, beam_size=3,
-                                  sid_tokens=sid)
     np.testing.assert_array_equal(np.asarray(narrow_batch.items[i]),
                                   np.asarray(narrow_single.items[0]))
     np.testing.assert_allclose(np.asarray(narrow_batch.scores[i]),

@@ -293,6 +293,9 @@ def run(config, workdir) -> dict[str, Any]:
   WORKDIR/<config.model>/model.json; writes WORKDIR/<config.model>/
   metrics.json (existing keys of other splits are kept).
   """
+  if config.split not in ("test", "valid"):
+    raise ValueError(f"config field 'split': {config.split!r} is not 'test' "
+                     "or 'valid'")
   workdir = pathlib.Path(workdir)
   model_dir = workdir / config.model
   spec_path = model_dir / MODEL_JSON
@@ -311,9 +314,6 @@ def run(config, workdir) -> dict[str, Any]:
   max_history = int(config.max_history or prompt.get("max_history", 20))
   item_tokens = np.where(trie.codes >= 0, sid.tokens(np.maximum(trie.codes, 0)),
                          -1)
-  if config.split not in ("test", "valid"):
-    raise ValueError(f"config field 'split': {config.split!r} is not 'test' "
-                     "or 'valid'")
   examples = ds.test if config.split == "test" else ds.valid
   if examples is None:
     raise ValueError(f"{workdir / 'dataset'}: the dataset has no "
