@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import pathlib
 import time
 from typing import Any, Callable
@@ -349,8 +348,9 @@ def run(config, workdir) -> dict[str, Any]:
   merged = {k: v for k, v in merged.items() if not k.startswith(prefix)}
   merged.update(out)
   atomic_write_json(path, merged)
-  hr = out.get(f"{prefix}hr@10", math.nan)
-  logging.info("evaluate %s: %s hr@10 %.4f invalid_rate %g (%d rows, %.1fs)",
-               config.model, config.split, hr, out["invalid_rate"],
-               out["num_eval_users"], out["seconds"])
+  k = max(k for k in metrics_lib.KS if k <= config.top_n)
+  logging.info("evaluate %s: %s hr@%d %.4f ndcg@%d %.4f invalid_rate %g "
+               "(%d rows, %.1fs)", config.model, config.split, k,
+               out[f"{prefix}hr@{k}"], k, out[f"{prefix}ndcg@{k}"],
+               out["invalid_rate"], out["num_eval_users"], out["seconds"])
   return out
