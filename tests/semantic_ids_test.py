@@ -49,9 +49,10 @@ def make_workdir(tmp_path, x=None, n_items=61, d=13):
 
 
 # ---- k-means ---------------------------------------------------------------
-def test_kmeans_recovers_blobs_and_matches_brute_force():
+@pytest.mark.parametrize("init", ["kmeans++", "greedy_kmeans++"])
+def test_kmeans_recovers_blobs_and_matches_brute_force(init):
   x, labels = blobs()
-  res = km.kmeans(x, 5, seed=0, iters=10, restarts=2)
+  res = km.kmeans(x, 5, seed=0, iters=10, restarts=2, init=init)
   # Same partition as the true blobs (up to renaming).
   pairs = set(zip(labels.tolist(), res.assign.tolist()))
   assert len(pairs) == 5
@@ -257,6 +258,18 @@ def test_build_run_writes_artifacts(tmp_path):
   assert not [p for p in w.iterdir() if p.name.startswith("sids.tmp")]
 
 
+def test_build_run_reassign_keeps_levels(tmp_path):
+  w = make_workdir(tmp_path)
+  cfg = tiny_config("reassign")
+  with cfg.unlocked():
+    cfg.codebook_sizes = (7, 7, 61)  # room for any prefix group
+  rep = build.run(cfg, w)
+  codes = np.load(w / "sids" / "codes.npy")
+  assert codes.shape == (61, 3) and rep["collisions_after"] == 0
+  assert rep["reassigned_items"] == rep["collisions_before"]
+  assert rep["quantization_error_after_collisions"] >= rep["quantization_error"] - 1e-5
+
+
 @pytest.mark.parametrize("problem", ["nan", "inf", "rows", "too_few"])
 def test_build_bad_input_writes_nothing(tmp_path, problem):
   x = np.random.default_rng(1).normal(size=(61, 13)).astype(np.float32)
@@ -282,11 +295,11 @@ def test_build_bad_input_writes_nothing(tmp_path, problem):
 def test_binary_smoke(tmp_path):
   w = make_workdir(tmp_path)
   cmd = [sys.executable, "-m", "binaries.build_sids",
-         "--config=configs/sids.py:tiny,reassign", f"--workdir={w}"]
+         "--config=configs/sids.py:tiny", f"--workdir={w}"]
   r = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
   assert r.returncode == 0, r.stderr[-2000:]
   rep = json.loads((w / "sids" / "report.json").read_text())
-  assert rep["levels"] == 3 and rep["collisions_after"] == 0
+  assert rep["levels"] == 4 and rep["collisions_after"] == 0
   # Bad input: one-line error, non-zero exit.
   np.save(w / "embeddings" / "items.npy", np.zeros((5, 13), np.float32))
   r = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)

@@ -72,8 +72,12 @@ def _nearest_scores(x, c):
   return idx, jnp.take_along_axis(s, idx[:, None], axis=1)[:, 0]
 
 
-def _kmeanspp(x, w, key, k):
-  """k-means++ seeding (D^2 sampling) restricted to points with w > 0."""
+def _kmeanspp(x, w, key, k, trials: int = 1):
+  """k-means++ seeding (D^2 sampling) restricted to points with w > 0.
+
+  With trials > 1 this is greedy k-means++ (as scikit-learn): each step
+  draws `trials` candidates and keeps the one that lowers the potential most.
+  """
   n, d = x.shape
   k0, key = jax.random.split(key)
   logw = jnp.where(w > 0, 0.0, -jnp.inf)
@@ -81,21 +85,23 @@ def _kmeanspp(x, w, key, k):
   c = jnp.zeros((k, d), x.dtype).at[0].set(x[first])
   x2 = _sq_norms(x)
 
-  def d2_to(p):
+  def d2_to(p):  # p [T, D] -> [T, N]
     return jnp.maximum(
-        x2 - 2.0 * jnp.einsum("ND,D->N", x, p, precision=_HIGHEST)
-        + jnp.sum(p * p), 0.0)
+        x2[None, :] - 2.0 * jnp.einsum("ND,TD->TN", x, p, precision=_HIGHEST)
+        + jnp.sum(p * p, axis=1)[:, None], 0.0)
 
-  min_d2 = d2_to(x[first])
+  min_d2 = d2_to(x[first][None])[0]
 
   def body(j, carry):
     c, min_d2 = carry
-    # D^2 sampling by inverse CDF: one uniform number per centre.
+    # D^2 sampling by inverse CDF: one uniform number per candidate.
     cdf = jnp.cumsum(jnp.where(w > 0, min_d2, 0.0))
-    u = jax.random.uniform(jax.random.fold_in(key, j)) * cdf[-1]
-    idx = jnp.clip(jnp.searchsorted(cdf, u, side="right"), 0, n - 1)
-    c = c.at[j].set(x[idx])
-    return c, jnp.minimum(min_d2, d2_to(x[idx]))
+    u = jax.random.uniform(jax.random.fold_in(key, j), (trials,)) * cdf[-1]
+    idx = jnp.clip(jnp.searchsorted(cdf, u, side="right"), 0, n - 1)  # [T]
+    cand = jnp.minimum(min_d2[None, :], d2_to(x[idx]))  # [T, N]
+    best = jnp.argmin(jnp.sum(cand * w[None, :], axis=1))
+    c = c.at[j].set(x[idx[best]])
+    return c, cand[best]
 
   c, _ = lax.fori_loop(1, k, body, (c, min_d2))
   return c
@@ -119,9 +125,12 @@ def _init(x, w, key, k, init, init_sample):
     x, w = x[idx], w[idx]
   if init == "kmeans++":
     return _kmeanspp(x, w, key, k)
+  if init == "greedy_kmeans++":
+    return _kmeanspp(x, w, key, k, trials=2 + int(np.log(k)))
   if init == "random":
     return _random_init(x, w, key, k)
-  raise ValueError(f"unknown k-means init {init!r} (kmeans++, random)")
+  raise ValueError(f"unknown k-means init {init!r} "
+                   "(kmeans++, greedy_kmeans++, random)")
 
 
 def _sinkhorn_assign(s, w, k, epsilon, iters, g0=None):
@@ -239,7 +248,8 @@ def kmeans(x, k: int, *, seed: int = 0, iters: int = 20, restarts: int = 1,
     seed: PRNG seed; the same seed gives the same centres.
     iters: Lloyd iterations per restart.
     restarts: independent initialisations; the lowest error wins.
-    init: "kmeans++" (D^2 sampling) or "random" (k distinct points).
+    init: "kmeans++" (D^2 sampling), "greedy_kmeans++" (best of 2 + ln k
+      D^2 candidates per centre) or "random" (k distinct points).
     init_sample: run the init on this many random points (0 = all).
     weights: float32 [N] point weights; 0 marks padding. Default all ones.
     balanced: Sinkhorn (equal cluster mass) assignment instead of nearest.
