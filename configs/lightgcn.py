@@ -64,9 +64,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.train.batch_size = 32768
     config.train.learning_rate = 1e-2
     config.train.lr_schedule = "cosine"
-    config.train.num_epochs = 60
+    config.train.num_epochs = 150
     config.train.eval_every = 10
-    config.train.max_minutes = 27.0
+    config.train.max_minutes = 25.0
   elif variant == "beauty":
     # Hints source on Amazon Beauty (leave-one-out train graph; early
     # stopping on valid recall@20).
