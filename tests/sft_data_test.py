@@ -92,6 +92,37 @@ def test_layout_and_item_table(tok, items):
   assert tokenizer.decode(list(layout.response_ids)) == P.RESPONSE_MARKER
 
 
+def test_tokenizer_from_local_folder(tok, tmp_path, ds, items):
+  tokenizer, layout = tok
+  tokenizer.save_pretrained(str(tmp_path))
+  again, layout2 = S.make_decoder_tokenizer(tmp_path, SIZES)
+  assert layout2 == layout  # the saved SID block is reused, not re-added
+  assert again.encode(items.sids[3], add_special_tokens=False) == (
+      tokenizer.encode(items.sids[3], add_special_tokens=False))
+  assert S.default_tokens(tokenizer).sid_tokens.offsets == (
+      layout.sid_tokens.offsets)
+  with pytest.raises(ValueError, match="code levels"):
+    S.decoder_train_data(ds, S.ItemTable.build(
+        np.zeros((ITEMS, 3), int), items.titles), tokenizer, tokens=layout)
+
+
+def test_load_items_and_hints(tmp_path, ds, items):
+  sids = tmp_path / "sids"
+  sids.mkdir()
+  codes = _codes()
+  (sids / "item_sids.json").write_text(json.dumps(
+      {str(i): c.tolist() for i, c in enumerate(codes)}))
+  (sids / "report.json").write_text(json.dumps(
+      {"codebook_sizes": list(SIZES)}))
+  loaded = S.ItemTable.load(ds, sids)
+  assert loaded.sids == items.sids and loaded.titles == items.titles
+  (tmp_path / "hints.json").write_text(json.dumps(
+      {str(k): v for k, v in HINTS.items()}))
+  assert S.load_hints(tmp_path / "hints.json") == HINTS
+  with pytest.raises(S.DataError, match="missing"):
+    S.load_hints(tmp_path / "nope.json")
+
+
 def test_prompt_templates():
   sids = [f"<a_{i}><b_0>" for i in range(5)]
   titles = [f"T{i}" for i in range(5)]

@@ -53,6 +53,7 @@ import grain
 import numpy as np
 
 from genrec_jax.data.dataset import DataError, Dataset, EvalExamples, Ragged
+from genrec_jax.decoding import trie as trie_lib
 from genrec_jax.decoding.beam_search import SidTokens
 from genrec_jax.graph.hints import clean_target
 from genrec_jax.training import prompts as P
@@ -148,7 +149,6 @@ class ItemTable:
   def load(cls, ds: Dataset, sids_dir: str | os.PathLike, *,
            max_title_chars: int = 200) -> ItemTable:
     """From WORKDIR/<sids>/item_sids.json (+ report.json codebook sizes)."""
-    from genrec_jax.decoding import trie as trie_lib  # pylint: disable=g-import-not-at-top
     sids_dir = pathlib.Path(sids_dir)
     path = sids_dir / "item_sids.json"
     if not path.exists():
@@ -208,6 +208,17 @@ class DecoderTokens:
   vocab_size: int
   response_ids: tuple[int, ...]
   sid_vocab: tok_lib.SidVocab
+
+
+def _check_layout(items: ItemTable, tokens: DecoderTokens) -> None:
+  """The item codes must fit the tokenizer's SID blocks."""
+  sizes = tokens.sid_tokens.sizes
+  if items.num_levels != len(sizes):
+    raise ValueError(f"items have {items.num_levels} code levels, the "
+                     f"tokenizer's SID tokens {len(sizes)} ({sizes})")
+  ok = items.has_sid
+  if (items.codes[ok] >= np.asarray(sizes)).any():
+    raise ValueError(f"item codes exceed the tokenizer's SID blocks {sizes}")
 
 
 def _encode(tokenizer, text: str) -> list[int]:
@@ -556,6 +567,7 @@ def decoder_train_data(
   buckets = tuple(sorted(int(b) for b in buckets))
   local = _check_shards(batch_size, shard_index, shard_count)
   tokens = tokens or default_tokens(tokenizer)
+  _check_layout(items, tokens)
   enc = SegmentEncoder(tokenizer)
   ex = _DecoderExamples(ds.train, items, hints, max_history=max_history,
                         style=style, hint_k=hint_k)
@@ -771,6 +783,7 @@ def decoder_eval_prompts(
     raise ValueError(f"eval task {task!r} is not a history task "
                      f"{P.HISTORY_TASKS}")
   tokens = tokens or default_tokens(tokenizer)
+  _check_layout(items, tokens)
   enc = encoder or SegmentEncoder(tokenizer)
   ex = _DecoderExamples(None, items, hints, max_history=max_history,
                         style=style, hint_k=hint_k)
@@ -825,6 +838,7 @@ def decoder_loss_batch(
   if task not in P.HISTORY_TASKS:
     raise ValueError(f"task {task!r} is not a history task")
   tokens = tokens or default_tokens(tokenizer)
+  _check_layout(items, tokens)
   enc = encoder or SegmentEncoder(tokenizer)
   ex = _DecoderExamples(None, items, hints, max_history=max_history,
                         style=style, hint_k=hint_k)
