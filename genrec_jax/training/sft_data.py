@@ -41,6 +41,7 @@ get_state/set_state (or grain.checkpoint.CheckpointSave) restores it exactly.
 
 from __future__ import annotations
 
+import bisect
 import dataclasses
 import json
 import os
@@ -322,6 +323,7 @@ class SegmentEncoder:
   def __init__(self, tokenizer):
     self._tok = tokenizer
     self._cache: dict[str, np.ndarray] = {}
+    self._lens: dict[str, int] = {}
     self._lock = threading.Lock()
 
   def __call__(self, segment: str) -> np.ndarray:
@@ -330,10 +332,14 @@ class SegmentEncoder:
       with self._lock:
         ids = np.asarray(_encode(self._tok, segment), np.int32)
         self._cache[segment] = ids
+        self._lens[segment] = len(ids)
     return ids
 
   def length(self, segments: Sequence[str]) -> int:
-    return sum(len(self(s)) for s in segments)
+    try:
+      return sum(map(self._lens.__getitem__, segments))
+    except KeyError:
+      return sum(len(self(s)) for s in segments)
 
   def encode(self, segments: Sequence[str]) -> np.ndarray:
     if not segments:
@@ -527,7 +533,8 @@ class _DecoderExamples:
 
 
 def _bucket_index(length: int, buckets: Sequence[int]) -> int:
-  return int(np.searchsorted(np.asarray(buckets), length, side="left"))
+  """The smallest bucket >= length (len(buckets) when none)."""
+  return bisect.bisect_left(buckets, length)
 
 
 def decoder_train_data(
@@ -728,7 +735,8 @@ def decoder_train_dataset(ds: Dataset, items: ItemTable, tokenizer,
     items: ItemTable (SID strings, titles).
     tokenizer: HF fast tokenizer with the SID tokens.
     **kwargs: as `decoder_train_data`: tasks (task -> weight: w x natural
-      size examples per epoch, 0 = off; default all 1), hints ({item:
+      size examples per epoch -- whole copies plus a seeded subset fixed for
+      the run; 0 or absent = off; None = all tasks at 1), hints ({item:
       neighbours}, None = off), hint_dropout (p of dropping the hint
       sentence, drawn per example per epoch), hint_k, max_history, seed,
       batch_size (global), buckets (token lengths), shard_index,
