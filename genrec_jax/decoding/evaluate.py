@@ -16,16 +16,16 @@ Library entry points:
   Reads `WORKDIR/dataset`, `WORKDIR/<sids>/item_sids.json` and the model
   folder `WORKDIR/<model>/` and writes `WORKDIR/<model>/metrics.json`.
 
-What the stage can load today (the generative training stage does not exist
-yet): a model folder written by `save_model` -- `model.json` (`kind`, the
-model config, the SID token layout `sid_tokens` and the prompt settings)
-plus `params/` (an orbax checkpoint of the NNX params). The kinds wired
-are decoder-only LMs: "decoder" (genrec_jax.models.decoder, Qwen2/Llama)
-and "reference_decoder" (genrec_jax.decoding.reference_decoder), scored with
-`DecoderScorer` on SID-history prompts
-(`sid_history_prompts`). The later training stage can either write such a
-folder (adding its kind to `_build_model`) or plug its own `search_fn` into
-`evaluate_generative`.
+What the stage can load: a model folder written by `save_model` --
+`model.json` (`kind`, the model config, the SID token layout `sid_tokens`
+and the prompt settings) plus `params/` (an orbax checkpoint of the NNX
+params). Kinds: "decoder" (genrec_jax.models.decoder, Qwen2/Llama) and
+"reference_decoder" (genrec_jax.decoding.reference_decoder), scored with
+`DecoderScorer`, and "t5" (TIGER, genrec_jax.models.t5) with `T5Scorer`.
+Prompts follow the folder's `prompt.format`: "sid" (default,
+`sid_history_prompts`), "tiger" (T5 encoder inputs) or "text" (MiniOneRec
+prompts). The train_generative stage writes such folders
+(WORKDIR/<name>/: evaluate with --config.model=<name>).
 """
 
 from __future__ import annotations
@@ -196,7 +196,11 @@ MODEL_JSON = "model.json"
 #   "decoder": genrec_jax.models.decoder.Decoder, model_config = the
 #     DecoderConfig fields (dtype as a name, e.g. "float32");
 #   "reference_decoder": genrec_jax.decoding.reference_decoder.
-_KINDS = ("decoder", "reference_decoder")
+#   "t5": genrec_jax.models.t5.T5Model (TIGER), model_config = the
+#     T5Config fields, scored with `T5Scorer`; its prompt settings say how
+#     encoder inputs are built (format "tiger": optional hashed user token +
+#     history SID tokens, genrec_jax.training.generative).
+_KINDS = ("decoder", "reference_decoder", "t5")
 
 
 def config_dict(cfg) -> dict[str, Any]:
@@ -219,6 +223,13 @@ def _build_model(kind: str, model_config: dict[str, Any], where: str):
         kw["dtype"] = jnp.dtype(kw["dtype"])
       cfg = decoder_lib.DecoderConfig(**kw)
       return decoder_lib.Decoder(cfg, rngs=nnx.Rngs(0)), cfg.vocab_size
+    if kind == "t5":
+      from genrec_jax.models import t5  # pylint: disable=g-import-not-at-top
+      kw = dict(model_config)
+      if "dtype" in kw:
+        kw["dtype"] = jnp.dtype(kw["dtype"])
+      cfg = t5.T5Config(**kw)
+      return t5.T5Model(cfg, rngs=nnx.Rngs(0)), cfg.vocab_size
     if kind == "reference_decoder":
       from genrec_jax.decoding import reference_decoder  # pylint: disable=g-import-not-at-top
       cfg = reference_decoder.decoder_config(**model_config)
@@ -281,8 +292,41 @@ def load_model(model_dir: pathlib.Path, spec: dict[str, Any]):
                        tuple(spec["sid_tokens"].get("suffix", ())))
   except (KeyError, TypeError, ValueError) as e:
     raise ValueError(f"{where}: field 'sid_tokens': {e}") from None
-  scorer = bs.DecoderScorer(graphdef, vocab_size=int(vocab))
-  return scorer, (params, rest), sid, dict(spec.get("prompt") or {})
+  prompt = dict(spec.get("prompt") or {})
+  if spec.get("kind") == "t5":
+    scorer = bs.T5Scorer(graphdef, start_token=int(prompt.get(
+        "start_token", 0)), vocab_size=int(vocab))
+  else:
+    scorer = bs.DecoderScorer(graphdef, vocab_size=int(vocab))
+  return scorer, (params, rest), sid, prompt
+
+
+def _prompt_builder(prompt: dict[str, Any], item_tokens: np.ndarray,
+                    max_history: int, ds: Dataset, trie, sid: bs.SidTokens,
+                    workdir: pathlib.Path, where: pathlib.Path):
+  """EvalExamples -> prompts, per the model folder's prompt settings.
+
+  Formats: "sid" (default; `sid_history_prompts`), "tiger" (T5 encoder
+  inputs) and "text" (MiniOneRec prompts, genrec_jax.training.sft_data).
+  """
+  fmt = prompt.get("format", "sid")
+  if fmt == "sid":
+    return lambda batch: sid_history_prompts(
+        batch.history, item_tokens, max_history=max_history,
+        bos_id=prompt.get("bos_id"), pad_id=int(prompt.get("pad_id", 0)))
+  if fmt == "tiger":
+    from genrec_jax.training import generative  # pylint: disable=g-import-not-at-top
+    return lambda batch: generative.tiger_encoder_inputs(
+        batch.users, batch.history.padded(max_history, -1, left=True),
+        item_tokens, max_history=max_history,
+        user_base=int(prompt["user_base"]),
+        num_user_tokens=int(prompt.get("num_user_tokens", 0)))
+  if fmt == "text":
+    from genrec_jax.training import generative  # pylint: disable=g-import-not-at-top
+    return generative.text_prompt_builder(prompt, ds, trie, sid, workdir,
+                                          max_history)
+  raise ValueError(f"{where}: field 'prompt.format' = {fmt!r} is not sid, "
+                   "tiger or text")
 
 
 def run(config, workdir) -> dict[str, Any]:
@@ -321,10 +365,11 @@ def run(config, workdir) -> dict[str, Any]:
     examples = take_examples(examples, np.arange(min(config.max_rows,
                                                      len(examples))))
 
+  make_prompts = _prompt_builder(prompt, item_tokens, max_history, ds,
+                                 trie, sid, workdir, spec_path)
+
   def search_fn(batch: EvalExamples) -> np.ndarray:
-    prompts = sid_history_prompts(
-        batch.history, item_tokens, max_history=max_history,
-        bos_id=prompt.get("bos_id"), pad_id=int(prompt.get("pad_id", 0)))
+    prompts = make_prompts(batch)
     res = bs.beam_search(scorer, params, prompts, trie,
                          beam_size=config.beam_size, top_n=config.top_n,
                          sid_tokens=sid)

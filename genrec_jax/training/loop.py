@@ -207,7 +207,7 @@ def make_train_step(graphdef, tx: optax.GradientTransformation,
     (loss, aux), grads = jax.value_and_grad(objective, has_aux=True)(params)
     updates, opt_state = tx.update(grads, opt_state, params)
     params = optax.apply_updates(params, updates)
-    metrics = {"loss": loss, "grad_norm": optax.global_norm(grads), **aux}
+    metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads), **aux}
     return params, opt_state, metrics
 
   return jax.jit(step, donate_argnums=(0, 1))
