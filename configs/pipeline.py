@@ -1,0 +1,58 @@
+"""Named pipelines for binaries/run_pipeline.py.
+
+python -m binaries.run_pipeline --config=configs/pipeline.py:ml100k --workdir=runs/ml100k
+python -m binaries.run_pipeline --config=configs/pipeline.py:beauty_cpu --workdir=runs/beauty
+
+`stages` lists the stages in order; each has its own config under the same
+name (the config its binary takes, e.g. `--config.train_sasrec.train.
+num_epochs=5`). Names that are not stage kinds map to one in `stage_kinds`.
+
+Variants: ml100k (what `make demo` runs), beauty_cpu (Amazon Beauty with
+budgets for a 2-core machine), tiny (tests; set
+prepare_data.data.sequence_file and items_file).
+"""
+import ml_collections
+
+from configs import baselines
+from configs import data
+from configs import hints
+from configs import lightgcn
+from configs import sasrec
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+  variant = arg or "ml100k"
+  config = ml_collections.ConfigDict()
+  # Users whose history and top-5 titles are printed after the table.
+  config.num_examples = 3
+  # Stage name -> stage kind, for names that are not kinds themselves.
+  config.stage_kinds = ml_collections.ConfigDict()
+
+  if variant in ("ml100k", "tiny"):
+    config.prepare_data = data.get_config("ml100k")
+    config.train_baselines = baselines.get_config()
+    config.train_lightgcn = lightgcn.get_config("demo")
+    config.build_hints = hints.get_config()
+    config.train_sasrec = sasrec.get_config("demo")
+  elif variant == "beauty_cpu":
+    config.prepare_data = data.get_config("beauty")
+    config.train_baselines = baselines.get_config()
+    config.train_lightgcn = lightgcn.get_config("beauty")
+    config.build_hints = hints.get_config()
+    config.train_sasrec = sasrec.get_config("beauty")
+  else:
+    raise ValueError(f"configs/pipeline.py: unknown variant {variant!r}")
+  # Stages in the order they run.
+  config.stages = ("prepare_data", "train_baselines", "train_lightgcn",
+                   "build_hints", "train_sasrec")
+
+  if variant == "tiny":  # tests: a seq_txt file they write, seconds
+    config.prepare_data = data.get_config("ml100k")
+    config.prepare_data.data.name = "tiny"
+    config.prepare_data.data.source = "seq_txt"
+    config.prepare_data.data.text_template = "$title"
+    config.train_lightgcn = lightgcn.get_config("tiny")
+    config.build_hints = hints.get_config("tiny")
+    config.train_sasrec = sasrec.get_config("tiny")
+    config.train_baselines.baselines.models = ("most_popular",)
+  return config

@@ -1,0 +1,93 @@
+"""run_pipeline: stages in order, skip when complete, force, results table."""
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from configs import pipeline as pipeline_config
+from genrec_jax import pipeline
+from tests.conftest import REPO
+
+USERS, ITEMS = 29, 19
+
+
+def tiny_config(tmp_path):
+  rng = np.random.default_rng(0)
+  lines = []
+  for u in range(USERS):  # cycles i -> i+1 with a random start and length
+    start, n = rng.integers(ITEMS), rng.integers(4, 9)
+    lines.append(f"{u} " + " ".join(str((start + k) % ITEMS)
+                                    for k in range(n)))
+  (tmp_path / "seq.txt").write_text("\n".join(lines) + "\n")
+  (tmp_path / "items.tsv").write_text("item_id\ttitle\n" + "".join(
+      f"{i}\tItem number {i}\n" for i in range(ITEMS)))
+  config = pipeline_config.get_config("tiny")
+  config.prepare_data.data.sequence_file = str(tmp_path / "seq.txt")
+  config.prepare_data.data.items_file = str(tmp_path / "items.tsv")
+  return config
+
+
+def test_pipeline_runs_skips_and_forces(tmp_path):
+  config, w = tiny_config(tmp_path), tmp_path / "w"
+  out = pipeline.run(config, w)
+  assert all(s["status"] == "ran" for s in out["stages"].values())
+  assert list(out["stages"]) == list(config.stages)
+  for name in config.stages:  # every declared done-file was written
+    kind = pipeline.stage_kind(config, name)
+    assert all((w / f).exists() for f in kind.outputs(config[name])), name
+  assert set(out["results"]) == {"most_popular", "lightgcn", "sasrec"}
+  table = pipeline.format_table(out["results"])
+  assert "sasrec" in table and "test/ndcg@10" in table
+  saved = json.loads((w / pipeline.RESULTS_FILE).read_text())
+  assert saved["results"]["sasrec"]["test/hr@10"] == (
+      out["results"]["sasrec"]["test/hr@10"])
+
+  # Complete and unchanged: everything is skipped.
+  again = pipeline.run(config, w)
+  assert {s["status"] for s in again["stages"].values()} == {"skipped"}
+  # A changed stage config re-runs that stage and the ones after it.
+  config.build_hints.k = 3
+  changed = pipeline.run(config, w)
+  status = {k: v["status"] for k, v in changed["stages"].items()}
+  assert status == {"prepare_data": "skipped", "train_baselines": "skipped",
+                    "train_lightgcn": "skipped", "build_hints": "ran",
+                    "train_sasrec": "ran"}
+  forced = pipeline.run(config, w, force=["train_lightgcn"])
+  assert forced["stages"]["train_baselines"]["status"] == "skipped"
+  assert forced["stages"]["train_lightgcn"]["status"] == "ran"
+  with pytest.raises(ValueError, match="unknown stages"):
+    pipeline.run(config, w, force=["nope"])
+
+
+def test_format_table_and_examples(tmp_path):
+  config, w = tiny_config(tmp_path), tmp_path / "w"
+  config.stages = ("prepare_data",)
+  pipeline.run(config, w)
+  (w / "m").mkdir()
+  (w / "m" / "metrics.json").write_text(json.dumps(
+      {"test/hr@5": 0.5, "test/ndcg@5": 0.25, "test/recall@10": 0.75,
+       "test/ndcg@10": 0.3, "invalid_rate": 0.0, "seconds": 3.2}))
+  table = pipeline.format_table(pipeline.collect_results(w)).splitlines()
+  assert table[2].split() == ["m", "0.5000", "0.2500", "0.7500", "0.3000",
+                              "0.000", "3"]
+  from genrec_jax.data.dataset import Dataset
+  ds = Dataset.load(w / "dataset")
+  user = int(ds.test.users[0])
+  (w / "m" / "recommendations.json").write_text(json.dumps(
+      {"users": {str(user): [3, 4, 5, 6, 7, 8]}}))
+  lines = pipeline.format_examples(w, 3)
+  assert lines[0].startswith(f"user {ds.user_ids[user]}: last history")
+  assert "Item number 3" in lines[2] and "Item number 8" not in lines[2]
+
+
+def test_binary_bad_stage_is_one_line_error(tmp_path):
+  r = subprocess.run(
+      [sys.executable, "-m", "binaries.run_pipeline",
+       "--config=configs/pipeline.py:tiny", f"--workdir={tmp_path}",
+       "--config.stages=('prepare_data','train_everything')"],
+      cwd=REPO, capture_output=True, text=True)
+  assert r.returncode == 1
+  err = [l for l in r.stderr.splitlines() if l.startswith("error:")]
+  assert len(err) == 1 and "train_everything" in err[0]
