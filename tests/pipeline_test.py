@@ -91,3 +91,11 @@ def test_binary_bad_stage_is_one_line_error(tmp_path):
   assert r.returncode == 1
   err = [l for l in r.stderr.splitlines() if l.startswith("error:")]
   assert len(err) == 1 and "train_everything" in err[0]
+
+
+def test_colab_notebook_uses_the_library():
+  nb = json.loads((REPO / "colab" / "quickstart.ipynb").read_text())
+  code = "\n".join("".join(c["source"]) for c in nb["cells"]
+                 if c["cell_type"] == "code")
+  compile(code.replace("# !", "# "), "quickstart.ipynb", "exec")
+  assert "from genrec_jax import pipeline" in code
