@@ -15,9 +15,11 @@ import ml_collections
 
 from configs import baselines
 from configs import data
+from configs import embed
 from configs import hints
 from configs import lightgcn
 from configs import sasrec
+from configs import sids
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
@@ -34,17 +36,21 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.train_lightgcn = lightgcn.get_config("demo")
     config.build_hints = hints.get_config()
     config.train_sasrec = sasrec.get_config("demo")
+    config.embed_items = embed.get_config()
+    config.build_sids = sids.get_config()
   elif variant == "beauty_cpu":
     config.prepare_data = data.get_config("beauty")
     config.train_baselines = baselines.get_config()
     config.train_lightgcn = lightgcn.get_config("beauty")
     config.build_hints = hints.get_config()
     config.train_sasrec = sasrec.get_config("beauty")
+    config.embed_items = embed.get_config()
+    config.build_sids = sids.get_config()
   else:
     raise ValueError(f"configs/pipeline.py: unknown variant {variant!r}")
   # Stages in the order they run.
   config.stages = ("prepare_data", "train_baselines", "train_lightgcn",
-                   "build_hints", "train_sasrec")
+                   "build_hints", "train_sasrec", "embed_items", "build_sids")
 
   if variant == "tiny":  # tests: a seq_txt file they write, seconds
     config.prepare_data = data.get_config("ml100k")
@@ -55,4 +61,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.build_hints = hints.get_config("tiny")
     config.train_sasrec = sasrec.get_config("tiny")
     config.train_baselines.baselines.models = ("most_popular",)
+    config.embed_items = embed.get_config("tiny")
+    config.build_sids = sids.get_config("tiny")
   return config
