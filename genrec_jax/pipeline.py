@@ -180,28 +180,23 @@ def format_table(results: dict[str, dict[str, float]]) -> str:
 
 
 def format_examples(workdir: pathlib.Path, num_users: int) -> list[str]:
-  """History and top-5 titles of a few users, for every model that wrote
-  `<model>/recommendations.json` ({"users": {user: [item, ...]}})."""
+  """History and top-5 titles of a few test users, for every model that wrote
+  `<model>/recommendations.json` (a list of {"user", "history", "target",
+  "top10"} records; internal ids)."""
   files = sorted(pathlib.Path(workdir).glob("*/recommendations.json"))
   if not files or num_users <= 0:
     return []
-  ds = Dataset.load(workdir / "dataset")
-  test = ds.test
-  row_of = {int(u): r for r, u in enumerate(test.users)}
-  recs = {f.parent.name: json.loads(f.read_text()).get("users", {})
+  ds = Dataset.load(pathlib.Path(workdir) / "dataset")
+  recs = {f.parent.name: {r["user"]: r for r in json.loads(f.read_text())}
           for f in files}
-  users = sorted(set.intersection(*(set(r) for r in recs.values())),
-                 key=int)[:num_users]
+  users = sorted(set.intersection(*(set(r) for r in recs.values())))
   lines = []
-  for user in users:
-    row = row_of.get(int(user))
-    if row is None:
-      continue
-    hist = [ds.title(int(i)) for i in test.history[row][-5:]]
-    target = ", ".join(ds.title(int(i)) for i in test.targets[row])
-    lines.append(f"user {ds.user_ids[int(user)]}: last history {hist}")
+  for user in users[:num_users]:
+    first = next(iter(recs.values()))[user]
+    hist = [ds.title(i) for i in first["history"][-5:]]
+    lines.append(f"user {ds.user_ids[user]}: last history {hist}")
+    target = [ds.title(i) for i in first["target"]]
     lines.append(f"  held-out next item: {target}")
     for model, r in recs.items():
-      top = [ds.title(int(i)) for i in r[user][:5]]
-      lines.append(f"  {model} top-5: {top}")
+      lines.append(f"  {model} top-5: {[ds.title(i) for i in r[user]['top10'][:5]]}")
   return lines

@@ -73,10 +73,12 @@ def test_format_table_and_examples(tmp_path):
   from genrec_jax.data.dataset import Dataset
   ds = Dataset.load(w / "dataset")
   user = int(ds.test.users[0])
-  (w / "m" / "recommendations.json").write_text(json.dumps(
-      {"users": {str(user): [3, 4, 5, 6, 7, 8]}}))
+  (w / "m" / "recommendations.json").write_text(json.dumps([
+      {"user": user, "history": [1, 2], "target": [9],
+       "top10": [3, 4, 5, 6, 7, 8]}]))
   lines = pipeline.format_examples(w, 3)
   assert lines[0].startswith(f"user {ds.user_ids[user]}: last history")
+  assert "Item number 2" in lines[0] and "Item number 9" in lines[1]
   assert "Item number 3" in lines[2] and "Item number 8" not in lines[2]
 
 
