@@ -53,6 +53,9 @@ def _train() -> ml_collections.ConfigDict:
   c.patience = 3
   # Wall-clock budget of training in minutes (0 = none).
   c.max_minutes = 0.0
+  # Decoder: output logits only at <= this many loss tokens per example
+  # (0: at every position; large vocabularies make that the main cost).
+  c.answer_budget = 24
   # Resume from WORKDIR/<name>/checkpoints/latest when it exists.
   c.resume = True
   return c
@@ -92,6 +95,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.model.path = ml_collections.config_dict.placeholder(str)
   # Tokenizer of text prompts: "smollm2" or a local HF folder.
   config.model.tokenizer = "smollm2"
+  # From-scratch text decoder: keep only the tokenizer ids the prompts use
+  # (template pieces, titles, SIDs; others -> one UNK id).
+  config.model.compact_vocab = True
   # From-scratch decoder sizes.
   config.model.hidden_size = 128
   config.model.intermediate_size = 384

@@ -27,6 +27,7 @@ Entry point: `run(config, workdir) -> dict` (the metrics).
 
 from __future__ import annotations
 
+import functools
 import json
 import pathlib
 import shutil
@@ -90,6 +91,57 @@ def decoder_loss(model, batch, key):
   logits = model(ids, batch["attention_mask"])  # [B, T, V]
   return _masked_ce(logits[:, :-1], ids[:, 1:],
                     batch["loss_mask"][:, 1:].astype(jnp.float32))
+
+
+@functools.lru_cache(maxsize=None)
+def _hidden_graphdef(cfg):
+  """Graph of a Decoder whose forward returns normed hidden states."""
+  from genrec_jax.models import decoder  # pylint: disable=g-import-not-at-top
+  from genrec_jax.models import layers  # pylint: disable=g-import-not-at-top
+
+  class DecoderHidden(decoder.Decoder):
+
+    def _head(self, h):  # [B, T, D] after the final norm, no projection
+      return layers.rms_norm(h, self.final_norm[...], self.config.rms_norm_eps)
+
+  return nnx.graphdef(nnx.eval_shape(lambda: DecoderHidden(
+      cfg, rngs=nnx.Rngs(0))))
+
+
+def make_decoder_loss(answer_budget: int):
+  """Decoder CE computing logits only at <= answer_budget * B positions.
+
+  The output projection over a large vocabulary dominates the cost when
+  only answer tokens carry loss; the hidden states of the loss positions
+  are gathered first (positions beyond the budget are dropped and counted
+  in the aux "dropped"). answer_budget 0: the full-logits `decoder_loss`.
+  """
+  if not answer_budget:
+    return decoder_loss
+
+  def loss_fn(model, batch, key):
+    del key
+    ids = batch["input_ids"]  # [B, T]
+    b, t = ids.shape
+    hidden = nnx.merge(_hidden_graphdef(model.config), nnx.state(model))
+    h = hidden(ids, batch["attention_mask"])[:, :-1]  # [B, T-1, D]
+    w = batch["loss_mask"][:, 1:].astype(jnp.float32).reshape(-1)  # [P']
+    k = min(b * answer_budget, b * (t - 1))
+    # Loss positions first, in order.
+    _, pos = jax.lax.top_k(w, k)  # [P] (equal values: lower index first)
+    hs = h.reshape(b * (t - 1), -1)[pos]  # [P, D]
+    if model.config.tie_word_embeddings:
+      logits = jnp.einsum("PD,VD->PV", hs, model.embed[...].astype(hs.dtype),
+                          preferred_element_type=jnp.float32)
+    else:
+      logits = jnp.einsum("PD,DV->PV", hs,
+                          model.lm_head[...].astype(hs.dtype),
+                          preferred_element_type=jnp.float32)
+    loss, aux = _masked_ce(logits, ids[:, 1:].reshape(-1)[pos], w[pos])
+    aux["dropped"] = jnp.sum(w) - aux["tokens"]
+    return loss, aux
+
+  return loss_fn
 
 
 # ----------------------------------------------------------------------------
@@ -221,6 +273,64 @@ def _decoder_config(config, vocab: int):
       bos_token_id=BOS, eos_token_id=EOS, pad_token_id=PAD)
 
 
+def compact_vocab(tok, tokens, items) -> np.ndarray:
+  """Sorted original ids a from-scratch text decoder needs.
+
+  Every prompt is a concatenation of segments encoded one by one
+  (sft_data.SegmentEncoder): template pieces, SID strings and titles. The
+  kept ids are those of every template segment of every task, every SID
+  string and title, and the special ids; anything else maps to one UNK id.
+  """
+  from genrec_jax.training import prompts as P  # pylint: disable=g-import-not-at-top
+  segments = set(items.sids) | set(items.titles)
+  n = items.num_items
+  pick = [i % n for i in range(5)]
+  for task in P.TASKS:
+    hint = pick[3:] if task in P.HINT_TASKS else None
+    p = P.build(task, pick[:2], pick[2], sids=items.sids, titles=items.titles,
+                hint=hint)
+    segments.update(p.prompt)
+    segments.update(p.answer)
+  keep = set()
+  for seg in segments:
+    if seg:
+      keep.update(tok.encode(seg, add_special_tokens=False))
+  sid = tokens.sid_tokens
+  for o, size in zip(sid.offsets, sid.sizes):
+    keep.update(range(o, o + size))
+  keep.update(sid.suffix)
+  keep.update(tokens.response_ids)
+  keep.update(x for x in (tokens.pad_id, tokens.eos_id, tokens.bos_id)
+              if x is not None)
+  return np.asarray(sorted(int(x) for x in keep), np.int64)
+
+
+class VocabMap:
+  """Original token ids <-> compact ids (UNK = len(keep))."""
+
+  def __init__(self, keep: np.ndarray, orig_vocab: int):
+    self.keep = np.asarray(keep, np.int64)
+    self.unk = len(self.keep)
+    self.size = self.unk + 1
+    self.table = np.full(max(orig_vocab, int(self.keep.max()) + 1), self.unk,
+                         np.int32)
+    self.table[self.keep] = np.arange(len(self.keep), dtype=np.int32)
+
+  def __call__(self, ids):
+    return self.table[np.asarray(ids)]
+
+  def sid_tokens(self, sid: bs.SidTokens) -> bs.SidTokens:
+    offsets = tuple(int(x) for x in self(np.asarray(sid.offsets)))
+    for o, c, size in zip(offsets, sid.offsets, sid.sizes):
+      if (self(np.arange(c, c + size)) != o + np.arange(size)).any():
+        raise ValueError("SID tokens are not contiguous in the compact vocab")
+    return bs.SidTokens(offsets, sid.sizes,
+                        tuple(int(x) for x in self(np.asarray(sid.suffix))))
+
+  def prompts(self, p: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    return {**p, "input_ids": self(p["input_ids"]).astype(np.int32)}
+
+
 def text_components(tokenizer_source: str, ds: Dataset, trie, sids_dir,
                     hints_path):
   """(tokenizer, DecoderTokens, ItemTable, hints or None) for text prompts."""
@@ -251,12 +361,20 @@ def text_prompt_builder(prompt: dict[str, Any], ds: Dataset, trie, sid,
   tok, tokens, items, hints = text_components(
       prompt["tokenizer"], ds, trie, workdir / prompt.get("sids_dir", "sids"),
       workdir / "hints" / "hints.json" if prompt.get("hints") else None)
-  if tuple(tokens.sid_tokens.offsets) != tuple(sid.offsets):
+  remap = (VocabMap(np.asarray(prompt["vocab_keep"]), len(tok))
+           if prompt.get("vocab_keep") else None)
+  want = remap.sid_tokens(tokens.sid_tokens) if remap else tokens.sid_tokens
+  if tuple(want.offsets) != tuple(sid.offsets):
     raise ValueError(f"tokenizer {prompt['tokenizer']!r}: SID tokens at "
-                     f"{tokens.sid_tokens.offsets}, the model folder says "
-                     f"{sid.offsets}")
-  return lambda batch: sft_data.decoder_eval_prompts(
-      batch, items, tok, max_history=max_history, hints=hints, tokens=tokens)
+                     f"{want.offsets}, the model folder says {sid.offsets}")
+
+  def make(batch):
+    p = sft_data.decoder_eval_prompts(batch, items, tok,
+                                      max_history=max_history, hints=hints,
+                                      tokens=tokens)
+    return remap.prompts(p) if remap else p
+
+  return make
 
 
 class _Setup:
@@ -311,7 +429,7 @@ class _Setup:
         raise ValueError(f"config field 'prompt.format': {fmt!r} is not "
                          "'sid' or 'text'")
       self.save_kind = "decoder"
-      self.loss = decoder_loss
+      self.loss = make_decoder_loss(int(config.train.answer_budget))
     else:
       raise ValueError(f"config field 'kind': {kind!r} is not 'tiger' or "
                        "'decoder'")
@@ -329,6 +447,17 @@ class _Setup:
         workdir / "hints" / "hints.json" if config.hints.enabled else None)
     self.sid = self.tokens.sid_tokens
     vocab = int(self.tokens.vocab_size)
+    self.remap = None
+    self.response_ids = tuple(self.tokens.response_ids)
+    if m.source == "scratch" and m.compact_vocab:
+      self.remap = VocabMap(compact_vocab(self.tokenizer, self.tokens,
+                                          self.items), vocab)
+      self.sid = self.remap.sid_tokens(self.sid)
+      self.response_ids = tuple(int(x) for x in self.remap(
+          np.asarray(self.response_ids)))
+      logging.info("compact vocabulary: %d of %d tokenizer ids (+ UNK)",
+                   len(self.remap.keep), vocab)
+      vocab = self.remap.size
     if m.source == "scratch":
       self.model_config = _decoder_config(config, vocab)
       self.model = decoder.Decoder(self.model_config, rngs=rngs)
@@ -355,7 +484,9 @@ class _Setup:
     self.prompt = {"format": "text", "max_history": config.data.max_history,
                    "tokenizer": m.tokenizer, "sids_dir": config.sids_dir,
                    "pad_id": int(self.tokens.pad_id),
-                   "hints": bool(config.hints.enabled)}
+                   "hints": bool(config.hints.enabled),
+                   "vocab_keep": (None if self.remap is None
+                                  else self.remap.keep.tolist())}
 
   # -- data -----------------------------------------------------------------
 
@@ -384,7 +515,10 @@ class _Setup:
         tokens=self.tokens)
     logging.info("SFT data: %d examples, %d batches per epoch, %s",
                  data.num_examples, data.batches_per_epoch, data.stats)
-    return data.dataset, data.batches_per_epoch
+    dataset = data.dataset
+    if self.remap is not None:
+      dataset = dataset.map(self.remap.prompts)
+    return dataset, data.batches_per_epoch
 
   def eval_prompts(self, batch: EvalExamples) -> dict[str, np.ndarray]:
     fmt = self.prompt["format"]
@@ -398,16 +532,16 @@ class _Setup:
       return eval_lib.sid_history_prompts(batch.history, self.item_tokens,
                                           max_history=mh, bos_id=BOS,
                                           pad_id=PAD)
-    return self.sft_data.decoder_eval_prompts(
+    p = self.sft_data.decoder_eval_prompts(
         batch, self.items, self.tokenizer, max_history=mh, hints=self.hints,
         tokens=self.tokens)
+    return self.remap.prompts(p) if self.remap is not None else p
 
   def scorer(self, graphdef):
     vocab = self.model_config.vocab_size
     if self.save_kind == "t5":
       return bs.T5Scorer(graphdef, start_token=PAD, vocab_size=vocab)
-    suffix = (tuple(self.tokens.response_ids)
-              if self.prompt["format"] == "text" else ())
+    suffix = self.response_ids if self.prompt["format"] == "text" else ()
     return bs.DecoderScorer(graphdef, vocab_size=vocab,
                             required_suffix=suffix)
 
