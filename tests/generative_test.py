@@ -85,11 +85,35 @@ def test_tiger_stage_and_evaluate_reload(workdir):
   _check_stage(workdir, "tiger_t", metrics)
 
 
-def test_decoder_sid_stage_and_evaluate_reload(workdir):
-  config = generative_config.get_config("decoder_sid,tiny")
+def test_decoder_sid_hints_stage_and_evaluate_reload(workdir):
+  config = generative_config.get_config("decoder_sid_hints,tiny")
   config.name = "dec_sid"
+  assert config.hints.enabled and config.prompt.format == "sid"
   metrics = generative.run(config, str(workdir))
+  assert metrics["hints"] is True
   _check_stage(workdir, "dec_sid", metrics)
+
+
+def test_sid_prompts_hints_dropout_and_clean_target():
+  item_tokens = np.arange(5 * 2).reshape(5, 2) + 10
+  hints = {4: [3, 2], 1: [0]}
+  # Clean target: item 3 is removed from item 4's hint list.
+  assert generative.hint_tokens(hints, 4, item_tokens, 3,
+                                target=3).tolist() == [14, 15]
+  assert generative.hint_tokens(hints, 1, item_tokens, 3, target=0) is None
+  assert generative.hint_tokens(hints, 4, item_tokens, 1).tolist() == [16, 17]
+  batch = generative._SidDecoderBatch(item_tokens, 3, hints, 2, 0.5)
+  element = {"history": np.array([[-1, 0, 4]] * 64), "target": np.full(64, 1)}
+  a = batch(element, np.random.default_rng(0))
+  b = batch(element, np.random.default_rng(0))
+  np.testing.assert_array_equal(a["input_ids"], b["input_ids"])
+  with_hint = (a["input_ids"] == generative.HINT).any(1)
+  assert 0.3 < with_hint.mean() < 0.7  # dropout p = 0.5
+  row = a["input_ids"][np.flatnonzero(with_hint)[0]]
+  assert row[:10].tolist() == [generative.BOS, 10, 11, 18, 19,
+                               generative.HINT, 16, 17, 14, 15]
+  assert row[10] == generative.SEP and row[11:13].tolist() == [12, 13]
+  assert a["loss_mask"][0].sum() == 2
 
 
 def test_decoder_text_with_hints(workdir):

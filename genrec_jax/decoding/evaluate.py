@@ -306,14 +306,20 @@ def _prompt_builder(prompt: dict[str, Any], item_tokens: np.ndarray,
                     workdir: pathlib.Path, where: pathlib.Path):
   """EvalExamples -> prompts, per the model folder's prompt settings.
 
-  Formats: "sid" (default; `sid_history_prompts`), "tiger" (T5 encoder
-  inputs) and "text" (MiniOneRec prompts, genrec_jax.training.sft_data).
+  Formats: "sid" (default; `sid_history_prompts`), "sid_sep" (SID prompts
+  with a separator and optional hints), "tiger" (T5 encoder inputs) and
+  "text" (MiniOneRec prompts); the last three live in
+  genrec_jax.training.generative.
   """
   fmt = prompt.get("format", "sid")
   if fmt == "sid":
     return lambda batch: sid_history_prompts(
         batch.history, item_tokens, max_history=max_history,
         bos_id=prompt.get("bos_id"), pad_id=int(prompt.get("pad_id", 0)))
+  if fmt == "sid_sep":
+    from genrec_jax.training import generative  # pylint: disable=g-import-not-at-top
+    return generative.sid_prompt_builder(prompt, item_tokens, workdir,
+                                         max_history)
   if fmt == "tiger":
     from genrec_jax.training import generative  # pylint: disable=g-import-not-at-top
     return lambda batch: generative.tiger_encoder_inputs(
@@ -326,7 +332,7 @@ def _prompt_builder(prompt: dict[str, Any], item_tokens: np.ndarray,
     return generative.text_prompt_builder(prompt, ds, trie, sid, workdir,
                                           max_history)
   raise ValueError(f"{where}: field 'prompt.format' = {fmt!r} is not sid, "
-                   "tiger or text")
+                   "sid_sep, tiger or text")
 
 
 def run(config, workdir) -> dict[str, Any]:

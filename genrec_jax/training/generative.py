@@ -17,8 +17,10 @@ Kinds (config.kind):
 * "decoder": genrec_jax.models.decoder.Decoder, from scratch or pretrained
   (SmolLM2 GGUF from its package, or a local Qwen2/Llama HF folder) with the
   SID tokens added. config.prompt.format selects the examples:
-  "sid": [bos] + history SID tokens -> target SID tokens (no text, own
-    vocabulary; what the evaluate stage's `sid_history_prompts` builds);
+  "sid": [bos] + history SID tokens ([hint] + SID tokens of the top-k
+    LightGCN neighbours of the last item, miniGR-CF hints without the text;
+    dropout p, clean target) + [sep] -> target SID tokens (own vocabulary:
+    0 pad, 1 eos, 2 bos, 3 sep, 4 hint, then the SID blocks);
   "text": the MiniOneRec multi-task SFT prompts (genrec_jax.training.
     sft_data / prompts, optionally with miniGR-CF hints).
 
@@ -50,13 +52,14 @@ from genrec_jax.decoding import beam_search as bs
 from genrec_jax.decoding import evaluate as eval_lib
 from genrec_jax.decoding import trie as trie_lib
 from genrec_jax.evaluation import metrics as metrics_lib
+from genrec_jax.graph.hints import clean_target
 from genrec_jax.training import loop
 from genrec_jax.training import sharding
 
 # Validation metric that selects the best checkpoint: valid/ndcg@K for the
 # largest reported K <= 10.
 # Fixed token ids of the from-scratch vocabularies.
-PAD, EOS, BOS = 0, 1, 2
+PAD, EOS, BOS, SEP, HINT = 0, 1, 2, 3, 4
 # Test users written to recommendations.json.
 NUM_RECOMMENDATION_USERS = 10
 
@@ -210,24 +213,86 @@ class _TigerBatch(grain.transforms.Map):
             "labels": target.astype(np.int32)}
 
 
-class _SidDecoderBatch(grain.transforms.Map):
-  """Padded next-item batch -> right-padded [bos] + history + target."""
+def hint_tokens(hints, last_item: int, item_tokens: np.ndarray, k: int,
+                target: int | None = None) -> np.ndarray | None:
+  """SID tokens of the hint items of `last_item` (None: no hint).
 
-  def __init__(self, item_tokens, max_history):
+  Training passes `target`: it is removed from the list (clean target).
+  """
+  if hints is None or last_item < 0:
+    return None
+  hs = hints.get(int(last_item))
+  if not hs:
+    return None
+  if target is not None:
+    hs = clean_target(hs, int(target))
+  hs = [h for h in hs[:k] if 0 <= h < len(item_tokens)
+        and item_tokens[h][0] >= 0]
+  return item_tokens[hs].reshape(-1) if hs else None
+
+
+def sid_prompt(history: np.ndarray, hint: np.ndarray | None) -> np.ndarray:
+  """[BOS] history SID tokens ([HINT] hint SID tokens) [SEP]."""
+  parts = [[BOS], history]
+  if hint is not None:
+    parts += [[HINT], hint]
+  parts.append([SEP])
+  return np.concatenate(parts).astype(np.int32)
+
+
+def sid_prompt_width(max_history: int, levels: int, hint_k: int,
+                     with_hints: bool) -> int:
+  return 2 + max_history * levels + (1 + hint_k * levels) * with_hints
+
+
+def sid_eval_prompts(history, item_tokens, *, max_history: int, hints,
+                     hint_k: int) -> dict[str, np.ndarray]:
+  """Left-padded prompts of the "sid" decoder format (full hints)."""
+  hist = history.padded(max_history, -1, left=True)  # [B, H]
+  toks, mask = history_tokens(hist, item_tokens, max_history)
+  levels = item_tokens.shape[1]
+  width = sid_prompt_width(max_history, levels, hint_k, hints is not None)
+  b = len(hist)
+  ids = np.full((b, width), PAD, np.int32)
+  amask = np.zeros((b, width), bool)
+  for i in range(b):
+    hint = hint_tokens(hints, hist[i, -1], item_tokens, hint_k)
+    row = sid_prompt(toks[i][mask[i]], hint)
+    ids[i, width - len(row):] = row
+    amask[i, width - len(row):] = True
+  return {"input_ids": ids, "attention_mask": amask}
+
+
+class _SidDecoderBatch:
+  """Padded next-item batch -> right-padded prompt + target tokens.
+
+  Used with grain `random_map` (hint dropout drawn from grain's per-batch
+  rng, so it is re-drawn every epoch and reproducible on resume).
+  """
+
+  def __init__(self, item_tokens, max_history, hints=None, hint_k=3,
+               hint_dropout=0.0):
     self.item_tokens = item_tokens
     self.max_history = max_history
+    self.hints, self.hint_k, self.hint_dropout = hints, hint_k, hint_dropout
 
-  def map(self, element):
+  def __call__(self, element, rng: np.random.Generator):
     toks, mask = history_tokens(element["history"], self.item_tokens,
                                 self.max_history)
-    target = self.item_tokens[element["target"]]  # [B, L]
+    targets = element["target"]
+    target = self.item_tokens[targets]  # [B, L]
     b, levels = target.shape
-    width = toks.shape[1] + 1 + levels
+    width = sid_prompt_width(self.max_history, levels, self.hint_k,
+                             self.hints is not None) + levels
     ids = np.full((b, width), PAD, np.int32)
     amask = np.zeros((b, width), bool)
     lmask = np.zeros((b, width), np.float32)
-    for i in range(b):  # right padding: [bos, history..., target]
-      row = np.concatenate([[BOS], toks[i][mask[i]], target[i]])
+    drop = rng.random(b) < self.hint_dropout
+    for i in range(b):  # right padding
+      hint = None if drop[i] else hint_tokens(
+          self.hints, element["history"][i, -1], self.item_tokens,
+          self.hint_k, target=targets[i])
+      row = np.concatenate([sid_prompt(toks[i][mask[i]], hint), target[i]])
       ids[i, :len(row)] = row
       amask[i, :len(row)] = True
       lmask[i, len(row) - levels:len(row)] = 1.0
@@ -240,7 +305,9 @@ def sid_train_dataset(ds: Dataset, transform, *, max_history: int,
   pds = pipeline_lib.train_dataset(
       ds.train, max_len=max_history, pad_id=-1, batch_size=batch_size,
       seed=seed, num_epochs=num_epochs)
-  return pds.map(transform)
+  if isinstance(transform, grain.transforms.Map):
+    return pds.map(transform)
+  return pds.random_map(transform, seed=seed)
 
 
 # ----------------------------------------------------------------------------
@@ -353,6 +420,24 @@ def text_components(tokenizer_source: str, ds: Dataset, trie, sids_dir,
   return tok, tokens, items, hints
 
 
+def _load_hints(workdir: pathlib.Path):
+  from genrec_jax.training import sft_data  # pylint: disable=g-import-not-at-top
+  path = pathlib.Path(workdir) / "hints" / "hints.json"
+  if not path.exists():
+    raise FileNotFoundError(f"{path}: hints are enabled but the build_hints "
+                            "stage has not run")
+  return sft_data.load_hints(path)
+
+
+def sid_prompt_builder(prompt: dict[str, Any], item_tokens: np.ndarray,
+                       workdir: pathlib.Path, max_history: int):
+  """EvalExamples -> "sid_sep" prompts (for the evaluate stage)."""
+  hints = _load_hints(workdir) if prompt.get("hints") else None
+  return lambda batch: sid_eval_prompts(
+      batch.history, item_tokens, max_history=max_history, hints=hints,
+      hint_k=int(prompt.get("hint_k", 3)))
+
+
 def text_prompt_builder(prompt: dict[str, Any], ds: Dataset, trie, sid,
                         workdir: pathlib.Path, max_history: int):
   """EvalExamples -> left-padded text prompts (for the evaluate stage)."""
@@ -417,12 +502,15 @@ class _Setup:
         if config.model.source != "scratch":
           raise ValueError("config field 'prompt.format' = 'sid' needs "
                            "model.source = 'scratch'")
-        self.sid = bs.SidTokens.contiguous(levels, base=3)
+        self.sid = bs.SidTokens.contiguous(levels, base=HINT + 1)
         self.model_config = _decoder_config(config, self.sid.end)
         self.model = decoder.Decoder(self.model_config, rngs=rngs)
         self.item_tokens = item_token_table(trie, self.sid)
-        self.prompt = {"format": "sid", "max_history": max_history,
-                       "bos_id": BOS, "pad_id": PAD}
+        if config.hints.enabled:
+          self.hints = _load_hints(workdir)
+        self.prompt = {"format": "sid_sep", "max_history": max_history,
+                       "hints": bool(config.hints.enabled),
+                       "hint_k": int(config.hints.k)}
       elif fmt == "text":
         self._text_decoder(config, ds, workdir, rngs)
       else:
@@ -501,9 +589,10 @@ class _Setup:
                                self.user_base, self.num_user_tokens),
           max_history=c.data.max_history, batch_size=batch_size,
           seed=c.seed, num_epochs=num_epochs), per_epoch
-    if self.prompt["format"] == "sid":
+    if self.prompt["format"] == "sid_sep":
       return sid_train_dataset(
-          self.ds, _SidDecoderBatch(self.item_tokens, c.data.max_history),
+          self.ds, _SidDecoderBatch(self.item_tokens, c.data.max_history,
+                                    self.hints, c.hints.k, c.hints.dropout),
           max_history=c.data.max_history, batch_size=batch_size,
           seed=c.seed, num_epochs=num_epochs), per_epoch
     data = self.sft_data.decoder_train_data(
@@ -528,10 +617,10 @@ class _Setup:
       return tiger_encoder_inputs(batch.users, hist, self.item_tokens,
                                   max_history=mh, user_base=self.user_base,
                                   num_user_tokens=self.num_user_tokens)
-    if fmt == "sid":
-      return eval_lib.sid_history_prompts(batch.history, self.item_tokens,
-                                          max_history=mh, bos_id=BOS,
-                                          pad_id=PAD)
+    if fmt == "sid_sep":
+      return sid_eval_prompts(batch.history, self.item_tokens,
+                              max_history=mh, hints=self.hints,
+                              hint_k=self.prompt["hint_k"])
     p = self.sft_data.decoder_eval_prompts(
         batch, self.items, self.tokenizer, max_history=mh, hints=self.hints,
         tokens=self.tokens)
