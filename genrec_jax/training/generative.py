@@ -639,18 +639,42 @@ class _Setup:
 # Evaluation.
 
 
+def drop_excluded(items: np.ndarray, exclude, top_n: int) -> np.ndarray:
+  """Ranked lists without each row's excluded items, -1 padded to top_n.
+
+  Args:
+    items: int [B, W] ranked item ids (-1 = empty).
+    exclude: Ragged, per row the items masked at ranking time (history).
+    top_n: list length kept.
+  """
+  out = np.full((len(items), top_n), -1, np.int64)
+  for i, row in enumerate(items):
+    row = row[(row >= 0) & ~np.isin(row, exclude[i])][:top_n]
+    out[i, :len(row)] = row
+  return out
+
+
 def make_search(setup: _Setup, model: nnx.Module, *, beam_size: int,
-                top_n: int):
-  """search_fn(EvalExamples) -> int [B, top_n] ranked items."""
+                top_n: int, exclude_history: bool = False):
+  """search_fn(EvalExamples) -> int [B, top_n] ranked items.
+
+  exclude_history: drop the rows' `exclude` items (their history, as the
+  full-ranking protocol of SASRec / most-popular masks them) from the
+  beam_size results, then keep top_n.
+  """
   graphdef, params, rest = nnx.split(model, nnx.Param, ...)
   scorer = setup.scorer(graphdef)
 
   def search_fn(batch: EvalExamples) -> np.ndarray:
     prompts = setup.eval_prompts(batch)
     res = bs.beam_search(scorer, (params, rest), prompts, setup.trie,
-                         beam_size=beam_size, top_n=top_n,
+                         beam_size=beam_size,
+                         top_n=beam_size if exclude_history else top_n,
                          sid_tokens=setup.sid)
-    return np.asarray(res.items)
+    items = np.asarray(res.items)
+    if exclude_history and batch.exclude is not None:
+      return drop_excluded(items, batch.exclude, top_n)
+    return items[:, :top_n]
 
   return search_fn
 
@@ -658,7 +682,8 @@ def make_search(setup: _Setup, model: nnx.Module, *, beam_size: int,
 def evaluate_split(setup, model, examples: EvalExamples, *, prefix: str,
                    eval_cfg) -> dict[str, float]:
   search = make_search(setup, model, beam_size=eval_cfg.beam_size,
-                       top_n=min(eval_cfg.top_n, eval_cfg.beam_size))
+                       top_n=min(eval_cfg.top_n, eval_cfg.beam_size),
+                       exclude_history=eval_cfg.exclude_history)
   return eval_lib.evaluate_generative(
       search, examples, is_valid_item=setup.trie.is_valid_item,
       batch_size=eval_cfg.batch_size, prefix=prefix)
@@ -694,7 +719,8 @@ def _final_eval(setup, model, ds, ecfg, out):
   fill = np.minimum(np.arange(max(n_few, ecfg.batch_size)), n_few - 1)
   few = eval_lib.take_examples(ds.test, fill)  # padded: no new compile
   search = make_search(setup, model, beam_size=ecfg.beam_size,
-                       top_n=min(ecfg.top_n, ecfg.beam_size))
+                       top_n=min(ecfg.top_n, ecfg.beam_size),
+                       exclude_history=ecfg.exclude_history)
   top = np.asarray(search(few))[:n_few, :10]
   atomic_write_json(out / "recommendations.json", [
       {"user": int(few.users[i]), "user_id": ds.user_ids[int(few.users[i])],
@@ -705,6 +731,32 @@ def _final_eval(setup, model, ds, ecfg, out):
 
   return metrics, int(len(test))
 
+
+
+def _reset_stale_checkpoints(ckpt_dir: pathlib.Path, config,
+                             num_steps: int) -> None:
+  """Drops checkpoints written by a different model/data/schedule config.
+
+  Resuming needs the same model, data order and schedule; the fields that
+  do not change the trajectory (budget, logging, evaluation) may differ.
+  """
+  keep = {k: config[k].to_dict() if hasattr(config[k], "to_dict")
+          else config[k] for k in ("kind", "seed", "model", "data", "prompt",
+                                   "hints", "mesh")}
+  train = config.train.to_dict()
+  for k in ("max_minutes", "log_every", "resume", "eval_every", "patience"):
+    train.pop(k, None)
+  keep["train"] = train
+  keep["num_steps"] = num_steps
+  fingerprint = json.dumps(keep, sort_keys=True, default=str)
+  path = ckpt_dir / "config.json"
+  if ckpt_dir.exists() and (not path.exists()
+                            or path.read_text() != fingerprint):
+    logging.warning("%s: written by another configuration; starting afresh",
+                    ckpt_dir)
+    shutil.rmtree(ckpt_dir)
+  ckpt_dir.mkdir(parents=True, exist_ok=True)
+  path.write_text(fingerprint)
 
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
@@ -758,6 +810,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     evaluate_fn, select = None, None
   else:
     evaluate_fn, select = evaluate, select_key
+  _reset_stale_checkpoints(out / "checkpoints", config, num_steps)
   result = loop.train(
       setup.model, setup.loss, dataset, tcfg, mesh=mesh,
       ckpt_dir=out / "checkpoints", num_steps=num_steps, seed=config.seed,
@@ -797,6 +850,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
       "num_params": nparams,
       "beam_size": int(ecfg.beam_size),
       "hints": bool(config.get("hints", {}).get("enabled", False)),
+      "history_masked": bool(ecfg.exclude_history
+                             and ds.test.exclude is not None),
       "final_train_loss": (result.curve[-1]["loss"] if result.curve
                            else None),
   })
