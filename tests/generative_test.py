@@ -66,7 +66,8 @@ def _check_stage(root, name, metrics):
   assert all(0 < len(r["top10"]) <= 5 for r in recs)
   log = json.loads((root / name / "train_log.json").read_text())
   assert log["curve"] and log["evals"]
-  # The evaluate stage reloads the model folder and gets the same numbers.
+  # The evaluate stage reloads the model folder and gets the same numbers
+  # (it does not mask history: the runs here set exclude_history=False).
   config = evaluate_config.get_config("tiny")
   config.update(model=name, beam_size=6, top_n=5, max_rows=0, batch_size=8)
   out = evaluate_lib.run(config, root)
@@ -75,11 +76,19 @@ def _check_stage(root, name, metrics):
     assert out[k] == pytest.approx(metrics[k]), k
 
 
+def test_drop_excluded_keeps_order():
+  items = np.array([[5, 3, 9, 1, -1], [2, 4, 6, 8, 0]])
+  exclude = Ragged.from_lists([[3, 1], []])
+  got = generative.drop_excluded(items, exclude, 3)
+  assert got.tolist() == [[5, 9, -1], [2, 4, 6]]
+
+
 def test_tiger_stage_and_evaluate_reload(workdir):
   config = generative_config.get_config("tiger,tiny")
   config.name = "tiger_t"
+  config.eval.exclude_history = False
   metrics = generative.run(config, str(workdir))
-  assert metrics["kind"] == "tiger"
+  assert metrics["kind"] == "tiger" and not metrics["history_masked"]
   spec = json.loads((workdir / "tiger_t" / "model.json").read_text())
   assert spec["kind"] == "t5" and spec["prompt"]["format"] == "tiger"
   _check_stage(workdir, "tiger_t", metrics)
@@ -89,6 +98,7 @@ def test_decoder_sid_hints_stage_and_evaluate_reload(workdir):
   config = generative_config.get_config("decoder_sid_hints,tiny")
   config.name = "dec_sid"
   assert config.hints.enabled and config.prompt.format == "sid"
+  config.eval.exclude_history = False
   metrics = generative.run(config, str(workdir))
   assert metrics["hints"] is True
   _check_stage(workdir, "dec_sid", metrics)
@@ -125,6 +135,7 @@ def test_decoder_text_with_hints(workdir):
   config.train.num_steps = 4
   config.train.eval_every = 0
   assert config.hints.enabled and config.prompt.format == "text"
+  config.eval.exclude_history = False
   metrics = generative.run(config, str(workdir))
   assert metrics["hints"] is True
   _check_stage(workdir, "dec_hints", metrics)

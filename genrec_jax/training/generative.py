@@ -726,7 +726,8 @@ def _final_eval(setup, model, ds, ecfg, out):
       {"user": int(few.users[i]), "user_id": ds.user_ids[int(few.users[i])],
        "history": few.history[i][-10:].tolist(),
        "target": few.targets[i].tolist(),
-       "top10": [int(x) for x in top[i] if x >= 0]}
+       "top10": [int(x) for x in top[i] if x >= 0],
+       "top10_titles": [ds.title(int(x)) for x in top[i] if x >= 0]}
       for i in range(n_few)])
 
   return metrics, int(len(test))
@@ -854,6 +855,9 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
                              and ds.test.exclude is not None),
       "final_train_loss": (result.curve[-1]["loss"] if result.curve
                            else None),
+      # Early-stopping signal on the sampled valid users (train_log.json).
+      "select_metric": select,
+      "best_select_value": result.best,
   })
   atomic_write_json(out / "metrics.json", metrics)
   k = max(k for k in metrics_lib.KS if k <= min(ecfg.top_n, ecfg.beam_size))
