@@ -194,10 +194,14 @@ def _compute_graphdef(model: nnx.Module, compute_dtype: str):
 
 def make_train_step(graphdef, tx: optax.GradientTransformation,
                     loss_fn: LossFn, compute_dtype: str = "float32"):
-  """(params, opt_state, rest, batch, key) -> (params, opt_state, metrics)."""
+  """(params, opt_state, rest, batch, base_key, step) -> (params, opt_state,
+  metrics); the loss gets fold_in(base_key, step) (folded inside the jit: an
+  eager fold_in would wait for the previous step)."""
   dt = jnp.dtype(compute_dtype)
 
-  def step(params, opt_state, rest, batch, key):
+  def step(params, opt_state, rest, batch, base_key, step):
+    key = jax.random.fold_in(base_key, step)
+
     def objective(p):
       if dt != jnp.float32:
         p = jax.tree.map(lambda x: x.astype(dt), p)
@@ -372,6 +376,8 @@ def train(model: nnx.Module, loss_fn: LossFn,
     value = values[select]
     if best is None or value > best:
       best, best_step, bad_evals = value, step, 0
+      if step in best_mngr.all_steps():  # saved before a kill, replayed
+        best_mngr.delete(step)
       best_mngr.save(step, args=ocp.args.Composite(
           state=ocp.args.StandardSave({"params": params})), force=True)
     else:
@@ -399,9 +405,9 @@ def train(model: nnx.Module, loss_fn: LossFn,
       key_field = examples_key or next(iter(local))
       n_local = int(np.shape(local[key_field])[0])
       batch = _global_batch(local, mesh)
-      key = jax.random.fold_in(base_key, step)
-      params, opt_state, metrics = train_step(params, opt_state, rest, batch,
-                                              key)
+      params, opt_state, metrics = train_step(
+          params, opt_state, rest, batch, base_key,
+          np.asarray(step, np.int32))
       step += 1
       window_losses.append(metrics["loss"])
       window_examples += n_local * jax.process_count()
