@@ -22,7 +22,17 @@ Kinds (config.kind):
     dropout p, clean target) + [sep] -> target SID tokens (own vocabulary:
     0 pad, 1 eos, 2 bos, 3 sep, 4 hint, then the SID blocks);
   "text": the MiniOneRec multi-task SFT prompts (genrec_jax.training.
-    sft_data / prompts, optionally with miniGR-CF hints).
+    sft_data / prompts, optionally with miniGR-CF hints); a from-scratch
+    model keeps only the tokenizer ids the prompts use (compact_vocab).
+  The loss is computed on the answer tokens only, with logits gathered at
+  those positions (train.answer_budget).
+
+Evaluation: constrained beam search (decoding.beam_search) with the trie of
+item SIDs; with eval.exclude_history the rows' history items are dropped
+from the beam_size results before the top_n are kept (the full-ranking
+protocol of the SASRec / most-popular stages). Early stopping on NDCG@10 of
+`eval.valid_users` sampled valid users (eval.select = "ndcg"), best params
+kept; "none" keeps the last params.
 
 Entry point: `run(config, workdir) -> dict` (the metrics).
 """
