@@ -42,6 +42,10 @@ def get_config() -> ml_collections.ConfigDict:
   config.init = "kmeans++"
   # Points the JAX k-means++ init runs on (0 = all).
   config.init_sample = 4096
+  # JAX restarts per level (the lowest-error one is kept; faiss: 1). The
+  # acceptance test is JAX time at equal or lower error than faiss's, so the
+  # JAX side may spend time on restarts; the ratio reports what it cost.
+  config.jax_restarts = 2
   # Timed runs of each per seed (after one warm-up run).
   config.repeats = 1
   return config
@@ -68,7 +72,8 @@ def run(config, out_dir) -> dict:
 
   def fit_jax(seed):
     return rq_kmeans.fit_residual(x, sizes, seed=seed, iters=config.iters,
-                                  restarts=1, init=config.init,
+                                  restarts=config.jax_restarts,
+                                  init=config.init,
                                   init_sample=config.init_sample, tol=0.0)
 
   def fit_faiss(seed):
@@ -100,6 +105,7 @@ def run(config, out_dir) -> dict:
   out = {
       "items": int(x.shape[0]), "dim": int(x.shape[1]), "codebook_sizes": sizes,
       "iters": int(config.iters), "seeds": seeds,
+      "jax_restarts": int(config.jax_restarts),
       "jax_seconds": round(tj, 4), "faiss_seconds": round(tf, 4),
       "time_ratio_jax_over_faiss": round(tj / tf, 4),
       "jax_first_call_seconds_incl_compile": round(first_call, 3),
