@@ -22,6 +22,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.beam_size = 20
   # Ranked items kept per prompt (<= beam_size); metrics use K <= top_n.
   config.top_n = 20
+  # Drop each row's history items (the dataset's `exclude`) from the
+  # beam_size results before keeping top_n, as the full-ranking protocol of
+  # SASRec / most-popular and train_generative's eval.exclude_history do.
+  config.exclude_history = True
   # Prompts per jitted search call.
   config.batch_size = 64
   # History items in the prompt (0: the model folder's prompt.max_history).

@@ -16,6 +16,7 @@ import ml_collections
 from configs import baselines
 from configs import data
 from configs import embed
+from configs import generative
 from configs import hints
 from configs import lightgcn
 from configs import sasrec
@@ -50,7 +51,19 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     raise ValueError(f"configs/pipeline.py: unknown variant {variant!r}")
   # Stages in the order they run.
   config.stages = ("prepare_data", "train_baselines", "train_lightgcn",
-                   "build_hints", "train_sasrec", "embed_items", "build_sids")
+                   "build_hints", "train_sasrec", "embed_items", "build_sids",
+                   "tiger", "minionerec", "minigr_cf")
+  # The generative models: TIGER, the decoder LM without (MiniOneRec) and
+  # with (miniGR-CF) collaborative hints; only hints.enabled differs.
+  suffix = {"ml100k": "_demo", "beauty_cpu": "_beauty_cpu", "tiny": ",tiny"}
+  for name, model in (("tiger", "tiger"), ("minionerec", "decoder"),
+                      ("minigr_cf", "decoder_hints")):
+    if variant == "tiny":
+      model = {"tiger": "tiger", "decoder": "decoder_sid",
+               "decoder_hints": "decoder_sid_hints"}[model]
+    config[name] = generative.get_config(model + suffix[variant])
+    config[name].name = name
+    config.stage_kinds[name] = "train_generative"
 
   if variant == "tiny":  # tests: a seq_txt file they write, seconds
     config.prepare_data = data.get_config("ml100k")

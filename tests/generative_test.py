@@ -67,9 +67,10 @@ def _check_stage(root, name, metrics):
   log = json.loads((root / name / "train_log.json").read_text())
   assert log["curve"] and log["evals"]
   # The evaluate stage reloads the model folder and gets the same numbers
-  # (it does not mask history: the runs here set exclude_history=False).
+  # under the same protocol (history masked or not).
   config = evaluate_config.get_config("tiny")
-  config.update(model=name, beam_size=6, top_n=5, max_rows=0, batch_size=8)
+  config.update(model=name, beam_size=6, top_n=5, max_rows=0, batch_size=8,
+                exclude_history=metrics["history_masked"])
   out = evaluate_lib.run(config, root)
   assert out["invalid_rate"] == 0.0
   for k in ("test/hr@5", "test/ndcg@5", "test/mrr"):
@@ -79,7 +80,7 @@ def _check_stage(root, name, metrics):
 def test_drop_excluded_keeps_order():
   items = np.array([[5, 3, 9, 1, -1], [2, 4, 6, 8, 0]])
   exclude = Ragged.from_lists([[3, 1], []])
-  got = generative.drop_excluded(items, exclude, 3)
+  got = evaluate_lib.drop_excluded(items, exclude, 3)
   assert got.tolist() == [[5, 9, -1], [2, 4, 6]]
 
 
@@ -98,7 +99,6 @@ def test_decoder_sid_hints_stage_and_evaluate_reload(workdir):
   config = generative_config.get_config("decoder_sid_hints,tiny")
   config.name = "dec_sid"
   assert config.hints.enabled and config.prompt.format == "sid"
-  config.eval.exclude_history = False
   metrics = generative.run(config, str(workdir))
   assert metrics["hints"] is True
   _check_stage(workdir, "dec_sid", metrics)

@@ -37,24 +37,48 @@ def test_pipeline_runs_skips_and_forces(tmp_path):
   for name in config.stages:  # every declared done-file was written
     kind = pipeline.stage_kind(config, name)
     assert all((w / f).exists() for f in kind.outputs(config[name])), name
-  assert set(out["results"]) == {"most_popular", "lightgcn", "sasrec"}
+  assert set(out["results"]) == {"most_popular", "lightgcn", "sasrec",
+                                 "tiger", "minionerec", "minigr_cf"}
+  assert out["results"]["minigr_cf"]["invalid_rate"] == 0.0
+  assert pipeline.format_examples(w, 2)[0].startswith("user ")
   table = pipeline.format_table(out["results"])
   assert "sasrec" in table and "test/ndcg@10" in table
   saved = json.loads((w / pipeline.RESULTS_FILE).read_text())
   assert saved["results"]["sasrec"]["test/hr@10"] == (
       out["results"]["sasrec"]["test/hr@10"])
 
+  # binaries.recommend: a user id and a history, interactively.
+  from genrec_jax.data.dataset import Dataset
+  ds = Dataset.load(w / "dataset")
+  user = ds.user_ids[int(ds.test.users[0])]
+  hist = ",".join(ds.item_ids[i] for i in ds.test.history[0][-3:])
+  r = subprocess.run(
+      [sys.executable, "-m", "binaries.recommend", f"--workdir={w}",
+       "--model=minigr_cf", "--top_n=4", "--beam_size=6"],
+      input=f"{user}\nh:{hist}\nnobody\nq\n", cwd=REPO,
+      capture_output=True, text=True)
+  assert r.returncode == 0, r.stderr[-2000:]
+  tops = [l for l in r.stdout.splitlines() if l.strip()[:3] in (" 1.", "1. ")]
+  assert len(tops) == 2 and "Item number" in tops[0]
+  assert "error: user 'nobody'" in r.stdout
+  shown = {l.split(".", 1)[1].split(":")[0].strip()
+           for l in r.stdout.split("top 4:")[2].splitlines()[1:5]}
+  assert not shown & set(hist.split(","))  # history items are not repeated
+
   # Complete and unchanged: everything is skipped.
   again = pipeline.run(config, w)
   assert {s["status"] for s in again["stages"].values()} == {"skipped"}
   # A changed stage config re-runs that stage and the ones after it.
-  config.build_sids.seed = 3
+  # (The cheap first stages from here on.) A changed stage config re-runs
+  # that stage and the ones after it; so does --force.
+  config.stages = config.stages[:4]
+  config.build_hints.k = 3
   changed = pipeline.run(config, w)
   status = [v["status"] for v in changed["stages"].values()]
-  assert status == ["skipped"] * 6 + ["ran"]
-  forced = pipeline.run(config, w, force=["embed_items"])
+  assert status == ["skipped"] * 3 + ["ran"]
+  forced = pipeline.run(config, w, force=["train_lightgcn"])
   status = [v["status"] for v in forced["stages"].values()]
-  assert status == ["skipped"] * 5 + ["ran"] * 2
+  assert status == ["skipped"] * 2 + ["ran"] * 2
   with pytest.raises(ValueError, match="unknown stages"):
     pipeline.run(config, w, force=["nope"])
 

@@ -61,6 +61,26 @@ def take_examples(examples: EvalExamples, rows: np.ndarray) -> EvalExamples:
   )
 
 
+def drop_excluded(items: np.ndarray, exclude: Ragged, top_n: int
+                  ) -> np.ndarray:
+  """Ranked lists without each row's excluded items, -1 padded to top_n.
+
+  The full-ranking protocol of SASRec / most-popular masks a row's
+  `exclude` items (its history); a beam search keeps more beams than top_n
+  and drops them afterwards.
+
+  Args:
+    items: int [B, W] ranked item ids (-1 = empty).
+    exclude: per row the items masked at ranking time.
+    top_n: list length kept.
+  """
+  out = np.full((len(items), top_n), -1, np.int64)
+  for i, row in enumerate(items):
+    row = row[(row >= 0) & ~np.isin(row, exclude[i])][:top_n]
+    out[i, :len(row)] = row
+  return out
+
+
 def evaluate_generative(
     search_fn: Callable[[EvalExamples], np.ndarray],
     examples: EvalExamples,
@@ -282,8 +302,12 @@ def load_model(model_dir: pathlib.Path, spec: dict[str, Any]):
       raise ValueError(f"{where}: missing field {field!r}")
   model, vocab = _build_model(spec.get("kind"), spec["model_config"], where)
   graphdef, abstract, rest = nnx.split(model, nnx.Param, ...)
+  # Restore onto this process's first device whatever topology the folder
+  # was written on (a model trained on a pod is served on one chip or CPU).
+  device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
   abstract = jax.tree.map(
-      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), abstract)
+      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device),
+      abstract)
   with ocp.StandardCheckpointer() as ckptr:
     params = ckptr.restore(model_dir / "params", abstract)
   try:
@@ -301,7 +325,7 @@ def load_model(model_dir: pathlib.Path, spec: dict[str, Any]):
   return scorer, (params, rest), sid, prompt
 
 
-def _prompt_builder(prompt: dict[str, Any], item_tokens: np.ndarray,
+def prompt_builder(prompt: dict[str, Any], item_tokens: np.ndarray,
                     max_history: int, ds: Dataset, trie, sid: bs.SidTokens,
                     workdir: pathlib.Path, where: pathlib.Path):
   """EvalExamples -> prompts, per the model folder's prompt settings.
@@ -371,21 +395,28 @@ def run(config, workdir) -> dict[str, Any]:
     examples = take_examples(examples, np.arange(min(config.max_rows,
                                                      len(examples))))
 
-  make_prompts = _prompt_builder(prompt, item_tokens, max_history, ds,
+  make_prompts = prompt_builder(prompt, item_tokens, max_history, ds,
                                  trie, sid, workdir, spec_path)
+
+  exclude = bool(config.exclude_history)
 
   def search_fn(batch: EvalExamples) -> np.ndarray:
     prompts = make_prompts(batch)
     res = bs.beam_search(scorer, params, prompts, trie,
-                         beam_size=config.beam_size, top_n=config.top_n,
+                         beam_size=config.beam_size,
+                         top_n=config.beam_size if exclude else config.top_n,
                          sid_tokens=sid)
-    return np.asarray(res.items)
+    items = np.asarray(res.items)
+    if exclude and batch.exclude is not None:
+      return drop_excluded(items, batch.exclude, config.top_n)
+    return items
 
   prefix = f"{config.split}/"
   out = evaluate_generative(search_fn, examples,
                             is_valid_item=trie.is_valid_item,
                             batch_size=config.batch_size, prefix=prefix)
   out["beam_size"] = int(config.beam_size)
+  out["history_masked"] = exclude
   if out["invalid_rate"] != 0.0:
     logging.error("invalid_rate %.4f != 0: the constrained search returned "
                   "items outside the trie", out["invalid_rate"])

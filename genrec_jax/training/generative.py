@@ -649,21 +649,6 @@ class _Setup:
 # Evaluation.
 
 
-def drop_excluded(items: np.ndarray, exclude, top_n: int) -> np.ndarray:
-  """Ranked lists without each row's excluded items, -1 padded to top_n.
-
-  Args:
-    items: int [B, W] ranked item ids (-1 = empty).
-    exclude: Ragged, per row the items masked at ranking time (history).
-    top_n: list length kept.
-  """
-  out = np.full((len(items), top_n), -1, np.int64)
-  for i, row in enumerate(items):
-    row = row[(row >= 0) & ~np.isin(row, exclude[i])][:top_n]
-    out[i, :len(row)] = row
-  return out
-
-
 def make_search(setup: _Setup, model: nnx.Module, *, beam_size: int,
                 top_n: int, exclude_history: bool = False):
   """search_fn(EvalExamples) -> int [B, top_n] ranked items.
@@ -683,7 +668,7 @@ def make_search(setup: _Setup, model: nnx.Module, *, beam_size: int,
                          sid_tokens=setup.sid)
     items = np.asarray(res.items)
     if exclude_history and batch.exclude is not None:
-      return drop_excluded(items, batch.exclude, top_n)
+      return eval_lib.drop_excluded(items, batch.exclude, top_n)
     return items[:, :top_n]
 
   return search_fn
