@@ -25,44 +25,26 @@ Variants (comma-combinable; the first names the model, later ones adjust):
 
 import ml_collections
 
+from genrec_jax.training import loop
+
 # Variants that choose the model; any other name only adjusts.
 _MODELS = ("tiger", "tiger_paper", "decoder", "decoder_hints", "decoder_sid",
            "decoder_sid_hints", "smollm2")
 
 
 def _train() -> ml_collections.ConfigDict:
-  c = ml_collections.ConfigDict()
+  """training/loop.py's fields (commented there) plus this stage's."""
+  c = loop.default_train_config()
+  c.update(warmup_steps=200, end_lr_ratio=0.01, b2=0.98, eval_every=500,
+           patience=3)
   # Global batch size (examples per step, all devices).
   c.batch_size = 256
   # Total steps (0: num_epochs epochs of the task-mix examples).
   c.num_steps = 0
   c.num_epochs = 10
-  # Peak learning rate, linear warm-up steps, decay shape and floor.
-  c.learning_rate = 1e-3
-  c.warmup_steps = 200
-  c.schedule = "cosine"
-  c.end_lr_ratio = 0.01
-  # AdamW moments and decoupled weight decay (matrices only).
-  c.b1 = 0.9
-  c.b2 = 0.98
-  c.weight_decay = 0.01
-  # Global-norm gradient clipping (0 = off).
-  c.grad_clip = 1.0
-  # Activations dtype ("float32" or "bfloat16"); params stay float32.
-  c.compute_dtype = "float32"
-  # Progress line / checkpoint / validation period in steps.
-  c.log_every = 50
-  c.checkpoint_every = 200
-  c.eval_every = 500
-  # Stop after this many validations without a better valid NDCG@10.
-  c.patience = 3
-  # Wall-clock budget of training in minutes (0 = none).
-  c.max_minutes = 0.0
   # Decoder: output logits only at <= this many loss tokens per example
   # (0: at every position; large vocabularies make that the main cost).
   c.answer_budget = 24
-  # Resume from WORKDIR/<name>/checkpoints/latest when it exists.
-  c.resume = True
   return c
 
 
