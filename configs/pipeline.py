@@ -31,24 +31,20 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # Stage name -> stage kind, for names that are not kinds themselves.
   config.stage_kinds = ml_collections.ConfigDict()
 
+  # The dataset, and the variant of the stages tuned per dataset.
   if variant in ("ml100k", "tiny"):
-    config.prepare_data = data.get_config("ml100k")
-    config.train_baselines = baselines.get_config()
-    config.train_lightgcn = lightgcn.get_config("demo")
-    config.build_hints = hints.get_config()
-    config.train_sasrec = sasrec.get_config("demo")
-    config.embed_items = embed.get_config()
-    config.build_sids = sids.get_config()
+    dataset, tuned = "ml100k", "demo"
   elif variant == "beauty_cpu":
-    config.prepare_data = data.get_config("beauty")
-    config.train_baselines = baselines.get_config()
-    config.train_lightgcn = lightgcn.get_config("beauty")
-    config.build_hints = hints.get_config()
-    config.train_sasrec = sasrec.get_config("beauty")
-    config.embed_items = embed.get_config()
-    config.build_sids = sids.get_config()
+    dataset, tuned = "beauty", "beauty"
   else:
     raise ValueError(f"configs/pipeline.py: unknown variant {variant!r}")
+  config.prepare_data = data.get_config(dataset)
+  config.train_baselines = baselines.get_config()
+  config.train_lightgcn = lightgcn.get_config(tuned)
+  config.build_hints = hints.get_config()
+  config.train_sasrec = sasrec.get_config(tuned)
+  config.embed_items = embed.get_config()
+  config.build_sids = sids.get_config()
   # Stages in the order they run.
   config.stages = ("prepare_data", "train_baselines", "train_lightgcn",
                    "build_hints", "train_sasrec", "embed_items", "build_sids",

@@ -9,16 +9,13 @@ search and prompts as evaluation.
 
 from __future__ import annotations
 
-import json
 import pathlib
 from typing import Sequence
 
 import numpy as np
 
-from genrec_jax.data.dataset import Dataset, DataError, EvalExamples, Ragged
-from genrec_jax.decoding import beam_search as bs
+from genrec_jax.data.dataset import DataError, EvalExamples, Ragged
 from genrec_jax.decoding import evaluate as evaluate_lib
-from genrec_jax.decoding import trie as trie_lib
 
 
 class Recommender:
@@ -26,24 +23,8 @@ class Recommender:
 
   def __init__(self, workdir: str | pathlib.Path, model: str, *,
                sids_dir: str = "sids", beam_size: int = 20):
-    self.workdir = pathlib.Path(workdir).resolve()
-    model_dir = self.workdir / model
-    spec_path = model_dir / evaluate_lib.MODEL_JSON
-    if not spec_path.exists():
-      raise FileNotFoundError(f"{spec_path}: not found; train the model first "
-                              "(binaries.train_generative)")
-    spec = json.loads(spec_path.read_text())
-    self.ds = Dataset.load(self.workdir / "dataset")
-    self.trie = trie_lib.load_trie(self.workdir / sids_dir / "item_sids.json",
-                                   num_items=self.ds.num_items)
-    self.scorer, self.params, self.sid, prompt = evaluate_lib.load_model(
-        model_dir, spec)
-    max_history = int(prompt.get("max_history", 20))
-    item_tokens = np.where(self.trie.codes >= 0,
-                           self.sid.tokens(np.maximum(self.trie.codes, 0)), -1)
-    self.make_prompts = evaluate_lib.prompt_builder(
-        prompt, item_tokens, max_history, self.ds, self.trie, self.sid,
-        self.workdir, spec_path)
+    self.model = evaluate_lib.ModelSearch(workdir, model, sids_dir=sids_dir)
+    self.workdir, self.ds = self.model.workdir, self.model.ds
     self.beam_size = beam_size
     self._user_index = {u: i for i, u in enumerate(self.ds.user_ids)}
     self._item_index = {it: i for i, it in enumerate(self.ds.item_ids)}
@@ -67,18 +48,14 @@ class Recommender:
     """The top_n items (internal ids) after `history` (internal ids)."""
     if not len(history):
       raise ValueError("an empty history: give at least one item")
-    n = min(self.beam_size, top_n + (len(history) if exclude_history else 0))
     hist = Ragged.from_lists([list(history)])
     batch = EvalExamples(np.array([user], np.int32), hist,
-                         Ragged.from_lists([[int(history[-1])]]))
-    res = bs.beam_search(self.scorer, self.params, self.make_prompts(batch),
-                         self.trie, beam_size=self.beam_size, top_n=n,
-                         sid_tokens=self.sid)
-    ranked = [int(i) for i in np.asarray(res.items)[0] if i >= 0]
-    if exclude_history:
-      seen = set(int(i) for i in history)
-      ranked = [i for i in ranked if i not in seen]
-    return ranked[:top_n]
+                         Ragged.from_lists([[int(history[-1])]]),
+                         exclude=hist if exclude_history else None)
+    items = self.model.search(batch, beam_size=self.beam_size,
+                              top_n=min(top_n, self.beam_size),
+                              exclude_history=exclude_history)
+    return [int(i) for i in items[0] if i >= 0]
 
   def describe(self, items: Sequence[int]) -> list[str]:
     """'raw id: title' lines of internal item ids."""

@@ -236,18 +236,15 @@ def _build_model(kind: str, model_config: dict[str, Any], where: str):
   from flax import nnx  # pylint: disable=g-import-not-at-top
 
   try:
+    kw = dict(model_config)
+    if "dtype" in kw:
+      kw["dtype"] = jnp.dtype(kw["dtype"])
     if kind == "decoder":
       from genrec_jax.models import decoder as decoder_lib  # pylint: disable=g-import-not-at-top
-      kw = dict(model_config)
-      if "dtype" in kw:
-        kw["dtype"] = jnp.dtype(kw["dtype"])
       cfg = decoder_lib.DecoderConfig(**kw)
       return decoder_lib.Decoder(cfg, rngs=nnx.Rngs(0)), cfg.vocab_size
     if kind == "t5":
       from genrec_jax.models import t5  # pylint: disable=g-import-not-at-top
-      kw = dict(model_config)
-      if "dtype" in kw:
-        kw["dtype"] = jnp.dtype(kw["dtype"])
       cfg = t5.T5Config(**kw)
       return t5.T5Model(cfg, rngs=nnx.Rngs(0)), cfg.vocab_size
     if kind == "reference_decoder":
@@ -359,6 +356,53 @@ def prompt_builder(prompt: dict[str, Any], item_tokens: np.ndarray,
                    "sid_sep, tiger or text")
 
 
+class ModelSearch:
+  """A model folder of a workdir, ready for constrained beam search.
+
+  Loads WORKDIR/<model>/model.json + params/, WORKDIR/dataset and
+  WORKDIR/<sids_dir>/item_sids.json; `search` ranks items for a batch of
+  rows with the folder's prompt format (the evaluate stage and
+  genrec_jax.recommend both use it).
+  """
+
+  def __init__(self, workdir: str | pathlib.Path, model: str, *,
+               sids_dir: str = "sids", max_history: int = 0):
+    self.workdir = pathlib.Path(workdir)
+    model_dir = self.workdir / model
+    spec_path = model_dir / MODEL_JSON
+    if not spec_path.exists():
+      raise FileNotFoundError(
+          f"{spec_path}: no generative model (the folder needs a model.json "
+          "written by the training stage or save_model)")
+    try:
+      spec = json.loads(spec_path.read_text())
+    except json.JSONDecodeError as e:
+      raise ValueError(f"{spec_path}: {e}") from None
+    self.ds = Dataset.load(self.workdir / "dataset")
+    self.trie = trie_lib.load_trie(self.workdir / sids_dir / "item_sids.json",
+                                   num_items=self.ds.num_items)
+    self.scorer, self.params, self.sid, prompt = load_model(model_dir, spec)
+    max_history = int(max_history or prompt.get("max_history", 20))
+    item_tokens = np.where(self.trie.codes >= 0,
+                           self.sid.tokens(np.maximum(self.trie.codes, 0)), -1)
+    self.make_prompts = prompt_builder(prompt, item_tokens, max_history,
+                                       self.ds, self.trie, self.sid,
+                                       self.workdir, spec_path)
+
+  def search(self, batch: EvalExamples, *, beam_size: int, top_n: int,
+             exclude_history: bool) -> np.ndarray:
+    """int [B, top_n] ranked items (-1 = none); with exclude_history the
+    rows' `exclude` items are dropped from the beam_size results first."""
+    res = bs.beam_search(self.scorer, self.params, self.make_prompts(batch),
+                         self.trie, beam_size=beam_size,
+                         top_n=beam_size if exclude_history else top_n,
+                         sid_tokens=self.sid)
+    items = np.asarray(res.items)
+    if exclude_history and batch.exclude is not None:
+      return drop_excluded(items, batch.exclude, top_n)
+    return items
+
+
 def run(config, workdir) -> dict[str, Any]:
   """The evaluate stage: constrained beam search over a split.
 
@@ -369,47 +413,21 @@ def run(config, workdir) -> dict[str, Any]:
   if config.split not in ("test", "valid"):
     raise ValueError(f"config field 'split': {config.split!r} is not 'test' "
                      "or 'valid'")
-  workdir = pathlib.Path(workdir)
-  model_dir = workdir / config.model
-  spec_path = model_dir / MODEL_JSON
-  if not spec_path.exists():
-    raise FileNotFoundError(
-        f"{spec_path}: no generative model to evaluate (the folder needs a "
-        "model.json written by the training stage or save_model)")
-  try:
-    spec = json.loads(spec_path.read_text())
-  except json.JSONDecodeError as e:
-    raise ValueError(f"{spec_path}: {e}") from None
-  ds = Dataset.load(workdir / "dataset")
-  trie = trie_lib.load_trie(workdir / config.sids_dir / "item_sids.json",
-                            num_items=ds.num_items)
-  scorer, params, sid, prompt = load_model(model_dir, spec)
-  max_history = int(config.max_history or prompt.get("max_history", 20))
-  item_tokens = np.where(trie.codes >= 0, sid.tokens(np.maximum(trie.codes, 0)),
-                         -1)
+  model = ModelSearch(workdir, config.model, sids_dir=config.sids_dir,
+                      max_history=config.max_history)
+  ds, trie = model.ds, model.trie
   examples = ds.test if config.split == "test" else ds.valid
   if examples is None:
-    raise ValueError(f"{workdir / 'dataset'}: the dataset has no "
+    raise ValueError(f"{model.workdir / 'dataset'}: the dataset has no "
                      f"{config.split} split")
   if config.max_rows:
     examples = take_examples(examples, np.arange(min(config.max_rows,
                                                      len(examples))))
-
-  make_prompts = prompt_builder(prompt, item_tokens, max_history, ds,
-                                 trie, sid, workdir, spec_path)
-
   exclude = bool(config.exclude_history)
 
   def search_fn(batch: EvalExamples) -> np.ndarray:
-    prompts = make_prompts(batch)
-    res = bs.beam_search(scorer, params, prompts, trie,
-                         beam_size=config.beam_size,
-                         top_n=config.beam_size if exclude else config.top_n,
-                         sid_tokens=sid)
-    items = np.asarray(res.items)
-    if exclude and batch.exclude is not None:
-      return drop_excluded(items, batch.exclude, config.top_n)
-    return items
+    return model.search(batch, beam_size=config.beam_size,
+                        top_n=config.top_n, exclude_history=exclude)
 
   prefix = f"{config.split}/"
   out = evaluate_generative(search_fn, examples,
@@ -420,7 +438,7 @@ def run(config, workdir) -> dict[str, Any]:
   if out["invalid_rate"] != 0.0:
     logging.error("invalid_rate %.4f != 0: the constrained search returned "
                   "items outside the trie", out["invalid_rate"])
-  path = model_dir / "metrics.json"
+  path = model.workdir / config.model / "metrics.json"
   merged = {}
   if path.exists():
     try:
