@@ -48,14 +48,12 @@ from typing import Any
 
 from absl import logging
 from flax import nnx
-import grain
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
 
-from genrec_jax.data import pipeline as pipeline_lib
 from genrec_jax.data.dataset import Dataset, DataError, EvalExamples
 from genrec_jax.data.dataset import atomic_write_json
 from genrec_jax.decoding import beam_search as bs
@@ -64,6 +62,7 @@ from genrec_jax.decoding import trie as trie_lib
 from genrec_jax.evaluation import metrics as metrics_lib
 from genrec_jax.graph.hints import clean_target
 from genrec_jax.training import loop
+from genrec_jax.training import sft_data
 from genrec_jax.training import sharding
 
 # Validation metric that selects the best checkpoint: valid/ndcg@K for the
@@ -201,8 +200,8 @@ def tiger_encoder_inputs(users, history: np.ndarray, item_tokens, *,
   return {"input_ids": toks, "attention_mask": mask}
 
 
-class _TigerBatch(grain.transforms.Map):
-  """Padded next-item batch -> T5 encoder/decoder arrays."""
+class _TigerBatch:
+  """Next-item batch -> T5 encoder/decoder arrays (labels -1: padding row)."""
 
   def __init__(self, item_tokens, max_history, user_base, num_user_tokens):
     self.item_tokens = item_tokens
@@ -210,7 +209,8 @@ class _TigerBatch(grain.transforms.Map):
     self.user_base = user_base
     self.num_user_tokens = num_user_tokens
 
-  def map(self, element):
+  def __call__(self, element, draws: np.ndarray):
+    del draws  # no random choices
     enc = tiger_encoder_inputs(
         element["user"], element["history"], self.item_tokens,
         max_history=self.max_history, user_base=self.user_base,
@@ -274,10 +274,11 @@ def sid_eval_prompts(history, item_tokens, *, max_history: int, hints,
 
 
 class _SidDecoderBatch:
-  """Padded next-item batch -> right-padded prompt + target tokens.
+  """Next-item batch -> right-padded [bos] history ([hint] hint) [sep] target.
 
-  Used with grain `random_map` (hint dropout drawn from grain's per-batch
-  rng, so it is re-drawn every epoch and reproducible on resume).
+  `draws` are uniform [0, 1) numbers, one per row (from grain's per-batch
+  rng: re-drawn every epoch, reproducible on resume): a row's hint is
+  dropped when its draw < hint_dropout.
   """
 
   def __init__(self, item_tokens, max_history, hints=None, hint_k=3,
@@ -286,22 +287,22 @@ class _SidDecoderBatch:
     self.max_history = max_history
     self.hints, self.hint_k, self.hint_dropout = hints, hint_k, hint_dropout
 
-  def __call__(self, element, rng: np.random.Generator):
-    toks, mask = history_tokens(element["history"], self.item_tokens,
-                                self.max_history)
+  def __call__(self, element, draws: np.ndarray):
+    history = element["history"]  # [B, H], H <= max_history
+    toks, mask = history_tokens(history, self.item_tokens, self.max_history)
     targets = element["target"]
     target = self.item_tokens[targets]  # [B, L]
     b, levels = target.shape
-    width = sid_prompt_width(self.max_history, levels, self.hint_k,
-                             self.hints is not None) + levels
+    width = sid_prompt_width(min(history.shape[1], self.max_history), levels,
+                             self.hint_k, self.hints is not None) + levels
     ids = np.full((b, width), PAD, np.int32)
     amask = np.zeros((b, width), bool)
     lmask = np.zeros((b, width), np.float32)
-    drop = rng.random(b) < self.hint_dropout
+    drop = np.asarray(draws) < self.hint_dropout
     for i in range(b):  # right padding
       hint = None if drop[i] else hint_tokens(
-          self.hints, element["history"][i, -1], self.item_tokens,
-          self.hint_k, target=targets[i])
+          self.hints, history[i, -1], self.item_tokens, self.hint_k,
+          target=targets[i])
       row = np.concatenate([sid_prompt(toks[i][mask[i]], hint), target[i]])
       ids[i, :len(row)] = row
       amask[i, :len(row)] = True
@@ -309,15 +310,62 @@ class _SidDecoderBatch:
     return {"input_ids": ids, "attention_mask": amask, "loss_mask": lmask}
 
 
-def sid_train_dataset(ds: Dataset, transform, *, max_history: int,
-                      batch_size: int, seed: int, num_epochs: int):
-  """Shuffled next-item batches of the train sequences, process-sharded."""
-  pds = pipeline_lib.train_dataset(
-      ds.train, max_len=max_history, pad_id=-1, batch_size=batch_size,
-      seed=seed, num_epochs=num_epochs)
-  if isinstance(transform, grain.transforms.Map):
-    return pds.map(transform)
-  return pds.random_map(transform, seed=seed)
+def sid_train_data(ds: Dataset, transform, item_tokens: np.ndarray, *,
+                   max_history: int, buckets, batch_size: int, seed: int,
+                   num_epochs: int | None, shard_index: int = 0,
+                   shard_count: int = 1) -> sft_data.SftData:
+  """Length-bucketed next-item batches of every train prefix (SID formats).
+
+  An example (user, position p) is the history train[u][:p] -> train[u][p];
+  it goes to the smallest width in `buckets` (history items; max_history is
+  always added) that holds its last max_history items, and a batch holds one
+  width, left-padded with -1 (one compile per width; most Beauty histories
+  are far shorter than 20). Epoch plans, process sharding (rows of the
+  global batch) and exact resume as sft_data.EpochPlanner / batch_pipeline;
+  `transform(element, draws)` makes the model's arrays. Examples whose
+  target has no SID are left out (counted in stats).
+  """
+  local = sft_data.check_shards(batch_size, shard_index, shard_count)
+  users, pos = sft_data.prefixes(ds.train)
+  targets = ds.train.values[ds.train.offsets[users] + pos]
+  keep = (item_tokens[targets] >= 0).all(1)
+  users, pos, targets = users[keep], pos[keep], targets[keep]
+  if not len(users):
+    raise DataError("dataset/train: no next-item example has a target with "
+                    "an SID")
+  widths = sorted({min(int(w), max_history) for w in buckets} | {max_history})
+  length = np.minimum(pos, max_history)  # history items used
+  bucket_of = np.searchsorted(widths, length)  # first width >= length
+  planner = sft_data.EpochPlanner(bucket_of, len(widths), batch_size, seed)
+  if planner.num_batches == 0:
+    raise DataError(f"dataset/train: {len(users)} next-item examples make no "
+                    f"batch of {batch_size}")
+  lo = shard_index * local
+  offsets, values = ds.train.offsets, ds.train.values
+
+  def make_batch(index, rng):
+    rows, bucket, _ = planner.batch(index)
+    draws = rng.random(batch_size)[lo:lo + local]  # whole global batch
+    rows = rows[lo:lo + local]
+    width = widths[bucket]
+    hist = np.full((local, width), -1, np.int32)  # [B, W] left-padded
+    for i, e in enumerate(rows):
+      start = offsets[users[e]]
+      h = values[start + max(0, pos[e] - width):start + pos[e]]
+      hist[i, width - len(h):] = h
+    element = {"user": users[rows], "history": hist,
+               "target": targets[rows]}
+    return transform(element, draws)
+
+  dataset = sft_data.batch_pipeline(planner, make_batch, seed=seed,
+                                    num_epochs=num_epochs, num_threads=1,
+                                    prefetch=4)
+  counts = np.bincount(bucket_of, minlength=len(widths))
+  stats = {"examples": int(len(users)),
+           "no_sid_target": int((~keep).sum()),
+           "widths": {int(w): int(c) for w, c in zip(widths, counts)},
+           "left_out_per_epoch": planner.dropped_per_epoch}
+  return sft_data.SftData(dataset, planner.num_batches, int(len(users)), stats)
 
 
 # ----------------------------------------------------------------------------
@@ -411,7 +459,6 @@ class VocabMap:
 def text_components(tokenizer_source: str, ds: Dataset, trie, sids_dir,
                     hints_path):
   """(tokenizer, DecoderTokens, ItemTable, hints or None) for text prompts."""
-  from genrec_jax.training import sft_data  # pylint: disable=g-import-not-at-top
   sids_dir = pathlib.Path(sids_dir)
   sizes = tuple(trie.codebook_sizes)
   dedup = 0
@@ -431,7 +478,6 @@ def text_components(tokenizer_source: str, ds: Dataset, trie, sids_dir,
 
 
 def _load_hints(workdir: pathlib.Path):
-  from genrec_jax.training import sft_data  # pylint: disable=g-import-not-at-top
   path = pathlib.Path(workdir) / "hints" / "hints.json"
   if not path.exists():
     raise FileNotFoundError(f"{path}: hints are enabled but the build_hints "
@@ -451,7 +497,6 @@ def sid_prompt_builder(prompt: dict[str, Any], item_tokens: np.ndarray,
 def text_prompt_builder(prompt: dict[str, Any], ds: Dataset, trie, sid,
                         workdir: pathlib.Path, max_history: int):
   """EvalExamples -> left-padded text prompts (for the evaluate stage)."""
-  from genrec_jax.training import sft_data  # pylint: disable=g-import-not-at-top
   workdir = pathlib.Path(workdir)
   tok, tokens, items, hints = text_components(
       prompt["tokenizer"], ds, trie, workdir / prompt.get("sids_dir", "sids"),
@@ -536,9 +581,7 @@ class _Setup:
 
   def _text_decoder(self, config, ds, workdir, rngs):
     from genrec_jax.models import decoder  # pylint: disable=g-import-not-at-top
-    from genrec_jax.training import sft_data  # pylint: disable=g-import-not-at-top
     from genrec_jax.weights import tokenizers  # pylint: disable=g-import-not-at-top
-    self.sft_data = sft_data
     m = config.model
     self.tokenizer, self.tokens, self.items, self.hints = text_components(
         m.tokenizer, ds, self.trie, workdir / config.sids_dir,
@@ -591,21 +634,24 @@ class _Setup:
   def train_dataset(self, batch_size: int, num_epochs: int):
     """(grain dataset of local batches, steps per epoch)."""
     c = self.config
-    per_epoch = max(len(pipeline_lib.NextItemSource(self.ds.train))
-                    // batch_size, 1)
-    if self.prompt["format"] == "tiger":
-      return sid_train_dataset(
-          self.ds, _TigerBatch(self.item_tokens, c.data.max_history,
-                               self.user_base, self.num_user_tokens),
-          max_history=c.data.max_history, batch_size=batch_size,
-          seed=c.seed, num_epochs=num_epochs), per_epoch
-    if self.prompt["format"] == "sid_sep":
-      return sid_train_dataset(
-          self.ds, _SidDecoderBatch(self.item_tokens, c.data.max_history,
-                                    self.hints, c.hints.k, c.hints.dropout),
-          max_history=c.data.max_history, batch_size=batch_size,
-          seed=c.seed, num_epochs=num_epochs), per_epoch
-    data = self.sft_data.decoder_train_data(
+    fmt = self.prompt["format"]
+    if fmt in ("tiger", "sid_sep"):
+      if fmt == "tiger":
+        transform = _TigerBatch(self.item_tokens, c.data.max_history,
+                                self.user_base, self.num_user_tokens)
+      else:
+        transform = _SidDecoderBatch(self.item_tokens, c.data.max_history,
+                                     self.hints, c.hints.k, c.hints.dropout)
+      data = sid_train_data(
+          self.ds, transform, self.item_tokens,
+          max_history=c.data.max_history,
+          buckets=tuple(c.data.history_buckets), batch_size=batch_size,
+          seed=c.seed, num_epochs=num_epochs,
+          shard_index=jax.process_index(), shard_count=jax.process_count())
+      logging.info("next-item data: %d batches per epoch, %s",
+                   data.batches_per_epoch, data.stats)
+      return data.dataset, data.batches_per_epoch
+    data = sft_data.decoder_train_data(
         self.ds, self.items, self.tokenizer, tasks=dict(c.prompt.tasks),
         hints=self.hints, hint_dropout=c.hints.dropout,
         max_history=c.data.max_history, seed=c.seed, batch_size=batch_size,
@@ -631,7 +677,7 @@ class _Setup:
       return sid_eval_prompts(batch.history, self.item_tokens,
                               max_history=mh, hints=self.hints,
                               hint_k=self.prompt["hint_k"])
-    p = self.sft_data.decoder_eval_prompts(
+    p = sft_data.decoder_eval_prompts(
         batch, self.items, self.tokenizer, max_history=mh, hints=self.hints,
         tokens=self.tokens)
     return self.remap.prompts(p) if self.remap is not None else p

@@ -12,12 +12,6 @@ Decoder LM (MiniOneRec / miniGR-CF SFT):
   prompts = decoder_eval_prompts(ds.test, items, tok, tokens=layout,
                                  max_history=10, hints=hints)  # left-padded
 
-TIGER encoder-decoder (SID tokens only):
-
-  vocab = tiger_vocab(codebook_sizes, user_buckets=2000)
-  data = tiger_train_data(ds, codes, vocab, seed=0, batch_size=256)
-  enc = tiger_eval_inputs(ds.test, codes, vocab)   # T5Scorer prompts
-
 Prompts come from `genrec_jax.training.prompts` (one place, train = eval).
 Each prompt is a list of segments; `SegmentEncoder` tokenizes each distinct
 segment once (SID strings, titles, template pieces) and a prompt's ids are
@@ -26,7 +20,7 @@ tokenizer work. This canonical encoding can differ from tokenizing the
 joined text at a few segment boundaries (BPE merges across them); training
 and evaluation use the same one.
 
-Batches (both models): an epoch is a seeded permutation of the examples;
+Batches: an epoch is a seeded permutation of the examples;
 examples go to the smallest length bucket that fits (decoder) and a batch
 holds one bucket only (fixed shapes: one compile per bucket). The pipeline
 is a grain MapDataset: range(batches per epoch) -> repeat -> map_with_index
@@ -61,7 +55,6 @@ from genrec_jax.training import prompts as P
 from genrec_jax.weights import tokenizers as tok_lib
 
 DEFAULT_BUCKETS = (64, 128, 256)
-TIGER_USER_BUCKETS = 2000
 
 
 # ----------------------------------------------------------------------------
@@ -354,7 +347,7 @@ class SegmentEncoder:
 # Epoch plans (shared by the decoder and TIGER pipelines).
 
 
-class _EpochPlanner:
+class EpochPlanner:
   """Per epoch: global batches of example ids, one length bucket per batch.
 
   Each epoch draws a permutation per bucket; what does not fill a whole
@@ -413,7 +406,7 @@ class _EpochPlanner:
     return rows[j], int(buckets[j]), e
 
 
-def _check_shards(batch_size: int, shard_index: int, shard_count: int) -> int:
+def check_shards(batch_size: int, shard_index: int, shard_count: int) -> int:
   if shard_count < 1 or not 0 <= shard_index < shard_count:
     raise ValueError(f"shard_index {shard_index} not in [0, {shard_count})")
   if batch_size % shard_count:
@@ -440,7 +433,7 @@ class SftData:
   stats: dict[str, Any]
 
 
-def _pipeline(planner: _EpochPlanner, make_batch: Callable, *, seed: int,
+def batch_pipeline(planner: EpochPlanner, make_batch: Callable, *, seed: int,
               num_epochs: int | None, num_threads: int,
               prefetch: int) -> grain.IterDataset:
   ds = grain.MapDataset.range(planner.num_batches).repeat(num_epochs)
@@ -470,7 +463,7 @@ def _mix(sizes: Mapping[str, int], tasks: Mapping[str, float], seed: int
   return out
 
 
-def _prefixes(train: Ragged, min_history: int = 1
+def prefixes(train: Ragged, min_history: int = 1
               ) -> tuple[np.ndarray, np.ndarray]:
   """(user int32 [E], target position int32 [E]) of every train prefix."""
   lengths = train.lengths()
@@ -572,7 +565,7 @@ def decoder_train_data(
     raise ValueError(f"item table has {items.num_items} items, the dataset "
                      f"{ds.num_items}")
   buckets = tuple(sorted(int(b) for b in buckets))
-  local = _check_shards(batch_size, shard_index, shard_count)
+  local = check_shards(batch_size, shard_index, shard_count)
   tokens = tokens or default_tokens(tokenizer)
   _check_layout(items, tokens)
   enc = SegmentEncoder(tokenizer)
@@ -582,7 +575,7 @@ def decoder_train_data(
 
   # Natural examples per task: (a, b) = (user, target position) for history
   # tasks, (item, -1) for item tasks.
-  users, pos = _prefixes(ds.train)
+  users, pos = prefixes(ds.train)
   targets = ds.train.values[ds.train.offsets[users] + pos]
   natural = {}
   for task in P.TASKS:
@@ -590,7 +583,7 @@ def decoder_train_data(
       ok = has_sid[targets] if task in P.SID_ANSWER_TASKS else has_title[
           targets]
       if task in P.SID_HISTORY_TASKS:  # needs one history item with an SID
-        ok &= _any_sid_before(ds.train, users, pos, has_sid, max_history)
+        ok &= any_sid_before(ds.train, users, pos, has_sid, max_history)
       natural[task] = (users[ok], pos[ok])
     else:
       ok = has_sid & has_title
@@ -645,7 +638,7 @@ def decoder_train_data(
     bucket_of[e] = _bucket_index(length, buckets)
   too_long = int((~keep).sum())
   bucket_of[~keep] = len(buckets)  # never planned
-  planner = _EpochPlanner(bucket_of, len(buckets), batch_size, seed)
+  planner = EpochPlanner(bucket_of, len(buckets), batch_size, seed)
   if planner.num_batches == 0:
     raise ValueError(f"{n} SFT examples make no batch of {batch_size}")
 
@@ -708,12 +701,12 @@ def decoder_train_data(
       loss[i, k:k + m] = 1.0
     return {"input_ids": ids, "attention_mask": mask, "loss_mask": loss}
 
-  dataset = _pipeline(planner, make_batch, seed=seed, num_epochs=num_epochs,
+  dataset = batch_pipeline(planner, make_batch, seed=seed, num_epochs=num_epochs,
                       num_threads=num_threads, prefetch=prefetch)
   return SftData(dataset, planner.num_batches, int(keep.sum()), stats)
 
 
-def _any_sid_before(train: Ragged, users, pos, has_sid, max_history):
+def any_sid_before(train: Ragged, users, pos, has_sid, max_history):
   """bool [E]: the history window of each prefix has an item with an SID."""
   if has_sid.all():
     return np.ones(len(users), bool)
@@ -891,209 +884,3 @@ def eval_examples(ds: Dataset, split: str) -> EvalExamples:
   if out is None:
     raise ValueError(f"dataset {ds.name!r} has no {split} split")
   return out
-
-
-# ----------------------------------------------------------------------------
-# TIGER (SID-only vocabulary).
-
-
-@dataclasses.dataclass(frozen=True)
-class TigerVocab:
-  """Token layout: pad 0 (also the decoder start), eos 1, SID levels, users.
-
-  Attributes:
-    sid_tokens: SID layout (SidTokens.contiguous from token 2); suffix
-      (EOS) only when built with forced_eos=True.
-    user_buckets: hashed user tokens after the SID block (0: none).
-    user_offset: first user token.
-    vocab_size: total tokens.
-  """
-
-  sid_tokens: SidTokens
-  user_buckets: int
-  user_offset: int
-  vocab_size: int
-  pad_id: int = 0
-  eos_id: int = 1
-  start_id: int = 0
-
-  @property
-  def num_levels(self) -> int:
-    return len(self.sid_tokens.sizes)
-
-  def user_token(self, users: np.ndarray) -> np.ndarray:
-    """int32 tokens of internal user ids (multiplicative hash)."""
-    users = np.asarray(users, np.uint64)
-    h = (users * np.uint64(2654435761)) % np.uint64(2 ** 32)
-    return (self.user_offset + h % np.uint64(self.user_buckets)).astype(
-        np.int32)
-
-
-def tiger_vocab(codebook_sizes: Sequence[int], dedup_size: int = 0, *,
-                user_buckets: int = 0, forced_eos: bool = False
-                ) -> TigerVocab:
-  """TIGER's vocabulary: pad/start 0, EOS 1, SID tokens, user tokens.
-
-  Args:
-    codebook_sizes: codes per SID level (dedup excluded).
-    dedup_size: size of the dedup level (0: none).
-    user_buckets: hashed user-id tokens (TIGER: 2000; 0: no user token).
-    forced_eos: SidTokens.suffix = (EOS,) so beam search adds its log-prob.
-  """
-  sizes = tuple(int(s) for s in codebook_sizes) + (
-      (int(dedup_size),) if dedup_size else ())
-  sid = SidTokens.contiguous(sizes, 2, (1,) if forced_eos else ())
-  end = 2 + sum(sizes)
-  return TigerVocab(sid, int(user_buckets), end, end + int(user_buckets))
-
-
-def _item_tokens(codes: np.ndarray, vocab: TigerVocab) -> np.ndarray:
-  """int32 [items, L] SID tokens; -1 rows for items without an SID."""
-  codes = np.asarray(codes)
-  if codes.shape[1] != vocab.num_levels:
-    raise ValueError(f"codes have {codes.shape[1]} levels, the vocabulary "
-                     f"{vocab.num_levels}")
-  ok = (codes >= 0).all(1)
-  if (codes[ok] >= np.asarray(vocab.sid_tokens.sizes)).any():
-    raise ValueError(f"codes exceed codebook sizes {vocab.sid_tokens.sizes}")
-  return np.where(ok[:, None], vocab.sid_tokens.tokens(np.maximum(codes, 0)),
-                  -1).astype(np.int32)
-
-
-def _encoder_row(hist: np.ndarray, user: int | None, item_tok: np.ndarray,
-                 vocab: TigerVocab, max_history: int, out: np.ndarray,
-                 mask: np.ndarray) -> None:
-  """Writes [user token] + SID tokens of the last max_history items."""
-  hist = hist[(hist >= 0) & (hist < len(item_tok))]
-  toks = item_tok[hist]
-  toks = toks[(toks >= 0).all(1)][-max_history:].reshape(-1)
-  if vocab.user_buckets and user is not None:
-    toks = np.concatenate([vocab.user_token(np.asarray([user])), toks])
-  out[:len(toks)] = toks
-  mask[:len(toks)] = True
-
-
-def tiger_encoder_length(vocab: TigerVocab, max_history: int) -> int:
-  return (1 if vocab.user_buckets else 0) + max_history * vocab.num_levels
-
-
-def tiger_train_data(
-    ds: Dataset,
-    codes: np.ndarray,
-    vocab: TigerVocab,
-    *,
-    max_history: int = 20,
-    seed: int = 0,
-    batch_size: int = 256,
-    shard_index: int = 0,
-    shard_count: int = 1,
-    num_epochs: int | None = None,
-    num_threads: int = 1,
-    prefetch: int = 4,
-) -> SftData:
-  """TIGER batches from every train prefix; see `tiger_train_dataset`."""
-  local = _check_shards(batch_size, shard_index, shard_count)
-  item_tok = _item_tokens(codes, vocab)
-  has = (item_tok >= 0).all(1)
-  users, pos = _prefixes(ds.train)
-  targets = ds.train.values[ds.train.offsets[users] + pos]
-  ok = has[targets] & _any_sid_before(ds.train, users, pos, has, max_history)
-  users, pos = users[ok], pos[ok]
-  n = len(users)
-  if n == 0:
-    raise ValueError("no TIGER training examples")
-  planner = _EpochPlanner(np.zeros(n, np.int32), 1, batch_size, seed)
-  if planner.num_batches == 0:
-    raise ValueError(f"{n} TIGER examples make no batch of {batch_size}")
-  s_len = tiger_encoder_length(vocab, max_history)
-  num_levels = vocab.num_levels
-  rows_lo = shard_index * local
-  logging.info("TIGER data: %d examples, %d batches of %d per epoch (%d left "
-               "out per epoch), encoder length %d", n, planner.num_batches,
-               batch_size, planner.dropped_per_epoch, s_len)
-
-  def make_batch(index, rng):
-    del rng  # no random choices beyond the epoch plan
-    rows, _, _ = planner.batch(index)
-    rows = rows[rows_lo:rows_lo + local]
-    enc = np.full((local, s_len), vocab.pad_id, np.int32)
-    emask = np.zeros((local, s_len), bool)
-    dec = np.full((local, num_levels + 1), vocab.start_id, np.int32)
-    labels = np.full((local, num_levels + 1), vocab.eos_id, np.int32)
-    for i, e in enumerate(rows):
-      u, p = int(users[e]), int(pos[e])
-      seq = ds.train[u]
-      _encoder_row(seq[max(0, p - max_history):p], u, item_tok, vocab,
-                   max_history, enc[i], emask[i])
-      t = item_tok[seq[p]]
-      dec[i, 1:] = t
-      labels[i, :-1] = t
-    return {"encoder_ids": enc, "encoder_mask": emask, "decoder_ids": dec,
-            "labels": labels}
-
-  dataset = _pipeline(planner, make_batch, seed=seed, num_epochs=num_epochs,
-                      num_threads=num_threads, prefetch=prefetch)
-  stats = {"examples": n, "batches_per_epoch": planner.num_batches,
-           "left_out_per_epoch": planner.dropped_per_epoch,
-           "encoder_length": s_len}
-  return SftData(dataset, planner.num_batches, n, stats)
-
-
-def tiger_train_dataset(ds: Dataset, codes: np.ndarray, vocab: TigerVocab,
-                        **kwargs) -> grain.IterDataset:
-  """TIGER training batches (a checkpointable grain IterDataset).
-
-  Every prefix of a train sequence -> next item; encoder input = [hashed
-  user token] + SID tokens of the last `max_history` items, right-padded.
-
-  Args:
-    ds: the dataset (`ds.train`).
-    codes: int [items, L] item codes (-1 rows: no SID).
-    vocab: from `tiger_vocab`.
-    **kwargs: max_history, seed, batch_size (global), shard_index,
-      shard_count, num_epochs, num_threads, prefetch.
-
-  Returns:
-    IterDataset of {"encoder_ids": int32 [B, S], "encoder_mask": bool
-    [B, S], "decoder_ids": int32 [B, L + 1] (start token 0, then the target
-    SID tokens), "labels": int32 [B, L + 1] (the target SID tokens, EOS)}.
-  """
-  return tiger_train_data(ds, codes, vocab, **kwargs).dataset
-
-
-def tiger_eval_inputs(examples: EvalExamples, codes: np.ndarray,
-                      vocab: TigerVocab, *, max_history: int = 20
-                      ) -> dict[str, np.ndarray]:
-  """T5Scorer prompts: {"input_ids": int32 [B, S], "attention_mask": bool}.
-
-  Same encoder rows as training (user token + last max_history SIDs,
-  right-padded to S = tiger_encoder_length).
-  """
-  item_tok = _item_tokens(codes, vocab)
-  s_len = tiger_encoder_length(vocab, max_history)
-  b = len(examples)
-  ids = np.full((b, s_len), vocab.pad_id, np.int32)
-  mask = np.zeros((b, s_len), bool)
-  for i in range(b):
-    _encoder_row(examples.history[i], int(examples.users[i]), item_tok,
-                 vocab, max_history, ids[i], mask[i])
-  return {"input_ids": ids, "attention_mask": mask}
-
-
-def tiger_loss_batch(examples: EvalExamples, codes: np.ndarray,
-                     vocab: TigerVocab, *, max_history: int = 20
-                     ) -> dict[str, np.ndarray]:
-  """Validation-loss rows in the training format (target = first target)."""
-  item_tok = _item_tokens(codes, vocab)
-  inputs = tiger_eval_inputs(examples, codes, vocab, max_history=max_history)
-  first = examples.targets.values[examples.targets.offsets[:-1]]
-  t = item_tok[first]  # [B, L]
-  if (t < 0).any():
-    raise ValueError("a target item has no SID")
-  b, num_levels = t.shape
-  dec = np.full((b, num_levels + 1), vocab.start_id, np.int32)
-  labels = np.full((b, num_levels + 1), vocab.eos_id, np.int32)
-  dec[:, 1:], labels[:, :-1] = t, t
-  return {"encoder_ids": inputs["input_ids"],
-          "encoder_mask": inputs["attention_mask"], "decoder_ids": dec,
-          "labels": labels}
