@@ -425,11 +425,17 @@ class _ToyT5(nnx.Module):
     return {"tokens": jnp.zeros((batch, max_len), jnp.int32),
             "index": jnp.zeros((batch,), jnp.int32)}
 
-  def decode_step(self, tokens, enc, mask, cache):
+  def cross_kv(self, enc):
+    return enc[None], enc[None]  # [1 layer, B, S, D]
+
+  def decode_step(self, tokens, enc, mask, cache, cross=None):
     b = tokens.shape[0]
+    if cross is not None:  # batch 1, shared by the rows
+      enc = cross[0][0]
     toks = cache["tokens"].at[jnp.arange(b), cache["index"]].set(tokens)
     prev = toks[jnp.arange(b), jnp.maximum(cache["index"] - 1, 0)]
-    ctx = enc.sum(1) / mask.sum(1, keepdims=True)  # [B, D]
+    ctx = enc.sum(1) / mask.sum(1, keepdims=True)  # [B or 1, D]
+    ctx = jnp.broadcast_to(ctx, (b, ctx.shape[1]))
     h = jnp.concatenate([ctx, self.emb[...][tokens], self.emb[...][prev]], -1)
     return jnp.tanh(h) @ self.out[...], {"tokens": toks,
                                          "index": cache["index"] + 1}

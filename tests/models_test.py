@@ -59,6 +59,21 @@ def test_t5_parity(name):
   np.testing.assert_allclose(np.asarray(logits).transpose(1, 0, 2),
                              ref["logits"], atol=TOL, rtol=0)
 
+  def steps_cross(m, enc_ids, enc_mask, dec_ids):  # cross K/V once, row 0
+    cross = m.cross_kv(m.encode(enc_ids[:1], enc_mask[:1]))  # batch 1
+    cache = m.init_cache(dec_ids.shape[0], dec_ids.shape[1])
+
+    def body(c, tok):
+      lg, c = m.decode_step(tok, None, enc_mask[:1], c, cross=cross)
+      return c, lg
+    return jax.lax.scan(body, cache, dec_ids.T)[1]  # [T, B, V]
+
+  row0 = jnp.asarray(ref["decoder_ids"])[:1].repeat(3, 0)  # 3 beams, row 0
+  logits = jit_apply(model, steps_cross, enc_ids, enc_mask, row0)
+  for beam in range(3):
+    np.testing.assert_allclose(np.asarray(logits)[:, beam],
+                               ref["logits"][0], atol=TOL, rtol=0)
+
 
 def test_bert_parity():
   model = load_pretrained(FIX / "bert")

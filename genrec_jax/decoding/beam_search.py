@@ -325,7 +325,8 @@ class T5Scorer:
 
   prompt: {"input_ids": int32 [S], "attention_mask": bool [S]} encoder input
   (padding anywhere). The decoder starts from `start_token`.
-  The encoder output is shared by the beams and is not gathered.
+  The cross-attention keys/values are computed once per prompt and shared
+  by the beams (not gathered).
   """
 
   graphdef: Any
@@ -338,28 +339,25 @@ class T5Scorer:
     model = _merge(self.graphdef, params)
     ids = prompt["input_ids"][None]  # [1, S]
     mask = prompt["attention_mask"][None].astype(bool)  # [1, S]
-    enc = model.encode(ids, mask)  # [1, S, D]
+    cross = model.cross_kv(model.encode(ids, mask))  # 2 x [L, 1, S, N, H]
     cache = model.init_cache(1, self.max_decode_len or self._num_new + 1)
     start = jnp.full((1,), self.start_token, jnp.int32)
-    logits, cache = model.decode_step(start, enc, mask, cache)  # [1, V]
-    return (cache, enc, mask), logits[0]
+    logits, cache = model.decode_step(start, None, mask, cache, cross=cross)
+    return (cache, cross, mask), logits[0]  # [V]
 
   def step(self, params, state, tokens):
     model = _merge(self.graphdef, params)
-    cache, enc, mask = state
-    w = tokens.shape[0]
-    enc_w = jnp.broadcast_to(enc[:1], (w,) + enc.shape[1:])  # [W, S, D]
-    mask_w = jnp.broadcast_to(mask[:1], (w,) + mask.shape[1:])  # [W, S]
-    logits, cache = model.decode_step(tokens, enc_w, mask_w, cache)
-    return (cache, enc, mask), logits
+    cache, cross, mask = state
+    logits, cache = model.decode_step(tokens, None, mask, cache, cross=cross)
+    return (cache, cross, mask), logits  # [W, V]
 
   def gather(self, state, beam):
-    cache, enc, mask = state
-    return _gather_beams(cache, beam), enc, mask
+    cache, cross, mask = state
+    return _gather_beams(cache, beam), cross, mask
 
   def expand(self, state, beams):
-    cache, enc, mask = state  # the encoder output stays [1, S, D]
-    return jax.tree.map(lambda x: jnp.repeat(x, beams, 0), cache), enc, mask
+    cache, cross, mask = state  # cross K/V stay [L, 1, S, N, H]
+    return jax.tree.map(lambda x: jnp.repeat(x, beams, 0), cache), cross, mask
 
   def check_prompts(self, prompts, num_new):
     ids = np.asarray(prompts["input_ids"])

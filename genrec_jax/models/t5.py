@@ -12,7 +12,9 @@ tied head scaled by d_model**-0.5.
 The decode cache is a dict of batch-first arrays:
   k, v   [B, L, T, N, H]  decoder self-attention keys/values
   index  int32 [B]         number of decoder tokens already fed
-Cross-attention keys/values are recomputed from `enc` at each step.
+Cross-attention keys/values are projected from `enc` at each step, unless
+`cross_kv(enc)` computed them once (decode_step(..., cross=...), as beam
+search does: [layers, 1, S, N, H] shared by the beams).
 """
 
 from __future__ import annotations
@@ -220,16 +222,23 @@ class T5Model(nnx.Module):
     return jnp.einsum("...D,DV->...V", h, self.lm_head[...].astype(h.dtype),
                       preferred_element_type=jnp.float32)
 
-  def _cross(self, h: Array, w: dict[str, Array], enc: Array,
-             enc_mask: Array) -> Array:
+  def _cross(self, h: Array, w: dict[str, Array], enc: Array | None,
+             enc_mask: Array, kv: tuple[Array, Array] | None = None) -> Array:
+    """Cross-attention block; `kv`: this layer's precomputed (K, V)."""
     eps = self.config.layer_norm_epsilon
     x = layers.rms_norm(h, w["cross_norm"], eps)
     q = layers.project_heads(x, w["cross_q"])  # [B, T, N, H]
-    k = layers.project_heads(enc, w["cross_k"])  # [B, S, N, H]
-    v = layers.project_heads(enc, w["cross_v"])
-    T = h.shape[1]
-    mask = jnp.broadcast_to(enc_mask[:, None, :],
-                            (enc.shape[0], T, enc.shape[1]))  # [B, T, S]
+    if kv is None:
+      k = layers.project_heads(enc, w["cross_k"])  # [B, S, N, H]
+      v = layers.project_heads(enc, w["cross_v"])
+    else:
+      k, v = kv
+    B, T = h.shape[:2]
+    S = k.shape[1]
+    if k.shape[0] != B:  # one encoder row shared by B decoder rows (beams)
+      k = jnp.broadcast_to(k, (B,) + k.shape[1:])
+      v = jnp.broadcast_to(v, (B,) + v.shape[1:])
+    mask = jnp.broadcast_to(enc_mask[:, None, :], (B, T, S))  # [B, T, S]
     a = layers.attention(q, k, v, mask, 1.0)
     return h + layers.merge_heads(a, w["cross_o"])
 
@@ -314,15 +323,33 @@ class T5Model(nnx.Module):
     return {"k": jnp.zeros(shape, dtype), "v": jnp.zeros(shape, dtype),
             "index": jnp.zeros((batch_size,), jnp.int32)}
 
-  def decode_step(self, tokens: Array, enc: Array, encoder_mask: Array,
-                  cache: Cache) -> tuple[Array, Cache]:
+  def cross_kv(self, enc: Array) -> tuple[Array, Array]:
+    """Cross-attention keys and values of every decoder layer, computed once.
+
+    Args:
+      enc: [B, S, D] from `encode`.
+
+    Returns:
+      (K, V), each [layers, B, S, N, H], for `decode_step(cross=...)`.
+    """
+    w = layers.stacked(self.dec_layers)
+    k = jnp.einsum("BSD,LDNH->LBSNH", enc, w["cross_k"].astype(enc.dtype))
+    v = jnp.einsum("BSD,LDNH->LBSNH", enc, w["cross_v"].astype(enc.dtype))
+    return k, v
+
+  def decode_step(self, tokens: Array, enc: Array | None,
+                  encoder_mask: Array, cache: Cache,
+                  cross: tuple[Array, Array] | None = None
+                  ) -> tuple[Array, Cache]:
     """Feeds one decoder token per row.
 
     Args:
       tokens: int32 [B] (the first step feeds decoder_start_token_id).
-      enc: [B, S, D] from `encode`.
-      encoder_mask: bool [B, S].
+      enc: [B, S, D] from `encode` (unused when `cross` is given).
+      encoder_mask: bool [B, S] (or [1, S] with a shared `cross`).
       cache: from `init_cache` / the previous step.
+      cross: `cross_kv(enc)`, so that steps do not re-project the encoder
+        output; its batch may be 1, shared by all B rows (beam search).
 
     Returns:
       (logits float32 [B, V], cache).
@@ -342,7 +369,7 @@ class T5Model(nnx.Module):
 
     def block(carry, xs):
       h, kc, vc = carry
-      w, i = xs
+      w, i, kv = xs
       a_in = layers.rms_norm(h, w["self_norm"], eps)
       q = layers.project_heads(a_in, w["self_q"])  # [B, 1, N, H]
       k = layers.project_heads(a_in, w["self_k"])
@@ -354,10 +381,11 @@ class T5Model(nnx.Module):
       a = layers.attention(q, kl.astype(q.dtype), vl.astype(q.dtype),
                            key_mask, 1.0, bias)
       h = h + layers.merge_heads(a, w["self_o"])
-      h = self._cross(h, w, enc, enc_mask)
+      h = self._cross(h, w, enc, enc_mask, kv)
       h = h + self._ffn(layers.rms_norm(h, w["ffn_norm"], eps), w)
       return (h, kc, vc), None
 
-    xs = (layers.stacked(self.dec_layers), jnp.arange(cfg.num_decoder_layers))
+    xs = (layers.stacked(self.dec_layers), jnp.arange(cfg.num_decoder_layers),
+          cross)
     (x, kc, vc), _ = jax.lax.scan(block, (x, cache["k"], cache["v"]), xs)
     return self._head(x[:, 0]), {"k": kc, "v": vc, "index": idx + 1}
