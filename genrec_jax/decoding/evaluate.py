@@ -293,6 +293,7 @@ def load_model(model_dir: pathlib.Path, spec: dict[str, Any]):
   from flax import nnx  # pylint: disable=g-import-not-at-top
   import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
 
+  model_dir = pathlib.Path(model_dir).resolve()  # Orbax: absolute paths
   where = str(model_dir / MODEL_JSON)
   for field in ("model_config", "sid_tokens"):
     if field not in spec:
