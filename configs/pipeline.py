@@ -2,14 +2,16 @@
 
 python -m binaries.run_pipeline --config=configs/pipeline.py:ml100k --workdir=runs/ml100k
 python -m binaries.run_pipeline --config=configs/pipeline.py:beauty_cpu --workdir=runs/beauty
+python -m binaries.run_pipeline --config=configs/pipeline.py:beauty_paper --workdir=runs/beauty_paper
 
 `stages` lists the stages in order; each has its own config under the same
 name (the config its binary takes, e.g. `--config.train_sasrec.train.
 num_epochs=5`). Names that are not stage kinds map to one in `stage_kinds`.
 
 Variants: ml100k (what `make demo` runs), beauty_cpu (Amazon Beauty with
-budgets for a 2-core machine), tiny (tests; set
-prepare_data.data.sequence_file and items_file).
+budgets for a 2-core machine), beauty_paper (Amazon Beauty, TIGER's paper
+configuration and the MiniOneRec text-prompt SFT, for an accelerator), tiny
+(tests; set prepare_data.data.sequence_file and items_file).
 """
 import ml_collections
 
@@ -34,7 +36,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # The dataset, and the variant of the stages tuned per dataset.
   if variant in ("ml100k", "tiny"):
     dataset, tuned = "ml100k", "demo"
-  elif variant == "beauty_cpu":
+  elif variant in ("beauty_cpu", "beauty_paper"):
     dataset, tuned = "beauty", "beauty"
   else:
     raise ValueError(f"configs/pipeline.py: unknown variant {variant!r}")
@@ -51,12 +53,15 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
                    "tiger", "minionerec", "minigr_cf")
   # The generative models: TIGER, the decoder LM without (MiniOneRec) and
   # with (miniGR-CF) collaborative hints; only hints.enabled differs.
-  suffix = {"ml100k": "_demo", "beauty_cpu": "_beauty_cpu", "tiny": ",tiny"}
+  suffix = {"ml100k": "_demo", "beauty_cpu": "_beauty_cpu", "tiny": ",tiny",
+            "beauty_paper": ""}
   for name, model in (("tiger", "tiger"), ("minionerec", "decoder"),
                       ("minigr_cf", "decoder_hints")):
     if variant == "tiny":
       model = {"tiger": "tiger", "decoder": "decoder_sid",
                "decoder_hints": "decoder_sid_hints"}[model]
+    elif variant == "beauty_paper" and model == "tiger":
+      model = "tiger_paper"
     config[name] = generative.get_config(model + suffix[variant])
     config[name].name = name
     config.stage_kinds[name] = "train_generative"
