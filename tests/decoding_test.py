@@ -747,3 +747,41 @@ def test_shared_prefix_scorer_matches_full_cache():
                                 np.asarray(full.items))
   np.testing.assert_allclose(np.asarray(shared.scores),
                              np.asarray(full.scores), rtol=1e-5, atol=1e-5)
+
+
+def test_real_decoder_shared_prefix_equals_full_cache():
+  rng = np.random.default_rng(19)
+  sizes = (3, 4, 2)
+  codes = np.stack(np.unravel_index(rng.choice(24, 17, replace=False), sizes),
+                   1)
+  trie = trie_lib.build_trie(codes, sizes)
+  sid = bs.SidTokens.contiguous(sizes, base=6, suffix=(2,))
+  graphdef, params = _real_decoder(sid.end + 3, seed=5)
+  ids = rng.integers(1, 6, size=(3, 7)).astype(np.int32)
+  mask = np.ones_like(ids, bool)
+  mask[1, :3] = False  # left padding
+  prompts = {"input_ids": ids, "attention_mask": mask}
+  full = bs.beam_search(bs.DecoderScorer(graphdef), params, prompts, trie,
+                        beam_size=5, top_n=5, sid_tokens=sid)
+  shared = bs.beam_search(bs.SharedPrefixDecoderScorer(graphdef), params,
+                          prompts, trie, beam_size=5, top_n=5,
+                          sid_tokens=sid)
+  np.testing.assert_array_equal(np.asarray(shared.items),
+                                np.asarray(full.items))
+  np.testing.assert_allclose(np.asarray(shared.scores),
+                             np.asarray(full.scores), rtol=1e-5, atol=1e-5)
+  # One step: the logits of decode_step_shared equal decode_step on W copies.
+  model = nnx.merge(graphdef, params)
+  prefix = model.init_cache(1, 7)
+  _, prefix = model.prefill(jnp.asarray(ids[1:2]), jnp.asarray(mask[1:2]),
+                            prefix)
+  copies = jax.tree.map(lambda x: jnp.repeat(x, 4, 0), model.init_cache(1, 9))
+  _, copies = model.prefill(jnp.asarray(np.repeat(ids[1:2], 4, 0)),
+                            jnp.asarray(np.repeat(mask[1:2], 4, 0)), copies)
+  suffix = model.init_suffix(4, 2)
+  toks = jnp.asarray([6, 7, 8, 6], jnp.int32)
+  for _ in range(2):
+    want, copies = model.decode_step(toks, copies)
+    got, suffix = model.decode_step_shared(toks, prefix, suffix)
+    np.testing.assert_allclose(np.asarray(got), np.asarray(want), atol=2e-5)
+    toks = toks + 3

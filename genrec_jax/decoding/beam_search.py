@@ -283,7 +283,8 @@ class SharedPrefixDecoderScorer(DecoderScorer):
   """A decoder whose prompt cache is shared by the beams (not copied).
 
   For models with `init_suffix(beams, max_new)` and
-  `decode_step_shared(tokens, prefix, suffix)` (reference_decoder): the
+  `decode_step_shared(tokens, prefix, suffix)` (models.decoder.Decoder,
+  reference_decoder): the
   prompt is prefilled once into a batch-1 cache of exactly the prompt length
   and only the per-beam cache of generated tokens is gathered by beam.
   Same prompts, checks and results as DecoderScorer.

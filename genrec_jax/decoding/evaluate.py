@@ -21,7 +21,7 @@ What the stage can load: a model folder written by `save_model` --
 and the prompt settings) plus `params/` (an orbax checkpoint of the NNX
 params). Kinds: "decoder" (genrec_jax.models.decoder, Qwen2/Llama) and
 "reference_decoder" (genrec_jax.decoding.reference_decoder), scored with
-`DecoderScorer`, and "t5" (TIGER, genrec_jax.models.t5) with `T5Scorer`.
+`SharedPrefixDecoderScorer` (the prompt cache shared by the beams), and "t5" (TIGER, genrec_jax.models.t5) with `T5Scorer`.
 Prompts follow the folder's `prompt.format`: "sid" (default,
 `sid_history_prompts`), "tiger" (T5 encoder inputs) or "text" (MiniOneRec
 prompts). The train_generative stage writes such folders
@@ -289,7 +289,7 @@ def save_model(model_dir: str | pathlib.Path, kind: str, model,
 
 
 def load_model(model_dir: pathlib.Path, spec: dict[str, Any]):
-  """(DecoderScorer, params, SidTokens, prompt settings) of a model folder."""
+  """(scorer, params, SidTokens, prompt settings) of a model folder."""
   from flax import nnx  # pylint: disable=g-import-not-at-top
   import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
 
@@ -319,7 +319,7 @@ def load_model(model_dir: pathlib.Path, spec: dict[str, Any]):
     scorer = bs.T5Scorer(graphdef, start_token=int(prompt.get(
         "start_token", 0)), vocab_size=int(vocab))
   else:
-    scorer = bs.DecoderScorer(graphdef, vocab_size=int(vocab))
+    scorer = bs.SharedPrefixDecoderScorer(graphdef, vocab_size=int(vocab))
   return scorer, (params, rest), sid, prompt
 
 

@@ -357,6 +357,80 @@ class Decoder(nnx.Module):
     return logits, new
 
 
+  # -- shared-prefix decoding (beam search) ---------------------------------
+  # The W beams of one prompt share its keys/values: `decode_step_shared`
+  # reads them once from the batch-1 `prefill` cache and keeps per beam only
+  # the generated tokens, so gathering beams moves a few KB instead of W
+  # copies of the prompt cache.
+
+  def init_suffix(self, beams: int, max_new: int,
+                  dtype: Any = jnp.float32) -> Cache:
+    """Per-beam cache of generated tokens (batch-first leaves)."""
+    cfg = self.config
+    shape = (beams, cfg.num_layers, max_new, cfg.num_kv_heads, cfg.head_dim)
+    return {"k": jnp.zeros(shape, dtype),  # [W, L, M, K, H]
+            "v": jnp.zeros(shape, dtype),  # [W, L, M, K, H]
+            "index": jnp.zeros((beams,), jnp.int32)}  # [W]
+
+  def decode_step_shared(self, tokens: Array, prefix: Cache,
+                         suffix: Cache) -> tuple[Array, Cache]:
+    """One token per beam after ONE prompt; = decode_step on W cache copies.
+
+    Args:
+      tokens: int32 [W].
+      prefix: the prompt's cache after `prefill` (batch 1; every slot the
+        prompt wrote, i.e. a cache of exactly the prompt length).
+      suffix: from `init_suffix(W, ...)` / the previous step.
+
+    Returns:
+      (logits float32 [W, V], suffix).
+    """
+    cfg = self.config
+    W = tokens.shape[0]
+    M = suffix["k"].shape[2]
+    K, G = cfg.num_kv_heads, cfg.num_heads // cfg.num_kv_heads
+    idx = suffix["index"]  # [W]
+    rows = jnp.arange(W)
+    positions = (prefix["pos"][0] + idx)[:, None]  # [W, 1]
+    p_mask = prefix["mask"][0]  # [S]
+    s_mask = jnp.arange(M)[None] <= idx[:, None]  # [W, M]
+    x = self.embed[...][tokens][:, None].astype(cfg.dtype)  # [W, 1, D]
+    eps, scale = cfg.rms_norm_eps, layers.inv_sqrt(cfg.head_dim)
+    dt = suffix["k"].dtype
+
+    def block(carry, xs):
+      h, kc, vc = carry
+      w, i = xs
+      a_in = layers.rms_norm(h, w["attn_norm"], eps)
+      q, k, v = self._qkv(a_in, w, positions)  # q [W, 1, N, H]
+      kc = kc.at[rows, i, idx].set(k[:, 0].astype(dt))  # [W, L, M, K, H]
+      vc = vc.at[rows, i, idx].set(v[:, 0].astype(dt))
+      ks = jax.lax.dynamic_index_in_dim(kc, i, 1, False).astype(q.dtype)
+      vs = jax.lax.dynamic_index_in_dim(vc, i, 1, False).astype(q.dtype)
+      pk = jax.lax.dynamic_index_in_dim(prefix["k"][0], i, 0, False)
+      pv = jax.lax.dynamic_index_in_dim(prefix["v"][0], i, 0, False)
+      pk, pv = pk.astype(q.dtype), pv.astype(q.dtype)  # [S, K, H]
+      qg = q[:, 0].reshape(W, K, G, -1)  # [W, K, G, H]
+      lp = jnp.einsum("WKGH,SKH->WKGS", qg, pk,
+                      preferred_element_type=jnp.float32) * scale
+      lp = jnp.where(p_mask[None, None, None], lp, layers.NEG_INF)
+      ls = jnp.einsum("WKGH,WMKH->WKGM", qg, ks,
+                      preferred_element_type=jnp.float32) * scale
+      ls = jnp.where(s_mask[:, None, None], ls, layers.NEG_INF)
+      probs = jax.nn.softmax(jnp.concatenate([lp, ls], -1), -1)
+      probs = probs.astype(q.dtype)  # [W, K, G, S + M]
+      S = lp.shape[-1]
+      o = (jnp.einsum("WKGS,SKH->WKGH", probs[..., :S], pv)
+           + jnp.einsum("WKGM,WMKH->WKGH", probs[..., S:], vs))
+      o = o.reshape(W, 1, K * G, -1)  # [W, 1, N, H]
+      h = h + layers.merge_heads(o, w["o"], w.get("o_bias"))
+      h = h + _mlp(layers.rms_norm(h, w["mlp_norm"], eps), w)
+      return (h, kc, vc), None
+
+    xs = (layers.stacked(self.layers), jnp.arange(cfg.num_layers))
+    (x, kc, vc), _ = jax.lax.scan(block, (x, suffix["k"], suffix["v"]), xs)
+    return self._head(x[:, 0]), {"k": kc, "v": vc, "index": idx + 1}
+
 @functools.partial(jax.jit, static_argnames=("graphdef", "max_new_tokens"))
 def _greedy(graphdef, state, input_ids, attention_mask, max_new_tokens):
   model = nnx.merge(graphdef, state)

@@ -687,8 +687,8 @@ class _Setup:
     if self.save_kind == "t5":
       return bs.T5Scorer(graphdef, start_token=PAD, vocab_size=vocab)
     suffix = self.response_ids if self.prompt["format"] == "text" else ()
-    return bs.DecoderScorer(graphdef, vocab_size=vocab,
-                            required_suffix=suffix)
+    return bs.SharedPrefixDecoderScorer(graphdef, vocab_size=vocab,
+                                        required_suffix=suffix)
 
 
 # ----------------------------------------------------------------------------
