@@ -1,11 +1,9 @@
 """Builds tiny random HF models + reference outputs for the parity tests.
 
 Needs torch, which is never a runtime dependency: run it with the separate
-venv
+venv (tools/torch_venv.py pins it)
 
-  python3 -m venv .venv-torch
-  .venv-torch/bin/pip install torch==2.13.0 transformers==5.23.0 \
-      safetensors numpy
+  make bench-venv
   .venv-torch/bin/python tools/make_parity_fixtures.py
 
 Writes tests/fixtures/parity/<name>/{config.json,model.safetensors,

