@@ -1,4 +1,4 @@
-"""Data layer: sources, splits, the dataset container, bad input, pipelines."""
+"""Data layer: sources, splits, the dataset container, bad input."""
 import gzip
 import json
 import subprocess
@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from configs import data as data_config
-from genrec_jax.data import pipeline, prepare, splits
+from genrec_jax.data import prepare, readers, splits
 from genrec_jax.data.dataset import Dataset, DataError, Ragged
 from tests.conftest import REPO, shared_data
 
@@ -216,31 +216,132 @@ def test_bad_input_binary_exit_and_nothing_half_written(tmp_path):
   assert sorted(p.name for p in w.iterdir()) == ["dataset"]
 
 
-def test_grain_pipeline_shuffle_state_and_shards():
-  train = Ragged.from_lists([[1, 2, 3, 4], [5, 6], [7, 8, 9], [2, 4, 6, 8, 1]])
-  kw = dict(max_len=3, pad_id=0, batch_size=2, seed=5)
-  ds = pipeline.train_dataset(train, process_index=0, process_count=1, **kw)
-  it = pipeline.train_iterator(ds)
-  first = [next(it) for _ in range(3)]
-  state = it.get_state()
-  rest = [next(it) for _ in range(4)]
-  it2 = pipeline.train_iterator(ds)
-  it2.set_state(state)
-  for a, b in zip(rest, [next(it2) for _ in range(4)]):
-    np.testing.assert_array_equal(a["history"], b["history"])
-    np.testing.assert_array_equal(a["target"], b["target"])
-  # One epoch = 9 (history -> next) examples; histories left-padded.
-  epoch = np.concatenate([b["target"] for b in first + rest])[:8]
-  assert set(epoch) <= {2, 3, 4, 6, 8, 9, 1}
-  assert first[0]["history"].shape == (2, 3)
-  # Two processes see disjoint halves of the single-process order.
-  p0 = pipeline.train_dataset(train, process_index=0, process_count=2, **kw)
-  p1 = pipeline.train_dataset(train, process_index=1, process_count=2, **kw)
-  rows = np.concatenate([ds[i]["target"] for i in range(4)])  # 8 examples
-  np.testing.assert_array_equal(
-      np.concatenate([p0[i]["target"] for i in range(4)]), rows[0::2])
-  np.testing.assert_array_equal(
-      np.concatenate([p1[i]["target"] for i in range(4)]), rows[1::2])
+def _ml100k_grouplens(tmp_path, items):
+  d = tmp_path / "ml"
+  d.mkdir()
+  (d / "u.data").write_text("1\t10\t5\t100\n1\t11\t4\t101\n")
+  (d / "u.item").write_text("".join(f"{i}|{t}|01-Jan-1995||x|0\n"
+                                    for i, t in items))
+  return d
+
+
+def _ml100k_recbole(tmp_path, items):
+  d = tmp_path / "rb"
+  d.mkdir()
+  (d / "ml-100k.inter").write_text(
+      "user_id:token\titem_id:token\trating:float\ttimestamp:float\n"
+      "1\t10\t5\t100\n1\t11\t4\t101\n")
+  (d / "ml-100k.item").write_text(
+      "item_id:token\tmovie_title:token_seq\trelease_year:token\n" + "".join(
+          f"{i}\t{t}\t1995\n" for i, t in items))
+  return d
+
+
+def _minionerec(tmp_path, item_json):
+  d = tmp_path / "mor"
+  for sub in ("index", "valid", "test"):
+    (d / sub).mkdir(parents=True)
+  (d / "index" / "X.item.json").write_text(item_json)
+  for split, (hist, target) in (("valid", ("[0]", 1)), ("test", ("[0, 1]", 2))):
+    (d / split / "X.csv").write_text(
+        f'user_id,history_item_id,item_id\nA0,"{hist}",{target}\n')
+  return d
+
+
+def _amazon_meta(tmp_path, records):
+  meta = tmp_path / "meta.json"
+  meta.write_text("".join(json.dumps(r) + "\n" for r in records))
+  reviews = tmp_path / "reviews.json"
+  reviews.write_text("".join(_review(u, a, 1517443200 + i) for i, (u, a) in
+                             enumerate([("u1", "A"), ("u1", "B"),
+                                        ("u2", "A"), ("u2", "B")])))
+  config = data_config.get_config("default")
+  config.data.update(dict(source="amazon2018", reviews_file=str(reviews),
+                          meta_file=str(meta), k_core=1, min_len=2))
+  return config
+
+
+def test_duplicate_item_ids_are_errors(tmp_path):
+  """Every source that reads an item file names the file and the line of a
+  repeated item id (it used to keep the last title silently)."""
+  items = [(10, "Heat"), (11, "Ran"), (10, "Heat 2")]
+  for d, fname, line in ((_ml100k_grouplens(tmp_path, items), "u.item", 3),
+                         (_ml100k_recbole(tmp_path, items), "ml-100k.item", 4)):
+    config = data_config.get_config("default")
+    config.data.path = str(d)
+    with pytest.raises(DataError, match=(
+        f"{fname}:{line}: item_id 10 appears twice \\(first on line "
+        f"{line - 2}\\)")):
+      prepare.run(config, tmp_path / "w")
+  # seq_txt and sasrec_txt share the items.tsv reader.
+  config = seq_config(tmp_path)
+  with open(config.data.items_file, "a") as f:
+    f.write("12\tFace cream again\tAcme\n")
+  with pytest.raises(DataError, match=r"items.tsv:8: item_id 12 appears "
+                     r"twice \(first on line 4\)"):
+    prepare.run(config, tmp_path / "w")
+  sasrec = tmp_path / "sasrec.txt"
+  sasrec.write_text("1 10\n1 11\n1 12\n")
+  config.data.update(dict(source="sasrec_txt", path=str(sasrec)))
+  with pytest.raises(DataError, match=r"items.tsv:8: item_id 12 appears"):
+    prepare.run(config, tmp_path / "w")
+  # MiniOneRec: a repeated key of the item JSON object (json.loads would
+  # keep the last one).
+  d = _minionerec(tmp_path, '{\n  "0": {"title": "a"},\n  "1": {"title": '
+                  '"b"},\n  "2": {"title": "c"},\n  "1": {"title": "B"}\n}\n')
+  config = data_config.get_config("default")
+  config.data.update(dict(source="minionerec", split="given", path=str(d)))
+  with pytest.raises(DataError, match=r"X.item.json:5: item id 1 appears "
+                     r"twice \(first on line 3\)"):
+    prepare.run(config, tmp_path / "w")
+  # Amazon 2018 meta: the same asin with other fields is an error...
+  config = _amazon_meta(tmp_path, [
+      {"asin": "A", "title": "Soap"}, {"asin": "B", "title": "Comb"},
+      {"asin": "A", "title": "Soap bar"}])
+  with pytest.raises(DataError, match=r"meta.json:3: asin A appears twice "
+                     r"with different fields \(first on line 1\)"):
+    prepare.run(config, tmp_path / "w")
+
+
+def test_identical_amazon_meta_repeats_are_counted(tmp_path):
+  config = _amazon_meta(tmp_path, [
+      {"asin": "A", "title": "Soap"}, {"asin": "B", "title": "Comb"},
+      {"asin": "A", "title": "Soap"}])
+  stats = prepare.run(config, tmp_path / "w")
+  assert stats["filtered"]["meta_duplicate_asins"] == 1
+  assert stats["items"] == 2
+
+
+def test_minionerec_item_json_parsed_in_order(tmp_path):
+  d = _minionerec(tmp_path, '{"0": {"title": "a &amp; b"}, "2": {"title": '
+                  '"c", "brand": "X"},\n "1": {"title": "b"}}')
+  config = data_config.get_config("default")
+  config.data.update(dict(source="minionerec", split="given", path=str(d)))
+  prepare.run(config, tmp_path / "w")
+  ds = Dataset.load(tmp_path / "w" / "dataset")
+  assert [ds.title(i) for i in range(3)] == ["a & b", "b", "c"]
+  assert ds.test.targets.tolist() == [[2]]
+
+
+@pytest.mark.parametrize("text,expect", [
+    ('{"a": 1, "b": [1, {"a": 2}],\n"a": 3}',
+     [(1, "a", 1), (1, "b", [1, {"a": 2}]), (2, "a", 3)]),
+    ("  {\n}\n", []),
+    ('[1, 2]', "x.json:1: invalid JSON \\(expected '{', found '\\['\\)"),
+    ('{"a": 1,\n "b" 2}', "x.json:2: invalid JSON \\(expected ':'"),
+    ('{"a": 1,\n\n 3: 2}', "x.json:3: invalid JSON \\(expected a key\\)"),
+    ('{"a": tru}', "x.json:1: invalid JSON"),
+    ('{"a": 1}\n{}', "x.json:2: invalid JSON \\(extra data"),
+    ('{"a": 1', "x.json:1: invalid JSON \\(expected ',' or '}', found end"),
+])
+def test_json_object_items(tmp_path, text, expect):
+  f = tmp_path / "x.json"
+  f.write_text(text)
+  if isinstance(expect, list):
+    assert list(readers.json_object_items(f)) == expect
+  else:
+    with pytest.raises(DataError, match=expect):
+      list(readers.json_object_items(f))
 
 
 def test_real_beauty_counts(tmp_path):

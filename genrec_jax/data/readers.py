@@ -8,8 +8,9 @@ import io
 import json
 import os
 import pathlib
+import re
 import zlib
-from typing import Iterator
+from typing import Any, Hashable, Iterator
 
 from genrec_jax.data.dataset import DataError
 
@@ -120,3 +121,81 @@ def read_json(path: str | os.PathLike):
     return json.loads(text)
   except json.JSONDecodeError as e:
     raise DataError(f"{path}:{e.lineno}: invalid JSON ({e.msg})") from None
+
+
+class UniqueKeys:
+  """Remembers where each key of a file was seen; a repeat is a DataError.
+
+    ids = UniqueKeys(path, "item_id")
+    for lineno, row in ...:
+      ids.add(row_id, lineno)   # raises on the second occurrence
+  """
+
+  def __init__(self, path: str | os.PathLike, field: str):
+    self.path, self.field = path, field
+    self.first_line: dict[Hashable, int] = {}
+
+  def add(self, key: Hashable, lineno: int) -> None:
+    """Records `key` at `lineno`; DataError if it was seen before."""
+    first = self.first_line.get(key)
+    if first is not None:
+      raise DataError(f"{self.path}:{lineno}: {self.field} {key} appears "
+                      f"twice (first on line {first})")
+    self.first_line[key] = lineno
+
+  def __contains__(self, key: Hashable) -> bool:
+    return key in self.first_line
+
+
+_WS = re.compile(r"\s*")
+
+
+def json_object_items(
+    path: str | os.PathLike) -> Iterator[tuple[int, str, Any]]:
+  """(line number, key, value) of each member of a file's top-level JSON
+  object, in file order, duplicates included (json.loads keeps only the
+  last value of a repeated key)."""
+  text = read_text(path)
+  decoder = json.JSONDecoder()
+  line, line_pos = 1, 0
+
+  def lineno(pos: int) -> int:
+    nonlocal line, line_pos
+    line += text.count("\n", line_pos, pos)
+    line_pos = pos
+    return line
+
+  def expect(pos: int, chars: str) -> tuple[int, str]:
+    pos = _WS.match(text, pos).end()
+    if pos >= len(text) or text[pos] not in chars:
+      found = repr(text[pos]) if pos < len(text) else "end of file"
+      raise DataError(f"{path}:{lineno(pos)}: invalid JSON (expected "
+                      f"{' or '.join(map(repr, chars))}, found {found})")
+    return pos + 1, text[pos]
+
+  def decode(pos: int) -> tuple[Any, int]:
+    try:
+      return decoder.raw_decode(text, pos)
+    except json.JSONDecodeError as e:
+      raise DataError(f"{path}:{e.lineno}: invalid JSON ({e.msg})") from None
+
+  pos, _ = expect(0, "{")
+  if text[_WS.match(text, pos).end():].startswith("}"):
+    pos, _ = expect(pos, "}")
+  else:
+    while True:
+      pos = _WS.match(text, pos).end()
+      at = lineno(pos)
+      if not text.startswith('"', pos):
+        raise DataError(f"{path}:{at}: invalid JSON (expected a key)")
+      key, pos = decode(pos)
+      pos, _ = expect(pos, ":")
+      value, pos = decode(_WS.match(text, pos).end())
+      yield at, key, value
+      pos, sep = expect(pos, ",}")
+      if sep == "}":
+        break
+  pos = _WS.match(text, pos).end()
+  if pos != len(text):
+    raise DataError(f"{path}:{lineno(pos)}: invalid JSON (extra data after "
+                    "the object)")

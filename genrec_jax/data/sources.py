@@ -102,11 +102,16 @@ def load_ml100k(config) -> RawData:
       for line in readers.read_text(path / "u.genre", "latin-1").splitlines():
         if "|" in line:
           genre_names.append(line.split("|")[0])
+    seen = readers.UniqueKeys(path / "u.item", "item_id")
     for lineno, line in enumerate(item_text.splitlines(), start=1):
       if not line.strip():
         continue
       f = line.split("|")
+      if len(f) < 2:
+        raise DataError(f"{path / 'u.item'}:{lineno}: expected |-separated "
+                        "fields (item_id|title|...)")
       iid = readers.parse_int(f[0], path / "u.item", lineno, "item_id")
+      seen.add(iid, lineno)
       titles[iid] = f[1]
       years[iid] = f[2][-4:] if len(f) > 2 else ""
       flags = f[5:24]
@@ -126,8 +131,10 @@ def load_ml100k(config) -> RawData:
                                  ("item_id:token", "movie_title:token_seq"),
                                  encoding="latin-1")
     titles, years, genres_of = {}, {}, {}
+    seen = readers.UniqueKeys(path / "ml-100k.item", "item_id")
     for lineno, r in enumerate(item_rows, start=2):
       iid = readers.parse_int(r["item_id:token"], path / "ml-100k.item", lineno, "item_id")
+      seen.add(iid, lineno)
       year = r.get("release_year:token") or ""
       titles[iid] = r["movie_title:token_seq"] + (f" ({year})" if year else "")
       years[iid] = year
@@ -170,12 +177,14 @@ def _items_tsv(path, items: _Ids) -> dict[str, list[str]]:
   rows = readers.read_tsv(path, ("item_id", "title"))
   extra = [c for c in rows[0].keys() if c not in ("item_id",)]
   values: dict[str, dict[int, str]] = {c: {} for c in extra}
+  seen = readers.UniqueKeys(path, "item_id")
   for lineno, r in enumerate(rows, start=2):
     key = r["item_id"]
     if key is None or not key.strip():
       raise DataError(f"{path}:{lineno}: field 'item_id' is empty")
-    readers.parse_int(key, path, lineno, "item_id")
-    i = items.get(str(int(key)))
+    iid = readers.parse_int(key, path, lineno, "item_id")
+    seen.add(iid, lineno)
+    i = items.get(str(iid))
     for c in extra:
       values[c][i] = _clean(r.get(c) or "")
   return values
@@ -315,12 +324,22 @@ def load_minionerec(config) -> RawData:
   """
   root = pathlib.Path(config.path)
   meta_path = _one(root / "index", "*.item.json")
-  meta = readers.read_json(meta_path)
-  n_items = 1 + max(int(k) for k in meta)
+  meta, seen = {}, readers.UniqueKeys(meta_path, "item id")
+  for lineno, key, value in readers.json_object_items(meta_path):
+    i = readers.parse_int(key, meta_path, lineno, "item id")
+    seen.add(i, lineno)
+    if i < 0:
+      raise DataError(f"{meta_path}:{lineno}: negative item id {i}")
+    if not isinstance(value, dict):
+      raise DataError(f"{meta_path}:{lineno}: item {i}: expected an object "
+                      f"of fields, got {type(value).__name__}")
+    meta[i] = value
+  if not meta:
+    raise DataError(f"{meta_path}: no items")
+  n_items = 1 + max(meta)
   items = [str(i) for i in range(n_items)]
   fields = {f: [""] * n_items for f in ("title", "description", "brand", "categories")}
-  for k, m in meta.items():
-    i = int(k)
+  for i, m in meta.items():
     for f in fields:
       v = m.get(f, "") or ""
       if f == "description" and v.startswith("["):
@@ -391,23 +410,36 @@ def load_amazon2018(config) -> RawData:
   start = _month(config.start_month, "start_month") if config.get("start_month") else None
   end = _month(config.end_month, "end_month") if config.get("end_month") else None
   titles, meta_fields = {}, {}
+  # asin -> (first line, the fields we keep): a repeated asin whose kept
+  # fields are the same is counted and dropped, any other repeat is an error.
+  first: dict[str, tuple[int, tuple]] = {}
   for lineno, m in readers.json_lines(config.meta_file):
     asin = m.get("asin")
     if not asin:
       raise DataError(f"{config.meta_file}:{lineno}: field 'asin' missing")
     title = _clean(m.get("title", ""))
-    if not title or len(title) > 500 or "<" in title:
-      filtered["meta_items_bad_title"] += 1
-      continue
     desc = m.get("description", "")
     if isinstance(desc, list):
-      desc = " ".join(desc)
+      desc = " ".join(str(d) for d in desc)
     cats = m.get("category", m.get("categories", ""))
     if isinstance(cats, list):
       cats = " ".join(str(c) for c in cats if isinstance(c, str))
+    kept = {"description": _clean(desc), "brand": _clean(m.get("brand", "")),
+            "categories": _clean(cats)}
+    record = (title, *kept.values())
+    if asin in first:
+      line0, record0 = first[asin]
+      if record0 != record:
+        raise DataError(f"{config.meta_file}:{lineno}: asin {asin} appears "
+                        f"twice with different fields (first on line {line0})")
+      filtered["meta_duplicate_asins"] += 1
+      continue
+    first[asin] = (lineno, record)
+    if not title or len(title) > 500 or "<" in title:
+      filtered["meta_items_bad_title"] += 1
+      continue
     titles[asin] = title
-    meta_fields[asin] = {"description": _clean(desc), "brand": _clean(m.get("brand", "")),
-                         "categories": _clean(cats)}
+    meta_fields[asin] = kept
   events = []
   seen = set()
   for lineno, r in enumerate_reviews(config.reviews_file):
