@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 WORKDIR ?= runs/ml100k
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test bench clean
+.PHONY: setup demo test bench-venv clean
 
 setup: $(STAMP)
 
@@ -23,6 +23,13 @@ demo: setup
 
 test: setup
 	$(PY) -m pytest -n 2 tests
+
+# The separate torch venv (.venv-torch: pyproject's `torch` extra +
+# transformers) for the torch side of the beam_search and decoder
+# benchmarks and tools/make_parity_fixtures.py; tests/weights_test.py
+# creates it on demand the same way (about 30 s).
+bench-venv:
+	$(PYTHON) tools/torch_venv.py
 
 clean:
 	rm -rf runs

@@ -9,6 +9,7 @@ from absl import app
 from absl import flags
 import jax.numpy as jnp
 
+from binaries import common
 from genrec_jax.weights import gguf
 from genrec_jax.weights import hf
 
@@ -21,6 +22,7 @@ _DTYPE = flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"],
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError("Too many command-line arguments.")
+  common.setup_logging()
   try:
     gguf.gguf_to_hf(_SRC.value, _OUT.value, dtype=getattr(jnp, _DTYPE.value))
   except (hf.WeightsError, ValueError) as e:
