@@ -191,3 +191,142 @@ def test_bf16_model_runs():
   assert model.layers.q[...].dtype == jnp.bfloat16
   logits = jit_apply(model, lambda m, x: m(x), jnp.ones((1, 4), jnp.int32))
   assert logits.dtype == jnp.float32 and np.isfinite(logits).all()
+
+
+# -- every path through the one block equals the full forward ---------------
+
+PATH_TOL = 1e-5
+
+
+def _randomize(model, seed, scale=0.5):
+  """Replaces every parameter by N(0, scale^2) (biases and norms included),
+  so that each weight kind moves the logits by O(1)."""
+  graphdef, state = nnx.split(model)
+  leaves, tree = jax.tree.flatten(state)
+  keys = jax.random.split(jax.random.key(seed), len(leaves))
+  leaves = [scale * jax.random.normal(k, x.shape, x.dtype)
+            for k, x in zip(keys, leaves)]
+  return nnx.merge(graphdef, jax.tree.unflatten(tree, leaves))
+
+
+def _decoder_paths(m, ids, mask, prompt, prompt_mask, conts, perm):
+  """Logits of the full forward and of the three cached paths."""
+  B, T = ids.shape
+  full = m(ids, mask)  # [B, T, V]
+
+  def step(c, tok):
+    lg, c = m.decode_step(tok, c)
+    return c, lg
+
+  # decode_step from an empty cache, every token (no padding).
+  _, steps = jax.lax.scan(step, m.init_cache(B, T), ids.T)  # [T, B, V]
+  # prefill of the left-padded first 3 columns, then decode_step.
+  first, cache = m.prefill(ids[:, :3], mask[:, :3], m.init_cache(B, T))
+  _, rest = jax.lax.scan(step, cache, ids[:, 3:].T)  # [T - 3, B, V]
+  # One prompt shared by 3 beams; beams reordered by `perm` after step 0.
+  P = prompt.shape[0]
+  W, M = conts.shape
+  _, prefix = m.prefill(prompt[None], prompt_mask[None], m.init_cache(1, P))
+  suffix = m.init_suffix(W, M)
+  shared = []
+  for s in range(M):
+    lg, suffix = m.decode_step_shared(conts[:, s], prefix, suffix)
+    shared.append(lg)
+    if s == 0:
+      suffix = jax.tree.map(lambda x: x[perm], suffix)
+  return full, steps, first, rest, jnp.stack(shared)  # shared [M, W, V]
+
+
+@pytest.mark.parametrize("kv_heads,tied,model_type", [
+    (1, True, "qwen2"),  # GQA, 3 query heads per kv head
+    (1, False, "qwen2"),
+    (3, True, "llama"),  # no GQA; o_proj and MLP biases on
+    (3, False, "llama"),
+])
+def test_decoder_paths_equal_full_forward(kv_heads, tied, model_type):
+  cfg = decoder.DecoderConfig(
+      vocab_size=31, hidden_size=15, intermediate_size=23, num_layers=3,
+      num_heads=3, num_kv_heads=kv_heads, head_dim=6, rope_theta=97.0,
+      model_type=model_type, attention_bias=True,
+      o_bias=model_type == "llama", mlp_bias=model_type == "llama",
+      tie_word_embeddings=tied)
+  model = _randomize(decoder.Decoder(cfg, rngs=nnx.Rngs(0)), seed=kv_heads)
+  rng = np.random.default_rng(kv_heads + 2 * tied)
+  B, T, W, M = 3, 7, 3, 4
+  ids = rng.integers(0, 31, (B, T)).astype(np.int32)
+  mask = np.ones((B, T), bool)
+  mask[1, :2] = False  # left padding inside the prefilled columns
+  prompt, prompt_mask = ids[1, :5], mask[1, :5]
+  conts = rng.integers(0, 31, (W, M)).astype(np.int32)
+  perm = np.array([2, 0, 0])
+  full, steps, first, rest, shared = (np.asarray(x) for x in jit_apply(
+      model, _decoder_paths, *map(jnp.asarray, (
+          ids, mask, prompt, prompt_mask, conts, perm))))
+  assert full.std() > 0.1  # logits depend on the weights
+  # decode_step token by token == the unpadded full forward.
+  nopad = np.asarray(jit_apply(model, lambda m, x: m(x), jnp.asarray(ids)))
+  np.testing.assert_allclose(steps.transpose(1, 0, 2), nopad, atol=PATH_TOL,
+                             rtol=0)
+  # prefill + decode_step == the left-padded full forward (real tokens).
+  cached = np.concatenate([first, rest.transpose(1, 0, 2)], 1)
+  np.testing.assert_allclose(cached[mask], full[mask], atol=PATH_TOL, rtol=0)
+  # decode_step_shared: beam w at step s has fed hist[s][w]; its reference
+  # is a left-padded full forward of prompt + hist (one row per s, w).
+  hist = [conts[:, :1]]
+  for s in range(1, M):
+    prev = hist[-1][perm] if s == 1 else hist[-1]
+    hist.append(np.concatenate([prev, conts[:, s:s + 1]], 1))
+  rows = np.zeros((M * W, 5 + M), np.int32)
+  rmask = np.zeros((M * W, 5 + M), bool)
+  for s in range(M):
+    for w in range(W):
+      r, pad = s * W + w, M - 1 - s
+      rows[r, pad:] = np.concatenate([prompt, hist[s][w]])
+      rmask[r, pad:] = np.concatenate([prompt_mask, np.ones(s + 1, bool)])
+  want = np.asarray(jit_apply(model, lambda m, x, k: m(x, k),
+                              jnp.asarray(rows), jnp.asarray(rmask)))
+  np.testing.assert_allclose(shared.reshape(M * W, -1), want[:, -1],
+                             atol=PATH_TOL, rtol=0)
+
+
+def _t5_paths(m, enc_ids, enc_mask, dec_ids):
+  """Full forward, decode_step per token, decode_step with shared cross."""
+  B, T = dec_ids.shape
+  full = m(enc_ids, dec_ids, enc_mask)  # [B, T, V]
+  enc = m.encode(enc_ids, enc_mask)
+
+  def step(c, tok):
+    lg, c = m.decode_step(tok, enc, enc_mask, c)
+    return c, lg
+
+  _, steps = jax.lax.scan(step, m.init_cache(B, T), dec_ids.T)  # [T, B, V]
+  cross = m.cross_kv(enc[:1])  # encoder row 0, shared by B beams
+
+  def step_cross(c, tok):
+    lg, c = m.decode_step(tok, None, enc_mask[:1], c, cross=cross)
+    return c, lg
+
+  _, beams = jax.lax.scan(step_cross, m.init_cache(B, T), dec_ids.T)
+  row0 = m(enc_ids[:1].repeat(B, 0), dec_ids, enc_mask[:1].repeat(B, 0))
+  return full, steps, beams, row0
+
+
+@pytest.mark.parametrize("ff,tied", [("relu", True), ("gated-gelu", False)])
+def test_t5_paths_equal_full_forward(ff, tied):
+  cfg = t5.T5Config(vocab_size=29, d_model=11, d_kv=3, d_ff=13, num_layers=2,
+                    num_decoder_layers=3, num_heads=3,
+                    relative_attention_num_buckets=6,
+                    relative_attention_max_distance=9, feed_forward_proj=ff,
+                    tie_word_embeddings=tied)
+  model = _randomize(t5.T5Model(cfg, rngs=nnx.Rngs(0)), seed=len(ff))
+  rng = np.random.default_rng(len(ff))
+  enc_ids = rng.integers(0, 29, (3, 6)).astype(np.int32)
+  enc_mask = np.arange(6)[None] < np.array([[6], [3], [5]])  # right padding
+  dec_ids = rng.integers(0, 29, (3, 5)).astype(np.int32)
+  full, steps, beams, row0 = (np.asarray(x) for x in jit_apply(
+      model, _t5_paths, *map(jnp.asarray, (enc_ids, enc_mask, dec_ids))))
+  assert full.std() > 0.1  # logits depend on the weights
+  np.testing.assert_allclose(steps.transpose(1, 0, 2), full, atol=PATH_TOL,
+                             rtol=0)
+  np.testing.assert_allclose(beams.transpose(1, 0, 2), row0, atol=PATH_TOL,
+                             rtol=0)

@@ -2,7 +2,9 @@
 
 Grouped-query attention, rotate-half RoPE (theta from config), RMSNorm,
 SwiGLU, optional q/k/v bias (Qwen2), tied or untied embeddings. Layers are
-stacked and scanned.
+stacked and scanned. One block function (`Decoder._block`) serves every path;
+what differs is the `layers.Attend` plugged into it (full causal attention,
+a per-row KV cache, or a prompt cache shared by the beams).
 
 Full forward:   logits = model(input_ids)                    # f32 [B, T, V]
 Cached decode:  cache = model.init_cache(B, max_len)
@@ -21,7 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Any
+from typing import Any, Callable
 
 from flax import nnx
 import jax
@@ -207,17 +209,83 @@ class Decoder(nnx.Module):
       self.lm_head = layers.param(rngs, layers.normal(), (D, V),
                                   ("embed", "vocab"), dt)
 
-  # -- pieces ---------------------------------------------------------------
+  # -- the block, written once ------------------------------------------------
+  # Every path (training / prefill, `decode_step`, `decode_step_shared`) runs
+  # `_blocks` with one `layers.Attend` that decides where keys and values come
+  # from and go to: `layers.full_attention` (causal over the new tokens),
+  # `layers.cached_attention` (write one token per row, read the row's
+  # cache), `layers.shared_prefix_attention` (one prompt cache for all beams
+  # plus a per-beam suffix cache).
 
-  def _qkv(self, h: Array, w: dict[str, Array], positions: Array):
+  def _embed(self, ids: Array) -> Array:
+    """int32 [B, T] -> [B, T, D] in the model dtype."""
+    return self.embed[...][ids].astype(self.config.dtype)
+
+  @property
+  def _scale(self) -> float:
+    """Attention logit scale 1/sqrt(H)."""
+    return layers.inv_sqrt(self.config.head_dim)
+
+  def _block(self, h: Array, w: dict[str, Array], positions: Array,
+             attend: Callable[..., tuple[Array, Any, Any]]
+             ) -> tuple[Array, Any, Any]:
+    """One pre-norm block: attention then SwiGLU, each with a residual.
+
+    Args:
+      h: [B, T, D] block input.
+      w: this layer's weights (`DecoderLayers` without the layers axis).
+      positions: int32 [B, T] RoPE position ids of the T tokens.
+      attend: attend(q, k, v) -> (out [B, T, N, H], cache, ys), a
+        `layers.Attend` with the cache and layer bound.
+
+    Returns:
+      (h [B, T, D], cache, ys).
+    """
     cfg = self.config
-    q = layers.project_heads(h, w["q"], w.get("q_bias"))  # [B, T, N, H]
-    k = layers.project_heads(h, w["k"], w.get("k_bias"))  # [B, T, K, H]
-    v = layers.project_heads(h, w["v"], w.get("v_bias"))  # [B, T, K, H]
+    eps = cfg.rms_norm_eps
+    a_in = layers.rms_norm(h, w["attn_norm"], eps)  # HF: input_layernorm
+    q = layers.project_heads(a_in, w["q"], w.get("q_bias"))  # [B, T, N, H]
+    k = layers.project_heads(a_in, w["k"], w.get("k_bias"))  # [B, T, K, H]
+    v = layers.project_heads(a_in, w["v"], w.get("v_bias"))  # [B, T, K, H]
     cos, sin = layers.rope_tables(positions, cfg.head_dim, cfg.rope_theta)
-    return layers.apply_rope(q, cos, sin), layers.apply_rope(k, cos, sin), v
+    q, k = layers.apply_rope(q, cos, sin), layers.apply_rope(k, cos, sin)
+    a, cache, ys = attend(q, k, v)  # [B, T, N, H]
+    h = h + layers.merge_heads(a, w["o"], w.get("o_bias"))
+    h = h + _mlp(layers.rms_norm(h, w["mlp_norm"], eps), w)
+    return h, cache, ys
+
+  def _blocks(self, x: Array, positions: Array, attend: layers.Attend,
+              cache: Any = None, constrain: bool = False
+              ) -> tuple[Array, Any, Any]:
+    """Scans `_block` over the stacked layers.
+
+    Args:
+      x: [B, T, D] embedded tokens.
+      positions: int32 [B, T].
+      attend: the attention kind (see `layers.Attend`).
+      cache: pytree carried from layer to layer (None for none).
+      constrain: shard the activations at block boundaries (full forward).
+
+    Returns:
+      (x [B, T, D] after the last block, cache, ys stacked on a leading
+      layers axis).
+    """
+
+    def body(carry, xs):
+      h, c = carry
+      w, i = xs
+      h, c, ys = self._block(
+          h, w, positions, lambda q, k, v: attend(q, k, v, c, i))
+      if constrain:
+        h = layers.constrain(h, ("batch", "length", "embed"))
+      return (h, c), ys
+
+    xs = (layers.stacked(self.layers), jnp.arange(self.config.num_layers))
+    (x, cache), ys = jax.lax.scan(body, (x, cache), xs)
+    return x, cache, ys
 
   def _head(self, h: Array) -> Array:
+    """Final norm and output projection -> float32 [..., V] logits."""
     h = layers.rms_norm(h, self.final_norm[...], self.config.rms_norm_eps)
     if self.config.tie_word_embeddings:
       kernel = self.embed[...]  # [V, D]
@@ -228,25 +296,13 @@ class Decoder(nnx.Module):
 
   def _forward(self, input_ids: Array, attention_mask: Array):
     """Returns (logits [B,T,V], k [L,B,T,K,H], v [L,B,T,K,H])."""
-    cfg = self.config
-    B, T = input_ids.shape
+    T = input_ids.shape[1]
     mask = attention_mask.astype(bool)  # [B, T]
     positions = layers.positions_from_mask(mask)  # [B, T]
     attn_mask = layers.causal_mask(T)[None] & mask[:, None, :]  # [B, T, S]
-    x = self.embed[...][input_ids].astype(cfg.dtype)  # [B, T, D]
-    x = layers.constrain(x, ("batch", "length", "embed"))
-    eps, scale = cfg.rms_norm_eps, layers.inv_sqrt(cfg.head_dim)
-
-    def block(h, w):
-      a_in = layers.rms_norm(h, w["attn_norm"], eps)
-      q, k, v = self._qkv(a_in, w, positions)
-      a = layers.attention(q, k, v, attn_mask, scale)  # [B, T, N, H]
-      h = h + layers.merge_heads(a, w["o"], w.get("o_bias"))
-      h = h + _mlp(layers.rms_norm(h, w["mlp_norm"], eps), w)
-      h = layers.constrain(h, ("batch", "length", "embed"))
-      return h, (k, v)
-
-    x, (ks, vs) = jax.lax.scan(block, x, layers.stacked(self.layers))
+    x = layers.constrain(self._embed(input_ids), ("batch", "length", "embed"))
+    attend = layers.full_attention(attn_mask, self._scale, keep_kv=True)
+    x, _, (ks, vs) = self._blocks(x, positions, attend, constrain=True)
     return self._head(x), ks, vs
 
   # -- public API -----------------------------------------------------------
@@ -323,39 +379,17 @@ class Decoder(nnx.Module):
     Returns:
       (logits float32 [B, V], cache).
     """
-    cfg = self.config
-    B = tokens.shape[0]
     S = cache["mask"].shape[1]
     idx = cache["index"]  # [B]
-    rows = jnp.arange(B)
     key_mask = cache["mask"] | (jnp.arange(S)[None] == idx[:, None])  # [B, S]
     positions = cache["pos"][:, None]  # [B, 1]
-    x = self.embed[...][tokens][:, None].astype(cfg.dtype)  # [B, 1, D]
-    eps, scale = cfg.rms_norm_eps, layers.inv_sqrt(cfg.head_dim)
-    dt = cache["k"].dtype
-
-    def block(carry, xs):
-      h, kc, vc = carry
-      w, i = xs
-      a_in = layers.rms_norm(h, w["attn_norm"], eps)
-      q, k, v = self._qkv(a_in, w, positions)  # q [B, 1, N, H]
-      kc = kc.at[rows, i, idx].set(k[:, 0].astype(dt))  # [B, L, S, K, H]
-      vc = vc.at[rows, i, idx].set(v[:, 0].astype(dt))
-      kl = jax.lax.dynamic_index_in_dim(kc, i, axis=1, keepdims=False)
-      vl = jax.lax.dynamic_index_in_dim(vc, i, axis=1, keepdims=False)
-      a = layers.attention(q, kl.astype(q.dtype), vl.astype(q.dtype),
-                           key_mask[:, None, :], scale)  # [B, 1, N, H]
-      h = h + layers.merge_heads(a, w["o"], w.get("o_bias"))
-      h = h + _mlp(layers.rms_norm(h, w["mlp_norm"], eps), w)
-      return (h, kc, vc), None
-
-    xs = (layers.stacked(self.layers), jnp.arange(cfg.num_layers))
-    (x, kc, vc), _ = jax.lax.scan(block, (x, cache["k"], cache["v"]), xs)
+    attend = layers.cached_attention(idx, key_mask[:, None, :], self._scale)
+    x, (kc, vc), _ = self._blocks(self._embed(tokens[:, None]), positions,
+                                  attend, (cache["k"], cache["v"]))
     logits = self._head(x[:, 0])  # [B, V]
     new = {"k": kc, "v": vc, "mask": key_mask, "index": idx + 1,
            "pos": cache["pos"] + 1}
     return logits, new
-
 
   # -- shared-prefix decoding (beam search) ---------------------------------
   # The W beams of one prompt share its keys/values: `decode_step_shared`
@@ -385,51 +419,17 @@ class Decoder(nnx.Module):
     Returns:
       (logits float32 [W, V], suffix).
     """
-    cfg = self.config
-    W = tokens.shape[0]
     M = suffix["k"].shape[2]
-    K, G = cfg.num_kv_heads, cfg.num_heads // cfg.num_kv_heads
     idx = suffix["index"]  # [W]
-    rows = jnp.arange(W)
     positions = (prefix["pos"][0] + idx)[:, None]  # [W, 1]
-    p_mask = prefix["mask"][0]  # [S]
     s_mask = jnp.arange(M)[None] <= idx[:, None]  # [W, M]
-    x = self.embed[...][tokens][:, None].astype(cfg.dtype)  # [W, 1, D]
-    eps, scale = cfg.rms_norm_eps, layers.inv_sqrt(cfg.head_dim)
-    dt = suffix["k"].dtype
-
-    def block(carry, xs):
-      h, kc, vc = carry
-      w, i = xs
-      a_in = layers.rms_norm(h, w["attn_norm"], eps)
-      q, k, v = self._qkv(a_in, w, positions)  # q [W, 1, N, H]
-      kc = kc.at[rows, i, idx].set(k[:, 0].astype(dt))  # [W, L, M, K, H]
-      vc = vc.at[rows, i, idx].set(v[:, 0].astype(dt))
-      ks = jax.lax.dynamic_index_in_dim(kc, i, 1, False).astype(q.dtype)
-      vs = jax.lax.dynamic_index_in_dim(vc, i, 1, False).astype(q.dtype)
-      pk = jax.lax.dynamic_index_in_dim(prefix["k"][0], i, 0, False)
-      pv = jax.lax.dynamic_index_in_dim(prefix["v"][0], i, 0, False)
-      pk, pv = pk.astype(q.dtype), pv.astype(q.dtype)  # [S, K, H]
-      qg = q[:, 0].reshape(W, K, G, -1)  # [W, K, G, H]
-      lp = jnp.einsum("WKGH,SKH->WKGS", qg, pk,
-                      preferred_element_type=jnp.float32) * scale
-      lp = jnp.where(p_mask[None, None, None], lp, layers.NEG_INF)
-      ls = jnp.einsum("WKGH,WMKH->WKGM", qg, ks,
-                      preferred_element_type=jnp.float32) * scale
-      ls = jnp.where(s_mask[:, None, None], ls, layers.NEG_INF)
-      probs = jax.nn.softmax(jnp.concatenate([lp, ls], -1), -1)
-      probs = probs.astype(q.dtype)  # [W, K, G, S + M]
-      S = lp.shape[-1]
-      o = (jnp.einsum("WKGS,SKH->WKGH", probs[..., :S], pv)
-           + jnp.einsum("WKGM,WMKH->WKGH", probs[..., S:], vs))
-      o = o.reshape(W, 1, K * G, -1)  # [W, 1, N, H]
-      h = h + layers.merge_heads(o, w["o"], w.get("o_bias"))
-      h = h + _mlp(layers.rms_norm(h, w["mlp_norm"], eps), w)
-      return (h, kc, vc), None
-
-    xs = (layers.stacked(self.layers), jnp.arange(cfg.num_layers))
-    (x, kc, vc), _ = jax.lax.scan(block, (x, suffix["k"], suffix["v"]), xs)
+    attend = layers.shared_prefix_attention(
+        prefix["k"][0], prefix["v"][0], prefix["mask"][0], idx, s_mask,
+        self._scale)  # prefix [L, S, K, H]
+    x, (kc, vc), _ = self._blocks(self._embed(tokens[:, None]), positions,
+                                  attend, (suffix["k"], suffix["v"]))
     return self._head(x[:, 0]), {"k": kc, "v": vc, "index": idx + 1}
+
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "max_new_tokens"))
 def _greedy(graphdef, state, input_ids, attention_mask, max_new_tokens):

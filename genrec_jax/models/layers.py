@@ -4,7 +4,8 @@ The models in this package keep each layer's weights stacked on a leading
 "layers" axis (one `nnx.Param` per weight kind, `[L, ...]`) and run the blocks
 with `jax.lax.scan`, so compile time does not grow with depth. The per-layer
 maths below are pure functions of arrays, shared by the decoder (Qwen2/Llama),
-T5 and BERT.
+T5 and BERT; the `Attend` kinds (full, per-row cache, shared prefix) plug
+into the decoder and T5 blocks.
 
 Logical axis names used on parameters (mapped to mesh axes by the rules in
 `genrec_jax/training/sharding.py`):
@@ -232,6 +233,159 @@ def attention(q: Array, k: Array, v: Array, mask: Array | None,
   probs = jax.nn.softmax(logits, axis=-1).astype(v.dtype)  # [B, K, G, T, S]
   out = jnp.einsum("BKGTS,BSKH->BTKGH", probs, v)
   return out.reshape(b, t, n, h)
+
+
+
+# -- attention kinds for the scanned blocks ------------------------------------
+# A block (decoder.py `Decoder._block`, t5.py `T5Model._block`) projects its
+# T new tokens and hands them to an `Attend`, which decides where keys and
+# values come from and go to:
+#   attend(q, k, v, cache, layer) -> (out, cache, ys)
+#     q [B, T, N, H]; k, v [B, T, K, H] (after RoPE where the model has it);
+#     cache: the pytree carried through the layer scan (None if there is
+#       none); layer: int32 [] block index; out [B, T, N, H] in q.dtype;
+#     ys: what the scan stacks per layer (None for nothing).
+Attend = Callable[[Array, Array, Array, Any, Array], tuple[Array, Any, Any]]
+
+
+def full_attention(mask: Array, scale: float, bias: Array | None = None,
+                   keep_kv: bool = False) -> Attend:
+  """Attention among the new tokens (training, prefill, T5 encoder).
+
+  Args:
+    mask: bool [B, T, S=T] (causal and/or padding).
+    scale: logit multiplier.
+    bias: optional additive [B or 1, N, T, T].
+    keep_kv: return each layer's (k, v) as the scan output (prefill).
+
+  Returns:
+    The `Attend`; it leaves the cache untouched.
+  """
+
+  def attend(q, k, v, cache, layer):
+    del layer
+    out = attention(q, k, v, mask, scale, bias)  # [B, T, N, H]
+    return out, cache, ((k, v) if keep_kv else None)
+
+  return attend
+
+
+def write_token(cache: tuple[Array, Array], k: Array, v: Array, layer: Array,
+                index: Array) -> tuple[tuple[Array, Array], Array, Array]:
+  """Writes one token per row into a layer-stacked cache, reads the layer.
+
+  Args:
+    cache: (keys, values), each [B, L, S, K, H].
+    k: [B, 1, K, H] the new token's keys (v likewise).
+    v: [B, 1, K, H].
+    layer: int32 [] block index.
+    index: int32 [B] slot to write in each row.
+
+  Returns:
+    (cache, k_layer, v_layer): the updated cache and the block's keys and
+    values, [B, S, K, H] in k.dtype.
+  """
+  kc, vc = cache
+  rows = jnp.arange(kc.shape[0])  # [B]
+  kc = kc.at[rows, layer, index].set(k[:, 0].astype(kc.dtype))
+  vc = vc.at[rows, layer, index].set(v[:, 0].astype(vc.dtype))
+  kl = jax.lax.dynamic_index_in_dim(kc, layer, axis=1, keepdims=False)
+  vl = jax.lax.dynamic_index_in_dim(vc, layer, axis=1, keepdims=False)
+  return (kc, vc), kl.astype(k.dtype), vl.astype(v.dtype)
+
+
+def cached_attention(index: Array, mask: Array, scale: float,
+                     bias: Array | None = None) -> Attend:
+  """One new token per row, written to the cache and then attending to it.
+
+  The cache is (keys, values), each [B, L, S, K, H] (batch-first).
+
+  Args:
+    index: int32 [B] slot of the new token in each row.
+    mask: bool [B, 1, S] slots to attend to (including the new one).
+    scale: logit multiplier.
+    bias: optional additive [B or 1, N, 1, S].
+
+  Returns:
+    The `Attend` (T = 1).
+  """
+
+  def attend(q, k, v, cache, layer):
+    cache, kl, vl = write_token(cache, k, v, layer, index)  # [B, S, K, H]
+    return attention(q, kl, vl, mask, scale, bias), cache, None
+
+  return attend
+
+
+def prefix_suffix_attention(q: Array, pk: Array, pv: Array, p_mask: Array,
+                            sk: Array, sv: Array, s_mask: Array,
+                            scale: float) -> Array:
+  """One query per beam over a shared prefix and a per-beam suffix.
+
+  One softmax over the S prefix slots followed by the M suffix slots; equal
+  to `attention` on W copies of the prefix concatenated with each suffix.
+
+  Args:
+    q: [W, 1, N, H] queries.
+    pk: [S, K, H] prefix keys, shared by the beams (pv likewise).
+    pv: [S, K, H].
+    p_mask: bool [S] real prefix slots.
+    sk: [W, M, K, H] suffix keys (sv likewise).
+    sv: [W, M, K, H].
+    s_mask: bool [W, M] filled suffix slots.
+    scale: logit multiplier.
+
+  Returns:
+    [W, 1, N, H] in q.dtype.
+  """
+  W, _, N, H = q.shape
+  K = pk.shape[1]
+  S = pk.shape[0]
+  qg = q[:, 0].reshape(W, K, N // K, H)  # [W, K, G, H]
+  lp = jnp.einsum("WKGH,SKH->WKGS", qg, pk,
+                  preferred_element_type=jnp.float32) * scale
+  lp = jnp.where(p_mask[None, None, None], lp, NEG_INF)  # [W, K, G, S]
+  ls = jnp.einsum("WKGH,WMKH->WKGM", qg, sk,
+                  preferred_element_type=jnp.float32) * scale
+  ls = jnp.where(s_mask[:, None, None], ls, NEG_INF)  # [W, K, G, M]
+  probs = jax.nn.softmax(jnp.concatenate([lp, ls], -1), -1)
+  probs = probs.astype(q.dtype)  # [W, K, G, S + M]
+  o = (jnp.einsum("WKGS,SKH->WKGH", probs[..., :S], pv)
+       + jnp.einsum("WKGM,WMKH->WKGH", probs[..., S:], sv))
+  return o.reshape(W, 1, N, H)
+
+
+def shared_prefix_attention(prefix_k: Array, prefix_v: Array,
+                            prefix_mask: Array, index: Array,
+                            suffix_mask: Array, scale: float) -> Attend:
+  """One new token per beam after a prompt cache shared by the beams.
+
+  The carried cache is the per-beam suffix (keys, values), each
+  [W, L, M, K, H]; the new token is written at slot index[w] and attends to
+  the shared prompt and to the suffix slots in suffix_mask.
+
+  Args:
+    prefix_k: [L, S, K, H] the prompt's keys, one copy (prefix_v likewise).
+    prefix_v: [L, S, K, H].
+    prefix_mask: bool [S] real prompt slots.
+    index: int32 [W] suffix slot of the new token in each beam.
+    suffix_mask: bool [W, M] filled suffix slots (including the new one).
+    scale: logit multiplier.
+
+  Returns:
+    The `Attend` (T = 1).
+  """
+
+  def attend(q, k, v, cache, layer):
+    cache, sk, sv = write_token(cache, k, v, layer, index)  # [W, M, K, H]
+    pk = jax.lax.dynamic_index_in_dim(prefix_k, layer, 0, False)  # [S, K, H]
+    pv = jax.lax.dynamic_index_in_dim(prefix_v, layer, 0, False)
+    out = prefix_suffix_attention(q, pk.astype(q.dtype), pv.astype(q.dtype),
+                                  prefix_mask, sk, sv, suffix_mask,
+                                  scale)
+    return out, cache, None
+
+  return attend
 
 
 def dense(x: Array, kernel: Array, bias: Array | None = None) -> Array:

@@ -2,7 +2,9 @@
 
 Relative position buckets (bias computed once per stack and shared by its
 layers), no 1/sqrt(d) attention scaling, RMS layer norm without bias, and the
-tied head scaled by d_model**-0.5.
+tied head scaled by d_model**-0.5. One block function (`T5Model._block`)
+serves the encoder, the teacher-forced decoder and `decode_step`; the
+self-attention (`layers.Attend`) and cross-attention plug into it.
 
   logits = model(encoder_ids, decoder_ids)               # f32 [B, T, V]
   enc = model.encode(encoder_ids, encoder_mask)           # [B, S, D]
@@ -21,7 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any
+from typing import Any, Callable
 
 from flax import nnx
 import jax
@@ -165,6 +167,38 @@ class T5Layers(nnx.Module):
     self.ffn_norm = p(rngs, o, (L, D), ("layers", "norm"), dt)
 
 
+def _cross_attention(enc: Array | None,
+                     enc_mask: Array) -> Callable[..., Array]:
+  """Cross-attention to the encoder output, as cross(q, w, kv).
+
+  Args:
+    enc: [B, S, D] encoder output (None when every call gets `kv`).
+    enc_mask: bool [B or 1, S] real encoder tokens.
+
+  Returns:
+    cross(q [B, T, N, H], w, kv) -> [B, T, N, H]; kv is this layer's
+    precomputed (K, V) [B or 1, S, N, H] (`T5Model.cross_kv`) or None to
+    project `enc` with w["cross_k"], w["cross_v"]. A batch-1 K/V (and mask)
+    is shared by all B rows (beams).
+  """
+
+  def cross(q, w, kv):
+    if kv is None:
+      k = layers.project_heads(enc, w["cross_k"])  # [B, S, N, H]
+      v = layers.project_heads(enc, w["cross_v"])
+    else:
+      k, v = kv
+    B, T = q.shape[:2]
+    S = k.shape[1]
+    if k.shape[0] != B:  # one encoder row shared by B decoder rows (beams)
+      k = jnp.broadcast_to(k, (B,) + k.shape[1:])
+      v = jnp.broadcast_to(v, (B,) + v.shape[1:])
+    mask = jnp.broadcast_to(enc_mask[:, None, :], (B, T, S))  # [B, T, S]
+    return layers.attention(q, k, v, mask, 1.0)
+
+  return cross
+
+
 class T5Model(nnx.Module):
   """T5ForConditionalGeneration."""
 
@@ -222,25 +256,77 @@ class T5Model(nnx.Module):
     return jnp.einsum("...D,DV->...V", h, self.lm_head[...].astype(h.dtype),
                       preferred_element_type=jnp.float32)
 
-  def _cross(self, h: Array, w: dict[str, Array], enc: Array | None,
-             enc_mask: Array, kv: tuple[Array, Array] | None = None) -> Array:
-    """Cross-attention block; `kv`: this layer's precomputed (K, V)."""
+  # -- the block, written once ------------------------------------------------
+  # The encoder, the teacher-forced decoder and `decode_step` all run
+  # `_blocks`; the self-attention kind (`layers.full_attention` with the
+  # position bias, or `layers.cached_attention` writing one token per row)
+  # and the cross-attention (`_cross_attention`, decoder only) plug in.
+
+  def _block(self, h: Array, w: dict[str, Array],
+             attend: Callable[..., tuple[Array, Any, Any]],
+             cross: Callable[[Array, dict[str, Array]], Array] | None
+             ) -> tuple[Array, Any]:
+    """One pre-norm T5 block: self-attention, cross-attention, FFN.
+
+    Args:
+      h: [B, T, D] block input.
+      w: this layer's weights (`T5Layers` without the layers axis).
+      attend: attend(q, k, v) -> (out [B, T, N, H], cache, ys), a
+        `layers.Attend` with the cache and layer bound.
+      cross: cross(q, w) -> [B, T, N, H] (decoder), or None (encoder).
+
+    Returns:
+      (h [B, T, D], cache).
+    """
     eps = self.config.layer_norm_epsilon
-    x = layers.rms_norm(h, w["cross_norm"], eps)
-    q = layers.project_heads(x, w["cross_q"])  # [B, T, N, H]
-    if kv is None:
-      k = layers.project_heads(enc, w["cross_k"])  # [B, S, N, H]
-      v = layers.project_heads(enc, w["cross_v"])
-    else:
-      k, v = kv
-    B, T = h.shape[:2]
-    S = k.shape[1]
-    if k.shape[0] != B:  # one encoder row shared by B decoder rows (beams)
-      k = jnp.broadcast_to(k, (B,) + k.shape[1:])
-      v = jnp.broadcast_to(v, (B,) + v.shape[1:])
-    mask = jnp.broadcast_to(enc_mask[:, None, :], (B, T, S))  # [B, T, S]
-    a = layers.attention(q, k, v, mask, 1.0)
-    return h + layers.merge_heads(a, w["cross_o"])
+    x = layers.rms_norm(h, w["self_norm"], eps)
+    q = layers.project_heads(x, w["self_q"])  # [B, T, N, H]
+    k = layers.project_heads(x, w["self_k"])
+    v = layers.project_heads(x, w["self_v"])
+    a, cache, _ = attend(q, k, v)
+    h = h + layers.merge_heads(a, w["self_o"])
+    if cross is not None:
+      x = layers.rms_norm(h, w["cross_norm"], eps)
+      q = layers.project_heads(x, w["cross_q"])  # [B, T, N, H]
+      h = h + layers.merge_heads(cross(q, w), w["cross_o"])
+    h = h + self._ffn(layers.rms_norm(h, w["ffn_norm"], eps), w)
+    return h, cache
+
+  def _blocks(self, x: Array, stack: T5Layers, attend: layers.Attend,
+              cache: Any = None, cross: Callable[..., Array] | None = None,
+              cross_kv: tuple[Array, Array] | None = None
+              ) -> tuple[Array, Any]:
+    """Scans `_block` over one stack's layers.
+
+    Args:
+      x: [B, T, D] embedded tokens.
+      stack: `enc_layers` or `dec_layers`.
+      attend: the self-attention kind (see `layers.Attend`).
+      cache: pytree carried from layer to layer (None for none).
+      cross: cross(q, w, kv) -> [B, T, N, H] (decoder stack only).
+      cross_kv: per-layer (K, V), each [layers, B or 1, S, N, H], handed to
+        `cross` as kv (None: `cross` gets kv=None).
+
+    Returns:
+      (x [B, T, D] after the last block, cache).
+    """
+    params = layers.stacked(stack)
+
+    def body(carry, xs):
+      h, c = carry
+      w, i, kv = xs
+      h, c = self._block(
+          h, w, lambda q, k, v: attend(q, k, v, c, i),
+          None if cross is None else lambda q, w: cross(q, w, kv))
+      return (h, c), None
+
+    xs = (params, jnp.arange(params["self_q"].shape[0]), cross_kv)
+    (x, cache), _ = jax.lax.scan(body, (x, cache), xs)
+    return x, cache
+
+  def _embed(self, ids: Array) -> Array:
+    """int32 [B, T] -> [B, T, D] in the model dtype."""
+    return self.shared[...][ids].astype(self.config.dtype)
 
   # -- public API -----------------------------------------------------------
 
@@ -255,57 +341,31 @@ class T5Model(nnx.Module):
     Returns:
       [B, S, D] encoder output (after the final norm), in the model dtype.
     """
-    cfg = self.config
     B, S = encoder_ids.shape
     if encoder_mask is None:
       encoder_mask = jnp.ones((B, S), bool)
     mask = encoder_mask.astype(bool)
-    attn_mask = jnp.broadcast_to(mask[:, None, :], (B, S, S))
+    attn_mask = jnp.broadcast_to(mask[:, None, :], (B, S, S))  # [B, T, S]
     pos = jnp.arange(S)
     bias = self._pos_bias(self.enc_rel_bias[...], pos[None], pos, True)
-    x = self.shared[...][encoder_ids].astype(cfg.dtype)  # [B, S, D]
-    eps = cfg.layer_norm_epsilon
-
-    def block(h, w):
-      a_in = layers.rms_norm(h, w["self_norm"], eps)
-      q = layers.project_heads(a_in, w["self_q"])
-      k = layers.project_heads(a_in, w["self_k"])
-      v = layers.project_heads(a_in, w["self_v"])
-      a = layers.attention(q, k, v, attn_mask, 1.0, bias)
-      h = h + layers.merge_heads(a, w["self_o"])
-      h = h + self._ffn(layers.rms_norm(h, w["ffn_norm"], eps), w)
-      return h, None
-
-    x, _ = jax.lax.scan(block, x, layers.stacked(self.enc_layers))
-    return layers.rms_norm(x, self.enc_final_norm[...], eps)
+    attend = layers.full_attention(attn_mask, 1.0, bias)
+    x, _ = self._blocks(self._embed(encoder_ids), self.enc_layers, attend)
+    return layers.rms_norm(x, self.enc_final_norm[...],
+                           self.config.layer_norm_epsilon)
 
   def decode(self, decoder_ids: Array, enc: Array,
              encoder_mask: Array | None = None) -> Array:
     """Teacher-forced decoder -> float32 [B, T, V] logits."""
-    cfg = self.config
     B, T = decoder_ids.shape
     if encoder_mask is None:
       encoder_mask = jnp.ones(enc.shape[:2], bool)
-    enc_mask = encoder_mask.astype(bool)
     pos = jnp.arange(T)
     bias = self._pos_bias(self.dec_rel_bias[...], pos[None], pos, False)
-    causal = layers.causal_mask(T)[None]  # [1, T, T]
-    x = self.shared[...][decoder_ids].astype(cfg.dtype)  # [B, T, D]
-    eps = cfg.layer_norm_epsilon
-
-    def block(h, w):
-      a_in = layers.rms_norm(h, w["self_norm"], eps)
-      q = layers.project_heads(a_in, w["self_q"])
-      k = layers.project_heads(a_in, w["self_k"])
-      v = layers.project_heads(a_in, w["self_v"])
-      a = layers.attention(q, k, v, jnp.broadcast_to(causal, (B, T, T)), 1.0,
-                           bias)
-      h = h + layers.merge_heads(a, w["self_o"])
-      h = self._cross(h, w, enc, enc_mask)
-      h = h + self._ffn(layers.rms_norm(h, w["ffn_norm"], eps), w)
-      return h, None
-
-    x, _ = jax.lax.scan(block, x, layers.stacked(self.dec_layers))
+    causal = jnp.broadcast_to(layers.causal_mask(T)[None], (B, T, T))
+    attend = layers.full_attention(causal, 1.0, bias)
+    cross = _cross_attention(enc, encoder_mask.astype(bool))
+    x, _ = self._blocks(self._embed(decoder_ids), self.dec_layers, attend,
+                        cross=cross)
     return self._head(x)
 
   def __call__(self, encoder_ids: Array, decoder_ids: Array,
@@ -354,38 +414,14 @@ class T5Model(nnx.Module):
     Returns:
       (logits float32 [B, V], cache).
     """
-    cfg = self.config
-    B = tokens.shape[0]
     T = cache["k"].shape[2]
     idx = cache["index"]  # [B]
-    rows = jnp.arange(B)
     slots = jnp.arange(T)
     key_mask = (slots[None] <= idx[:, None])[:, None, :]  # [B, 1, T]
     bias = self._pos_bias(self.dec_rel_bias[...], idx[:, None], slots, False)
-    enc_mask = encoder_mask.astype(bool)
-    x = self.shared[...][tokens][:, None].astype(cfg.dtype)  # [B, 1, D]
-    eps = cfg.layer_norm_epsilon
-    dt = cache["k"].dtype
-
-    def block(carry, xs):
-      h, kc, vc = carry
-      w, i, kv = xs
-      a_in = layers.rms_norm(h, w["self_norm"], eps)
-      q = layers.project_heads(a_in, w["self_q"])  # [B, 1, N, H]
-      k = layers.project_heads(a_in, w["self_k"])
-      v = layers.project_heads(a_in, w["self_v"])
-      kc = kc.at[rows, i, idx].set(k[:, 0].astype(dt))  # [B, L, T, N, H]
-      vc = vc.at[rows, i, idx].set(v[:, 0].astype(dt))
-      kl = jax.lax.dynamic_index_in_dim(kc, i, axis=1, keepdims=False)
-      vl = jax.lax.dynamic_index_in_dim(vc, i, axis=1, keepdims=False)
-      a = layers.attention(q, kl.astype(q.dtype), vl.astype(q.dtype),
-                           key_mask, 1.0, bias)
-      h = h + layers.merge_heads(a, w["self_o"])
-      h = self._cross(h, w, enc, enc_mask, kv)
-      h = h + self._ffn(layers.rms_norm(h, w["ffn_norm"], eps), w)
-      return (h, kc, vc), None
-
-    xs = (layers.stacked(self.dec_layers), jnp.arange(cfg.num_decoder_layers),
-          cross)
-    (x, kc, vc), _ = jax.lax.scan(block, (x, cache["k"], cache["v"]), xs)
+    attend = layers.cached_attention(idx, key_mask, 1.0, bias)
+    cross_attend = _cross_attention(enc, encoder_mask.astype(bool))
+    x, (kc, vc) = self._blocks(self._embed(tokens[:, None]), self.dec_layers,
+                               attend, (cache["k"], cache["v"]),
+                               cross_attend, cross)
     return self._head(x[:, 0]), {"k": kc, "v": vc, "index": idx + 1}
