@@ -9,6 +9,8 @@ tiny (tests).
 """
 import ml_collections
 
+from configs import common
+
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   variant = arg or "default"
@@ -26,15 +28,20 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # Â E as "csr" (BCSR matmul, symmetric VJP; fast) or "segment_sum".
   config.model.propagation = "csr"
 
-  config.train = ml_collections.ConfigDict()
-  # (user, positive, negative) triples per step; an epoch covers
-  # num_train_pairs samples.
+  # The trainer's fields (configs/common.py) plus this stage's. LightGCN
+  # counts eval_every, log_every and checkpoint_every in EPOCHS (an epoch =
+  # ceil(num_train_pairs / batch_size) steps); the stage converts them.
+  config.train = common.train()
+  # (user, positive, negative) triples per step, sampled on device.
   config.train.batch_size = 2048
-  # Adam learning rate.
+  # Adam (weight_decay 0, no clipping, no warm-up) learning rate.
   config.train.learning_rate = 1e-3
-  # "constant" or "cosine" (decay over num_epochs to final_lr_ratio * lr).
-  config.train.lr_schedule = "constant"
-  config.train.final_lr_ratio = 0.1
+  config.train.weight_decay = 0.0
+  config.train.grad_clip = 0.0
+  config.train.warmup_steps = 0
+  # "constant" or "cosine" (decay over num_epochs to end_lr_ratio * lr).
+  config.train.schedule = "constant"
+  config.train.end_lr_ratio = 0.1
   # L2 weight on the batch's layer-0 embeddings (1/2 sum of squares / batch).
   config.train.decay = 1e-4
   # Maximum epochs.
@@ -43,10 +50,19 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.train.eval_every = 5
   # Early stopping patience in evaluations (only with a validation split).
   config.train.patience = 10
+  # Log a training line every this many epochs.
+  config.train.log_every = 1
+  # Save the resumable checkpoint every this many epochs (and at the end).
+  config.train.checkpoint_every = 5
   # Wall-clock budget in minutes for the training loop (0 = none).
   config.train.max_minutes = 0.0
   # Resume from WORKDIR/lightgcn/checkpoints when it exists.
   config.train.resume = True
+
+  # Devices: one (every step propagates the whole graph; num_devices 0 =
+  # replicate over all devices, no speed-up).
+  config.mesh = ml_collections.ConfigDict(dict(shape=(-1, 1, 1),
+                                               num_devices=1))
 
   config.eval = ml_collections.ConfigDict()
   # Cut-off of the ranked list (metrics at K <= k).
@@ -63,7 +79,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # batch is nearly free; a higher lr makes up for fewer steps.
     config.train.batch_size = 32768
     config.train.learning_rate = 1e-2
-    config.train.lr_schedule = "cosine"
+    config.train.schedule = "cosine"
     # 300 epochs: test recall@20 0.1787 / ndcg@20 0.1526 in 77 min on a
     # loaded 2-core machine (150 epochs cut at 25 min by the budget: 0.1718).
     config.train.num_epochs = 300

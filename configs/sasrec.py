@@ -8,6 +8,8 @@ Beauty full ranking), beauty_bce (the paper's BCE loss on Beauty), demo
 """
 import ml_collections
 
+from configs import common
+
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   variant = arg or "default"
@@ -29,24 +31,34 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # True = Pre-LN (x + f(LN(x))); False = Post-LN (LN(x + f(x))).
   config.model.norm_first = True
 
-  config.train = ml_collections.ConfigDict()
+  # The trainer's fields (configs/common.py) plus this stage's. SASRec
+  # counts eval_every, log_every and checkpoint_every in EPOCHS (an epoch =
+  # every training user once); the stage converts them to steps.
+  config.train = common.train()
   # "bce": one sampled negative per position (paper); "ce": full softmax.
   config.train.loss = "bce"
   # Users (sequences) per step.
   config.train.batch_size = 128
-  # Adam learning rate, betas and decoupled weight decay.
+  # Adam learning rate (constant: no warm-up, no decay), betas and
+  # decoupled weight decay (on matrices only; 0 = plain Adam).
   config.train.learning_rate = 1e-3
+  config.train.schedule = "constant"
+  config.train.warmup_steps = 0
   config.train.b1 = 0.9
   config.train.b2 = 0.98
   config.train.weight_decay = 0.0
   # Gradient clipping by global norm (0 = off).
   config.train.grad_clip = 0.0
-  # Maximum epochs (an epoch = every training user once).
+  # Maximum epochs.
   config.train.num_epochs = 200
-  # Evaluate on the validation split every this many epochs.
+  # Evaluate on the full validation split every this many epochs.
   config.train.eval_every = 1
   # Stop after this many evaluations without a better valid NDCG@10.
   config.train.patience = 10
+  # Log a training line every this many epochs.
+  config.train.log_every = 1
+  # Save the resumable checkpoint every this many epochs (and at the end).
+  config.train.checkpoint_every = 1
   # Wall-clock budget in minutes for the training loop (0 = none).
   config.train.max_minutes = 0.0
   # Length buckets: batch widths for users with short sequences (exact:
@@ -57,8 +69,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.train.position_budget = 0.25
   # Resume from WORKDIR/sasrec/checkpoints/latest when it exists.
   config.train.resume = True
-  # Log training progress every this many steps.
-  config.train.log_every = 200
+
+  # Devices: SASRec is small, one device (num_devices 0 = data parallel
+  # over all; batch_size must then divide).
+  config.mesh = ml_collections.ConfigDict(dict(shape=(-1, 1, 1),
+                                               num_devices=1))
 
   config.eval = ml_collections.ConfigDict()
   # Users scored per evaluation call.
@@ -100,7 +115,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.train.batch_size = 5
     config.train.num_epochs = 3
     config.train.position_budget = 1.0
-    config.train.log_every = 1
     config.eval.batch_size = 8
   else:
     raise ValueError(f"configs/sasrec.py: unknown variant {variant!r}")

@@ -1,4 +1,5 @@
-"""LightGCN: graph normalisation, propagation, sampling, BPR, eval, stage."""
+"""LightGCN: graph normalisation, propagation, sampling, BPR, eval, stage,
+resume, model folder."""
 import json
 import subprocess
 import sys
@@ -6,7 +7,6 @@ import sys
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 import pytest
 from flax import nnx
 
@@ -15,6 +15,8 @@ from genrec_jax.data.dataset import Dataset, DataError, EvalExamples, Ragged
 from genrec_jax.evaluation import metrics as metrics_lib
 from genrec_jax.graph import lightgcn as lgcn
 from genrec_jax.graph import lightgcn_train
+from genrec_jax.training import loop
+from genrec_jax.training import optimizer
 from tests.conftest import REPO
 
 U, I = 11, 13
@@ -90,18 +92,27 @@ def test_negatives_avoid_user_items():
 def test_bpr_step_decreases_loss(propagation):
   train = _train()
   g = lgcn.build_graph(train, U, I)
-  model = lgcn.LightGCN(U, I, 7, 2, propagation=propagation, rngs=nnx.Rngs(0))
-  graphdef, params = nnx.split(model, nnx.Param)
-  tx = optax.adam(0.05)
+  model = lgcn.LightGCN(U, I, 7, 2, propagation=propagation, graph=g,
+                        rngs=nnx.Rngs(0))
+  graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+  assert {path for path, _ in nnx.to_flat_state(rest)} == {
+      (f"graph_{k}",) for k in lgcn.GRAPH_FIELDS}  # constants, not params
+  tcfg = lightgcn_config.get_config("tiny").train
+  tcfg.learning_rate = 0.05
+  tx = optimizer.make_optimizer(tcfg, 30)
   opt = tx.init(params)
-  step = lightgcn_train.make_train_step(graphdef, tx, num_users=U, num_items=I,
-                                        batch_size=64, search_steps=4,
-                                        decay=1e-4)
+  traces = []
+  step = loop.make_train_step(
+      graphdef, tx, lightgcn_train.make_loss(
+          num_users=U, num_items=I, batch_size=64, search_steps=4,
+          decay=1e-4), on_trace=lambda: traces.append(1))
   losses = []
   for s in range(30):
-    params, opt, aux = step(params, opt, g.arrays(), jax.random.key(s))
+    params, opt, aux = step(params, opt, rest, {}, jax.random.key(0),
+                            np.int32(s))
     losses.append(float(aux["loss"]))
   assert np.mean(losses[-5:]) < np.mean(losses[:5]) - 0.1
+  assert len(traces) == 1
 
 
 def test_topk_eval_matches_evaluate_scorer():
@@ -143,17 +154,93 @@ def _tiny_dataset(path):
   ds.save(path / "dataset")
 
 
+def _log(path):
+  return json.loads((path / "lightgcn" / "train_log.json").read_text())
+
+
 def test_run_and_resume(tmp_path):
-  _tiny_dataset(tmp_path)
+  _tiny_dataset(tmp_path / "a")
   cfg = lightgcn_config.get_config("tiny")
-  m = lightgcn_train.run(cfg, str(tmp_path))
-  emb = np.load(tmp_path / "lightgcn" / "item_emb.npy")
+  m = lightgcn_train.run(cfg, str(tmp_path / "a"))
+  emb = np.load(tmp_path / "a" / "lightgcn" / "item_emb.npy")
   assert emb.shape == (I, 7)
   assert 0.0 <= m["test/recall@20"] <= 1.0 and m["epochs"] == 2
-  on_disk = json.loads((tmp_path / "lightgcn" / "metrics.json").read_text())
+  spe = m["steps_per_epoch"]
+  assert m["steps"] == 2 * spe and m["selection"] == "last epoch"
+  on_disk = json.loads(
+      (tmp_path / "a" / "lightgcn" / "metrics.json").read_text())
   assert on_disk["test/ndcg@20"] == pytest.approx(m["test/ndcg@20"])
-  cfg.train.num_epochs = 3  # resumes from epoch 2's checkpoint
-  assert lightgcn_train.run(cfg, str(tmp_path))["epochs"] == 3
+  log2 = _log(tmp_path / "a")
+  assert log2["traces"] == log2["batch_shapes"] == 1  # compiled once
+  assert [p["step"] for p in log2["curve"]] == [spe, 2 * spe]
+  assert [e["step"] for e in log2["evals"]] == [spe, 2 * spe]  # monitor only
+  # Resumes from step 2 * spe: the curve continues the first run's ...
+  cfg.train.num_epochs = 3
+  m3 = lightgcn_train.run(cfg, str(tmp_path / "a"))
+  assert m3["epochs"] == 3 and m3["steps"] == 3 * spe
+  log3 = _log(tmp_path / "a")
+  assert [p["step"] for p in log3["curve"]] == [spe, 2 * spe, 3 * spe]
+  assert log3["curve"][:2] == log2["curve"]
+  assert m3["curve"][:2] == m["curve"]
+  # ... and the final params equal an uninterrupted 3-epoch run's.
+  _tiny_dataset(tmp_path / "b")
+  m_b = lightgcn_train.run(cfg, str(tmp_path / "b"))
+  assert ([p["loss"] for p in _log(tmp_path / "b")["curve"]]
+          == [p["loss"] for p in log3["curve"]])
+  for name in ("user_emb.npy", "item_emb.npy"):
+    np.testing.assert_array_equal(
+        np.load(tmp_path / "a" / "lightgcn" / name),
+        np.load(tmp_path / "b" / "lightgcn" / name))
+  assert m_b["test/ndcg@20"] == m3["test/ndcg@20"]
+
+
+def _brute_force_hr(scores, examples, k):
+  """HR@k (any target in the top k) by a full numpy argsort, exclude
+  items removed."""
+  scores = np.array(scores, dtype=np.float64)
+  ex = examples.exclude
+  scores[ex.row_ids(), ex.values] = -np.inf
+  order = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+  return float(np.mean([bool(set(order[r].tolist())
+                             & set(examples.targets[r].tolist()))
+                        for r in range(len(examples))]))
+
+
+def test_model_folder_ranker(tmp_path):
+  _tiny_dataset(tmp_path)
+  ds = Dataset.load(tmp_path / "dataset")
+  cfg = lightgcn_config.get_config("tiny")
+  out = tmp_path / "lightgcn"
+  result, _ = lightgcn_train.train_model(cfg, ds, out)
+  embed = lightgcn_train.make_embed(nnx.graphdef(result.model))
+  users_e, items_e = lightgcn_train.embeddings(embed, result.model)
+  lightgcn_train.save_model(out, users_e, items_e, cfg.model)
+  ranker = lightgcn_train.load_ranker(out, ds)
+  assert ranker.kind == "lightgcn" and ranker.num_items == I
+  # Reloaded scores == the in-memory model's, exactly.
+  want = users_e[ds.test.users] @ items_e.T  # [E, I]
+  np.testing.assert_array_equal(ranker.scores(ds.test), want)
+  # rank() with history masking == brute force == evaluation.metrics.
+  metrics = metrics_lib.evaluate_scorer(
+      lambda users, hist: jnp.asarray(users_e[users] @ items_e.T), ds.test,
+      I, prefix="test/", batch_size=4)
+  for k in (1, 3, 5, 10):
+    top = ranker.rank(ds.test, top_n=k, exclude_history=True)
+    assert not any(set(top[r].tolist()) & set(ds.test.exclude[r].tolist())
+                   for r in range(len(ds.test)))
+    hr = float(np.mean([bool(set(top[r].tolist())
+                             & set(ds.test.targets[r].tolist()))
+                        for r in range(len(ds.test))]))
+    assert hr == _brute_force_hr(want, ds.test, k), k
+    assert hr == pytest.approx(metrics[f"test/hr@{k}"]), k
+  # A free history (user id out of range): the mean of its items.
+  free = EvalExamples(np.array([-1, U + 4], np.int32),
+                      Ragged.from_lists([[1, 2], [5]]),
+                      Ragged.from_lists([[0], [0]]))
+  np.testing.assert_allclose(
+      ranker.scores(free),
+      np.stack([items_e[[1, 2]].mean(0), items_e[5]]) @ items_e.T,
+      rtol=1e-6)
 
 
 def test_binary_bad_workdir(tmp_path):

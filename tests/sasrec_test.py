@@ -1,4 +1,6 @@
-"""SASRec: causality, padding invariance, losses, pipeline, stage + resume."""
+"""SASRec: causality, padding invariance, losses, pipeline, stage + resume,
+model folder."""
+import dataclasses
 import json
 import subprocess
 import sys
@@ -10,9 +12,10 @@ import pytest
 from flax import nnx
 
 from configs import sasrec as sasrec_config
+from genrec_jax import model_folder
 from genrec_jax.data.dataset import Dataset, DataError, EvalExamples, Ragged
 from genrec_jax.models.sasrec import SASRec, sasrec_loss
-from genrec_jax.training import sasrec_data, sasrec_train
+from genrec_jax.training import loop, optimizer, sasrec_data, sasrec_train
 from tests.conftest import REPO
 
 V = 17  # items; padding id = V
@@ -72,20 +75,23 @@ def test_losses_decrease(loss):
   graphdef, params, rest = nnx.split(model, nnx.Param, ...)
   tcfg = sasrec_config.get_config("tiny").train
   tcfg.learning_rate = 1e-2
-  tx = sasrec_train.make_optimizer(tcfg)
+  tx = optimizer.make_optimizer(tcfg, 60)
   opt = tx.init(params)
-  step = sasrec_train.make_train_step(graphdef, tx, loss=loss, max_positions=0)
+  traces = []
+  step = loop.make_train_step(graphdef, tx, sasrec_train.make_loss(loss),
+                              on_trace=lambda: traces.append(1))
   pipe = sasrec_data.train_pipeline(_synthetic_train(), V, max_len=cfg.max_len,
                                     batch_size=8, seed=0)
   it = iter(pipe.dataset)
   losses = []
   for s in range(60):
     b = next(it)
-    params, opt, aux = step(params, opt, rest, b["inputs"], b["targets"],
-                            jax.random.key(s))
+    batch = {"inputs": b["inputs"], "targets": b["targets"]}
+    params, opt, aux = step(params, opt, rest, batch, jax.random.key(0),
+                            np.int32(s))
     losses.append(float(aux["loss"]))
   assert np.mean(losses[-10:]) < 0.6 * np.mean(losses[:10])
-  assert step._cache_size() == 1  # one shape: compiled once
+  assert len(traces) == 1  # one shape: compiled once
 
 
 def test_position_budget_matches_full_loss():
@@ -153,26 +159,103 @@ def _tiny_workdir(path):
           ).save(path / "dataset")
 
 
+def _folder_params(path):
+  assert model_folder.read_spec(path)["kind"] == "sasrec"
+  cfg = sasrec_config.get_config("tiny").model
+  abstract = nnx.state(SASRec(V, cfg, rngs=nnx.Rngs(0)), nnx.Param)
+  params = model_folder.restore_params(path, abstract)
+  return {"/".join(map(str, k)): np.asarray(v[...])
+          for k, v in nnx.to_flat_state(params)}
+
+
 def test_run_checkpoint_and_resume(tmp_path):
-  _tiny_workdir(tmp_path)
+  _tiny_workdir(tmp_path / "a")
   cfg = sasrec_config.get_config("tiny")
   cfg.train.num_epochs = 2
-  m = sasrec_train.run(cfg, str(tmp_path))
+  m = sasrec_train.run(cfg, str(tmp_path / "a"))
   for key in ("test/hr@10", "test/ndcg@10", "valid/ndcg@10", "test/mrr",
-              "num_eval_users", "seconds", "epochs", "best_epoch"):
+              "num_eval_users", "seconds", "epochs", "best_epoch", "curve"):
     assert key in m, key
   assert m["epochs"] == 2 and m["num_eval_users"] == 19
-  out = tmp_path / "sasrec"
-  assert json.loads((out / "metrics.json").read_text())["test/hr@10"] == m["test/hr@10"]
-  assert (out / "checkpoints" / "latest" / "2").exists()
-  # Re-running with more epochs resumes at epoch 2 (params, optimizer, data).
+  spe = m["steps_per_epoch"]
+  assert m["steps"] == 2 * spe
+  out = tmp_path / "a" / "sasrec"
+  on_disk = json.loads((out / "metrics.json").read_text())
+  assert on_disk["test/hr@10"] == m["test/hr@10"]
+  assert (out / "checkpoints" / "latest" / str(2 * spe)).exists()
+  assert (out / "model.json").exists() and (out / "tb").is_dir()
+  log = json.loads((out / "train_log.json").read_text())
+  # Retrace guard: one compilation per bucket width (tiny: 4 and 7).
+  assert 1 <= log["traces"] == log["batch_shapes"] <= 2
+  # Re-running with more epochs resumes at epoch 2 (params, optimizer, data):
+  # the curve continues the first run's.
   cfg.train.num_epochs = 3
-  m3 = sasrec_train.run(cfg, str(tmp_path))
-  assert m3["epochs"] == 3 and len(m3["curve"]) == 1
-  # Restoring the best checkpoint reproduces its valid metric exactly.
-  cfg.train.num_epochs = 3  # nothing left to train: evaluates best again
-  m_again = sasrec_train.run(cfg, str(tmp_path))
+  m3 = sasrec_train.run(cfg, str(tmp_path / "a"))
+  assert m3["epochs"] == 3 and m3["steps"] == 3 * spe
+  assert [p["epoch"] for p in m3["curve"]] == [1, 2, 3]
+  assert m3["curve"][:2] == m["curve"]
+  log3 = json.loads((out / "train_log.json").read_text())
+  assert [p["step"] for p in log3["curve"]] == [spe, 2 * spe, 3 * spe]
+  assert log3["curve"][:2] == log["curve"]
+  # ... and ends where an uninterrupted 3-epoch run ends.
+  _tiny_workdir(tmp_path / "b")
+  m_b = sasrec_train.run(cfg, str(tmp_path / "b"))
+  log_b = json.loads((tmp_path / "b" / "sasrec" / "train_log.json").read_text())
+  assert ([p["loss"] for p in log_b["curve"]]
+          == [p["loss"] for p in log3["curve"]])
+  assert log_b["evals"] == log3["evals"]
+  a, b = _folder_params(out), _folder_params(tmp_path / "b" / "sasrec")
+  for k in a:
+    np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+  assert m_b["test/ndcg@10"] == m3["test/ndcg@10"]
+  # Nothing left to train: restores the best checkpoint, same metrics.
+  m_again = sasrec_train.run(cfg, str(tmp_path / "a"))
   assert m_again["valid/ndcg@10"] == pytest.approx(m3["valid/ndcg@10"])
+  assert m_again["curve"] == m3["curve"]
+
+
+def _brute_force_hr(scores, examples, k):
+  """HR@k by a full numpy argsort, exclude items removed."""
+  scores = np.array(scores, dtype=np.float64)
+  ex = examples.exclude
+  scores[ex.row_ids(), ex.values] = -np.inf
+  order = np.argsort(-scores, axis=1, kind="stable")
+  hits = [int(examples.targets[r][0]) in order[r, :k].tolist()
+          for r in range(len(examples))]
+  return float(np.mean(hits))
+
+
+def test_model_folder_ranker(tmp_path):
+  _tiny_workdir(tmp_path)
+  ds = Dataset.load(tmp_path / "dataset")
+  cfg = sasrec_config.get_config("tiny")
+  cfg.train.num_epochs = 2
+  out = tmp_path / "sasrec"
+  result, _ = sasrec_train.train_model(cfg, ds, out)
+  model = result.model
+  sasrec_train.save_model(out, model, cfg.model)
+  ranker = sasrec_train.load_ranker(out, ds)
+  assert ranker.kind == "sasrec" and ranker.num_items == V
+  # Reloaded scores == the in-memory model's, exactly.
+  _, params, rest = nnx.split(model, nnx.Param, ...)
+  score = sasrec_train.make_scorer(nnx.graphdef(model))
+  hist = ds.test.history.padded(cfg.model.max_len, V, left=True)
+  want = np.asarray(score(params, rest, jnp.asarray(hist)))  # [E, V]
+  got = ranker.scores(ds.test)
+  np.testing.assert_array_equal(got, want)
+  # rank() with history masking == brute force == evaluation.metrics.
+  metrics = sasrec_train.evaluate(score, model, ds.test, prefix="test/",
+                                  batch_size=8)
+  for k in (1, 3, 5, 10):
+    top = ranker.rank(ds.test, top_n=k, exclude_history=True)
+    assert not any(set(top[r].tolist()) & set(ds.test.exclude[r].tolist())
+                   for r in range(len(ds.test)))
+    hr = float(np.mean([int(ds.test.targets[r][0]) in top[r].tolist()
+                        for r in range(len(ds.test))]))
+    assert hr == _brute_force_hr(want, ds.test, k), k
+    assert hr == pytest.approx(metrics[f"test/hr@{k}"]), k
+  with pytest.raises(ValueError, match="items"):
+    sasrec_train.load_ranker(out, dataclasses.replace(ds, num_items=V + 1))
 
 
 def test_binary_smoke_and_bad_workdir(tmp_path):

@@ -1,5 +1,7 @@
-"""Training loop: exact resume after SIGKILL, sharded step, lr schedule."""
+"""Training loop: exact resume after SIGKILL, sharded step, lr schedule,
+retrace guard, aux metrics, parameter-dependent and in-loss data."""
 import json
+import logging
 import os
 import pathlib
 import signal
@@ -11,11 +13,14 @@ from flax import nnx
 import grain
 import jax
 import numpy as np
+import optax
 import pytest
 
+from configs import common
 from genrec_jax.models import decoder
-from genrec_jax.training import generative
 from genrec_jax.training import loop
+from genrec_jax.training import optimizer
+from genrec_jax.training import sharding
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 # Odd sizes; tensor/fsdp axes that do not divide a dimension are dropped.
@@ -25,12 +30,26 @@ CFG = decoder.DecoderConfig(
 
 
 def _train_cfg(**kw):
-  c = loop.default_train_config()
+  c = common.train()
   c.update(learning_rate=3e-3, warmup_steps=3, log_every=5,
            checkpoint_every=5, eval_every=0, weight_decay=0.01,
            grad_clip=1.0)
   c.update(**kw)
   return c
+
+
+def _lm_loss(model, batch, key, budget=0):
+  """Next-token CE where loss_mask = 1; `budget` > 0 keeps only the first
+  `budget` loss tokens of each row and counts the rest in aux "dropped"."""
+  del key
+  ids = batch["input_ids"]  # [B, T]
+  logits = model(ids, batch["attention_mask"])[:, :-1]  # [B, T-1, V]
+  w = batch["loss_mask"][:, 1:].astype(jax.numpy.float32)  # [B, T-1]
+  kept = w * (jax.numpy.cumsum(w, axis=1) <= budget) if budget else w
+  ce = optax.softmax_cross_entropy_with_integer_labels(
+      logits.astype(jax.numpy.float32), ids[:, 1:])  # [B, T-1]
+  loss = jax.numpy.sum(ce * kept) / jax.numpy.maximum(kept.sum(), 1.0)
+  return loss, {"tokens": kept.sum(), "dropped": w.sum() - kept.sum()}
 
 
 def _example(i):
@@ -58,7 +77,7 @@ def _model():
 
 def _one_device_mesh():
   return jax.sharding.Mesh(np.array(jax.devices()[:1]).reshape(1, 1, 1),
-                           loop.MESH_AXES)
+                           sharding.MESH_AXES)
 
 
 # ----------------------------------------------------------------------------
@@ -72,12 +91,11 @@ def _child(workdir: str, delay: float) -> None:
            _dataset(4).__getitem__(0).items()}
 
   def evaluate(model):  # deterministic: minus the loss on a fixed batch
-    return {"valid/score": -float(generative.decoder_loss(model, fixed,
-                                                          None)[0])}
+    return {"valid/score": -float(_lm_loss(model, fixed, None)[0])}
 
-  res = loop.train(_model(), generative.decoder_loss,
+  res = loop.train(_model(), _lm_loss,
                    _dataset(4, delay), _train_cfg(eval_every=6, patience=0),
-                   mesh=loop.mesh_from_config(None),
+                   mesh=sharding.mesh_from_config(None),
                    ckpt_dir=workdir / "ckpt", num_steps=24, seed=5,
                    evaluate=evaluate, select="valid/score",
                    summary_dir=workdir / "tb")
@@ -143,14 +161,14 @@ def _params(model):
 
 def test_sharded_train_matches_one_device(tmp_path):
   assert jax.device_count() == 8
-  mesh = loop.mesh_from_config({"shape": (2, 2, 2)})
+  mesh = sharding.mesh_from_config({"shape": (2, 2, 2)})
   assert dict(mesh.shape) == {"data": 2, "fsdp": 2, "tensor": 2}
   cfg = _train_cfg(checkpoint_every=0)
-  got = loop.train(_model(), generative.decoder_loss, _dataset(4), cfg,
+  got = loop.train(_model(), _lm_loss, _dataset(4), cfg,
                    mesh=mesh, ckpt_dir=tmp_path / "a", num_steps=3)
   q = nnx.state(got.model, nnx.Param)["layers"]["q"][...]
   assert len(q.sharding.device_set) == 8  # really placed on the mesh
-  want = loop.train(_model(), generative.decoder_loss, _dataset(4), cfg,
+  want = loop.train(_model(), _lm_loss, _dataset(4), cfg,
                     mesh=_one_device_mesh(), ckpt_dir=tmp_path / "b",
                     num_steps=3)
   a, b = _params(got.model), _params(want.model)
@@ -163,7 +181,7 @@ def test_sharded_train_matches_one_device(tmp_path):
 
 def test_bfloat16_compute_keeps_f32_params(tmp_path):
   cfg = _train_cfg(compute_dtype="bfloat16", log_every=2, checkpoint_every=0)
-  res = loop.train(_model(), generative.decoder_loss, _dataset(3), cfg,
+  res = loop.train(_model(), _lm_loss, _dataset(3), cfg,
                    mesh=_one_device_mesh(), ckpt_dir=tmp_path, num_steps=2)
   assert np.isfinite(res.curve[-1]["loss"])
   assert all(v.dtype == np.float32 for v in _params(res.model).values())
@@ -175,17 +193,119 @@ def test_bfloat16_compute_keeps_f32_params(tmp_path):
 
 def test_warmup_cosine_schedule():
   cfg = _train_cfg(learning_rate=1e-2, warmup_steps=10, end_lr_ratio=0.1)
-  lr = loop.learning_rate_schedule(cfg, 100)
+  lr = optimizer.learning_rate_schedule(cfg, 100)
   np.testing.assert_allclose(
       [float(lr(s)) for s in (0, 5, 10, 55, 100)],
       [0.0, 5e-3, 1e-2, 1e-2 * (0.9 * 0.5 + 0.1), 1e-3], rtol=1e-5)
   assert float(lr(30)) > float(lr(60)) > float(lr(90))
   cfg.schedule = "linear"
-  lr = loop.learning_rate_schedule(cfg, 100)
+  lr = optimizer.learning_rate_schedule(cfg, 100)
   np.testing.assert_allclose(float(lr(55)), 1e-2 - 0.5 * 9e-3, rtol=1e-5)
   cfg.schedule = "step"
   with pytest.raises(ValueError, match="train.schedule"):
-    loop.learning_rate_schedule(cfg, 100)
+    optimizer.learning_rate_schedule(cfg, 100)
+
+
+# ----------------------------------------------------------------------------
+# (d) Retrace guard and aux scalars ("dropped").
+
+
+def test_one_trace_and_dropped_aux_is_summed_and_warned(tmp_path, caplog):
+  cfg = _train_cfg(log_every=2, checkpoint_every=0)
+  loss = lambda m, b, k: _lm_loss(m, b, k, budget=1)  # drops answer tokens
+  with caplog.at_level(logging.WARNING):
+    res = loop.train(_model(), loss, _dataset(3), cfg,
+                     mesh=_one_device_mesh(), ckpt_dir=tmp_path / "ckpt",
+                     num_steps=5, summary_dir=tmp_path / "tb")
+  assert res.traces == res.batch_shapes == 1  # compiled once
+  assert [p["step"] for p in res.curve] == [2, 4, 5]
+  dropped = [p["dropped"] for p in res.curve]
+  assert all(d > 0 for d in dropped)
+  assert res.aux_totals["dropped"] == pytest.approx(sum(dropped))
+  assert res.aux_totals["tokens"] == pytest.approx(
+      sum(p["tokens"] for p in res.curve))
+  assert any("'dropped'" in r.getMessage() for r in caplog.records)
+  assert any(p.name.startswith("events") for p in (tmp_path / "tb").iterdir())
+
+
+# ----------------------------------------------------------------------------
+# (e) BatchSource (batches from the current params) and data drawn in the
+# loss, with a per-run constant in `rest`: resume == uninterrupted.
+
+
+class _Const(nnx.Variable):
+  """A per-run constant array (not trained)."""
+
+
+class _Toy(nnx.Module):
+
+  def __init__(self, rngs: nnx.Rngs):
+    self.w = nnx.Param(jax.random.normal(rngs.params(), (3, 2)))
+    self.table = _Const(jax.numpy.arange(15.0).reshape(5, 3) / 15.0)
+
+
+def _toy_loss(model, batch, key):
+  if "x" in batch:
+    x = batch["x"]  # [B, 3]
+  else:  # drawn from the step key and the constant table
+    x = model.table[...][jax.random.randint(key, (7,), 0, 5)]
+  err = x @ model.w[...] - 1.0  # [B, 2]
+  return jax.numpy.mean(err ** 2), {"rows": jax.numpy.float32(x.shape[0])}
+
+
+class _PolicySource:
+  """Batch of step s: seeded by s, scaled by the current params."""
+
+  def __init__(self):
+    self.calls = []
+
+  def next_batch(self, model, step):
+    self.calls.append(step)
+    scale = 1.0 + np.tanh(float(np.sum(np.asarray(model.w[...]))))
+    rng = np.random.default_rng(step)
+    return {"x": (rng.normal(size=(4, 3)) * scale).astype(np.float32)}
+
+
+def _toy_params(res):
+  return np.asarray(res.model.w[...])
+
+
+@pytest.mark.parametrize("source", ["batch_source", "in_loss"])
+def test_batch_source_and_in_loss_data_resume_exactly(tmp_path, source):
+  assert isinstance(_PolicySource(), loop.BatchSource)
+  cfg = _train_cfg(schedule="constant", warmup_steps=0, log_every=2,
+                   checkpoint_every=3, learning_rate=0.05)
+  mesh = sharding.mesh_from_config({"shape": (-1, 1, 1), "num_devices": 1})
+  assert mesh.devices.size == 1
+
+  def run(ckpt, steps):
+    src = _PolicySource() if source == "batch_source" else None
+    res = loop.train(_Toy(nnx.Rngs(0)), _toy_loss, src, cfg, mesh=mesh,
+                     ckpt_dir=tmp_path / ckpt, num_steps=steps, seed=3,
+                     examples_per_step=None if src else 7)
+    return res, src
+
+  full, src = run("full", 6)
+  assert full.traces == full.batch_shapes == 1
+  assert full.curve[-1]["loss"] < full.curve[0]["loss"]
+  first, _ = run("split", 3)
+  resumed, src2 = run("split", 6)
+  if src is not None:
+    assert src.calls == list(range(6)) and src2.calls == [3, 4, 5]
+  else:
+    assert full.examples == 6 * 7 and resumed.examples == 3 * 7
+  assert resumed.step == 6
+  assert [p["step"] for p in resumed.curve] == [2, 3, 4, 6]
+  assert resumed.curve[:2] == first.curve
+  np.testing.assert_array_equal(_toy_params(resumed), _toy_params(full))
+  rows = 4 if src is not None else 7
+  assert resumed.aux_totals["rows"] == 6 * rows
+
+
+def test_dataset_none_needs_examples_per_step(tmp_path):
+  with pytest.raises(ValueError, match="examples_per_step"):
+    loop.train(_Toy(nnx.Rngs(0)), _toy_loss, None, _train_cfg(),
+               mesh=_one_device_mesh(), ckpt_dir=tmp_path, num_steps=1)
 
 
 if __name__ == "__main__":

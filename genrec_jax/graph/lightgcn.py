@@ -9,6 +9,8 @@ segment_sum(w * E^(k)[senders], receivers) (the reference form), the model
 uses the same product as a BCSR matmul (`propagate_csr`, ~7x faster on CPU)
 with a custom VJP (Â symmetric: the backward pass is a propagation). The
 final embedding is the mean of layers 0..K. Score(u, i) = e_u . e_i.
+The model may hold the graph's arrays as `GraphArray` variables (not
+params): the trainer passes them to every step in `rest`, once on device.
 
 Training: BPR with one negative per sampled (user, positive) pair, users drawn
 uniformly and a positive uniformly from the user's items (the PyTorch port's
@@ -168,8 +170,21 @@ def _prop_bwd(num_layers, res, g):
 propagate_symmetric.defvjp(_prop_fwd, _prop_bwd)
 
 
+class GraphArray(nnx.Variable):
+  """A constant array of the training graph held by the model.
+
+  Not an nnx.Param: `nnx.split(model, nnx.Param, ...)` puts it in `rest`,
+  so the trainer places it on the device once and passes it to every step
+  (never trained, never checkpointed; rebuilt from the dataset).
+  """
+
+
+GRAPH_FIELDS = ("receivers", "senders", "weights", "indptr", "offsets",
+                "items")
+
+
 class LightGCN(nnx.Module):
-  """Layer-0 user and item embeddings; propagation takes the graph arrays.
+  """Layer-0 user and item embeddings, optionally holding the train graph.
 
   Args:
     num_users, num_items: table sizes.
@@ -178,12 +193,15 @@ class LightGCN(nnx.Module):
     init_std: normal init scale (0.1 in the PyTorch port).
     propagation: "csr" (BCSR matmul + symmetric VJP) or "segment_sum"
       (gather + segment_sum, plain autodiff).
+    graph: the train graph; when given, its arrays (`Graph.arrays`) are kept
+      as GraphArray variables and `__call__()` / `graph_arrays()` use them.
     rngs: init randomness.
   """
 
   def __init__(self, num_users: int, num_items: int, dim: int,
                num_layers: int, init_std: float = 0.1,
-               propagation: str = "csr", *, rngs: nnx.Rngs):
+               propagation: str = "csr", *, graph: Graph | None = None,
+               rngs: nnx.Rngs):
     if propagation not in ("csr", "segment_sum"):
       raise ValueError(f"propagation {propagation!r}: use csr or segment_sum")
     init = nnx.initializers.normal(init_std)
@@ -191,20 +209,50 @@ class LightGCN(nnx.Module):
     self.item_emb = nnx.Param(init(rngs.params(), (num_items, dim)))
     self.num_layers = num_layers
     self.propagation = propagation
+    self.has_graph = graph is not None
+    if graph is not None:
+      if (graph.num_users, graph.num_items) != (num_users, num_items):
+        raise ValueError(f"graph of {graph.num_users} users x "
+                         f"{graph.num_items} items for a model of "
+                         f"{num_users} x {num_items}")
+      for k, v in graph.arrays().items():
+        setattr(self, f"graph_{k}", GraphArray(v))
+
+  @property
+  def num_users(self) -> int:
+    return self.user_emb.shape[0]
+
+  @property
+  def num_items(self) -> int:
+    return self.item_emb.shape[0]
+
+  def graph_arrays(self) -> dict[str, jax.Array]:
+    """The held graph's arrays (see `Graph.arrays`)."""
+    if not self.has_graph:
+      raise ValueError("this LightGCN holds no graph; pass graph= at "
+                       "construction or the arrays to __call__")
+    return {k: getattr(self, f"graph_{k}")[...] for k in GRAPH_FIELDS}
 
   def ego(self) -> jax.Array:
     """float [N, D]: users then items, layer 0."""
     return jnp.concatenate([self.user_emb[...], self.item_emb[...]], axis=0)
 
-  def __call__(self, graph: dict[str, jax.Array]) -> tuple[jax.Array, jax.Array]:
-    """Final (layer-mean) user [U, D] and item [I, D] embeddings."""
+  def __call__(self, graph: dict[str, jax.Array] | None = None
+               ) -> tuple[jax.Array, jax.Array]:
+    """Final (layer-mean) user [U, D] and item [I, D] embeddings.
+
+    Args:
+      graph: `Graph.arrays()`; None = the graph the model holds.
+    """
+    if graph is None:
+      graph = self.graph_arrays()
     if self.propagation == "segment_sum":
       out = propagate(self.ego(), graph["receivers"], graph["senders"],
                       graph["weights"], self.num_layers)
     else:
       out = propagate_symmetric(self.ego(), graph["indptr"], graph["senders"],
                                 graph["weights"], self.num_layers)
-    u = self.user_emb.shape[0]
+    u = self.num_users
     return out[:u], out[u:]
 
 
@@ -255,9 +303,12 @@ def sample_bpr(key: jax.Array, graph: dict[str, jax.Array], num_users: int,
   return users.astype(jnp.int32), pos.astype(jnp.int32), neg.astype(jnp.int32)
 
 
-def bpr_loss(model: LightGCN, graph: dict[str, jax.Array], users, pos, neg,
-             decay: float):
-  """BPR + decay * L2 on the batch's layer-0 embeddings; returns (loss, aux)."""
+def bpr_loss(model: LightGCN, graph: dict[str, jax.Array] | None, users,
+             pos, neg, decay: float):
+  """BPR + decay * L2 on the batch's layer-0 embeddings; returns (loss, aux).
+
+  `graph` None: the graph the model holds.
+  """
   all_u, all_i = model(graph)
   eu, ep, en = all_u[users], all_i[pos], all_i[neg]  # [B, D]
   bpr = jnp.mean(jax.nn.softplus(jnp.sum(eu * en, -1) - jnp.sum(eu * ep, -1)))

@@ -1,25 +1,38 @@
 """The train_lightgcn stage: BPR training, evaluation and embedding export.
 
 Reads WORKDIR/dataset, writes WORKDIR/lightgcn/:
+  model.json, params/  the model folder: the final (layer-averaged) user and
+                       item embeddings (`load_ranker` reads it back)
   item_emb.npy   float32 [num_items, dim]: final layer-averaged item embeddings
   user_emb.npy   float32 [num_users, dim]: the same for users
   metrics.json   test/recall@K, test/ndcg@K, test/hr@K (K <= 20),
                  test/precision@20, test/mrr (truncated at 20), valid/* when the
                  dataset has a validation split, num_eval_users, seconds,
-                 epochs, best_epoch, curve
-  checkpoints/   Orbax: params + optimizer + epoch (latest; resume)
+                 epochs, best_epoch, steps, curve
+  train_log.json the loss curve and evaluations (training/loop.py)
+  checkpoints/   Orbax: latest (params + optimizer + step; resume) and best
+  tb/            TensorBoard summaries
 
-Model selection: with a validation split, the epoch with the best
+Training runs through `training/loop.train` with no dataset: the loss samples
+its BPR triples on device from the step key fold_in(key(seed), step) and the
+graph, which the model holds as non-Param variables (placed once, passed to
+every step, never checkpointed). num_steps = num_epochs * steps_per_epoch
+with steps_per_epoch = ceil(train pairs / batch_size); eval_every,
+log_every and checkpoint_every are counted in epochs. Optimizer: Adam
+(optimizer.make_optimizer with weight_decay 0, no clipping, no warm-up), the
+learning rate constant or cosine over all steps down to end_lr_ratio.
+
+Model selection: with a validation split, the evaluation with the best
 valid/recall@20 is kept (early stopping); without one (Gowalla's given split),
-training runs for num_epochs / max_minutes and the LAST epoch is reported (the
+training runs for num_epochs / max_minutes and the LAST step is reported (the
 test curve is logged for monitoring only, never used to pick an epoch).
 
-Entry point: `run(config, workdir) -> dict` (the metrics).
+Entry points: `run(config, workdir) -> dict` (the metrics), `train_model`
+and `load_ranker(model_dir, ds)` (a model folder -> ScoreRanker).
 """
 
 from __future__ import annotations
 
-import functools
 import math
 import pathlib
 import time
@@ -27,47 +40,56 @@ from typing import Any
 
 from absl import logging
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
-import optax
-import orbax.checkpoint as ocp
 from flax import nnx
 
-from genrec_jax.data.dataset import (Dataset, DataError, atomic_save_npy,
-                                     atomic_write_json)
+from genrec_jax import model_folder
+from genrec_jax.data.dataset import (Dataset, DataError, EvalExamples,
+                                     atomic_save_npy, atomic_write_json)
 from genrec_jax.graph import lightgcn as lgcn
+from genrec_jax.training import loop
+from genrec_jax.training import optimizer
+from genrec_jax.training import sharding
 
 STAGE = "lightgcn"
+# model.json kind.
+KIND = "lightgcn"
 SELECT = "valid/recall@20"
 
 
-def make_train_step(graphdef, tx, *, num_users: int, num_items: int,
-                    batch_size: int, search_steps: int, decay: float):
-  """Jitted (params, opt_state, graph, key) -> (params, opt_state, aux)."""
+def make_loss(*, num_users: int, num_items: int, batch_size: int,
+              search_steps: int, decay: float) -> loop.LossFn:
+  """The loop's loss: samples BPR triples from the key and the model's graph.
 
-  @functools.partial(jax.jit, donate_argnums=(0, 1))
-  def train_step(params, opt_state, graph, key):
+  The batch argument is ignored (`{}`); aux: "bpr" and "reg".
+  """
+
+  def loss_fn(model, batch, key):
+    del batch
+    graph = model.graph_arrays()
     users, pos, neg = lgcn.sample_bpr(key, graph, num_users, num_items,
                                       batch_size, search_steps)
+    return lgcn.bpr_loss(model, graph, users, pos, neg, decay)
 
-    def loss_fn(p):
-      return lgcn.bpr_loss(nnx.merge(graphdef, p), graph, users, pos, neg,
-                           decay)
-
-    (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
-    updates, opt_state = tx.update(grads, opt_state, params)
-    return optax.apply_updates(params, updates), opt_state, {"loss": loss, **aux}
-
-  return train_step
+  return loss_fn
 
 
 def make_embed(graphdef):
+  """A jitted (params, rest) -> (user [U, D], item [I, D]) final embeddings."""
+
   @jax.jit
-  def embed(params, graph):
-    return nnx.merge(graphdef, params)(graph)
+  def embed(params, rest):
+    return nnx.merge(graphdef, params, rest)()
 
   return embed
+
+
+def embeddings(embed, model: lgcn.LightGCN) -> tuple[np.ndarray, np.ndarray]:
+  """float32 numpy (user [U, D], item [I, D]) final embeddings of `model`."""
+  _, params, rest = nnx.split(model, nnx.Param, ...)
+  users_e, items_e = embed(params, rest)
+  return (np.asarray(users_e, np.float32), np.asarray(items_e, np.float32))
 
 
 def _check(examples, num_users, num_items, name):
@@ -81,6 +103,139 @@ def _check(examples, num_users, num_items, name):
     raise DataError(f"dataset/{name}.targets: item id outside [0, {num_items})")
 
 
+def _fingerprint(config: ml_collections.ConfigDict, ds: Dataset,
+                 graph: lgcn.Graph) -> dict:
+  """What a resumed run must share with the checkpoint (see loop)."""
+  train = config.train.to_dict()
+  for k in ("num_epochs", "max_minutes", "log_every", "checkpoint_every",
+            "eval_every", "patience", "resume"):
+    train.pop(k, None)
+  return {"kind": KIND, "seed": config.seed, "model": config.model.to_dict(),
+          "train": train, "num_users": ds.num_users,
+          "num_items": ds.num_items, "num_edges": graph.num_edges}
+
+
+def train_model(config: ml_collections.ConfigDict, ds: Dataset,
+                out: pathlib.Path) -> tuple[loop.TrainResult, int]:
+  """Trains LightGCN on ds.train's graph into `out` (resumable).
+
+  Returns:
+    (the loop's TrainResult - its model holds the best valid recall@20
+    params, or the last ones without a validation split - and steps per
+    epoch).
+  """
+  mcfg, tcfg = config.model, config.train
+  graph = lgcn.build_graph(ds.train, ds.num_users, ds.num_items)
+  spe = max(1, math.ceil(graph.num_edges / tcfg.batch_size))
+  logging.info("LightGCN: %d users, %d items, %d train pairs, %d steps of %d "
+               "per epoch", ds.num_users, ds.num_items, graph.num_edges, spe,
+               tcfg.batch_size)
+  model = lgcn.LightGCN(ds.num_users, ds.num_items, mcfg.dim, mcfg.num_layers,
+                        mcfg.init_std, mcfg.propagation, graph=graph,
+                        rngs=nnx.Rngs(config.seed))
+  loss_fn = make_loss(num_users=ds.num_users, num_items=ds.num_items,
+                      batch_size=tcfg.batch_size,
+                      search_steps=lgcn.search_steps_for(graph),
+                      decay=tcfg.decay)
+  embed = make_embed(nnx.graphdef(model))
+  ecfg = config.eval
+  splits = ([("valid/", ds.valid)] if ds.valid is not None else []) + (
+      [("test/", ds.test)] if ecfg.monitor_test else [])
+
+  def evaluate(model):
+    users_e, items_e = embeddings(embed, model)
+    values = {}
+    for prefix, examples in splits:
+      m = lgcn.evaluate_topk(users_e, items_e, examples, prefix=prefix,
+                             k=ecfg.k, batch_size=ecfg.batch_size)
+      # test/* only monitors (never selects).
+      keys = ([SELECT] if prefix == "valid/" else
+              ["test/recall@20", "test/ndcg@20"])
+      values.update({k: m[k] for k in keys})
+    return values
+
+  ckpt_dir = out / "checkpoints"
+  loop.reset_stale_checkpoints(ckpt_dir, _fingerprint(config, ds, graph))
+  result = loop.train(
+      model, loss_fn, None, optimizer.epochs_to_steps(tcfg, spe),
+      mesh=sharding.mesh_from_config(config.get("mesh")), ckpt_dir=ckpt_dir,
+      num_steps=tcfg.num_epochs * spe, seed=config.seed,
+      evaluate=evaluate if splits else None,
+      select=SELECT if ds.valid is not None else None,
+      summary_dir=out / "tb", examples_per_step=tcfg.batch_size,
+      name="lightgcn")
+  loop.write_train_log(out / "train_log.json", result)
+  return result, spe
+
+
+def save_model(out: str | pathlib.Path, users_e: np.ndarray,
+               items_e: np.ndarray, mcfg: ml_collections.ConfigDict,
+               **extra) -> None:
+  """Writes the model folder `out`: the FINAL embeddings as its params.
+
+  The layer-averaged embeddings are all a ranker needs (a score is a dot
+  product), so the folder is self-contained: no graph to rebuild from the
+  dataset (the layer-0 params stay in checkpoints/ for further training).
+  """
+  spec = {"kind": KIND, "num_users": int(users_e.shape[0]),
+          "num_items": int(items_e.shape[0]), "dim": int(items_e.shape[1]),
+          "model_config": model_folder.config_dict(mcfg),
+          "params": "final layer-averaged embeddings", **extra}
+  model_folder.save(out, spec, {"user_emb": users_e, "item_emb": items_e})
+
+
+def user_vectors(user_emb: np.ndarray, item_emb: np.ndarray,
+                 batch: EvalExamples) -> np.ndarray:
+  """float32 [B, D]: the user's embedding for a known user id, else (a free
+  history, e.g. typed into `recommend`) the mean of its items' embeddings."""
+  users = np.asarray(batch.users)
+  known = (users >= 0) & (users < user_emb.shape[0])
+  vecs = np.zeros((len(batch), item_emb.shape[1]), np.float32)
+  vecs[known] = user_emb[users[known]]
+  for r in np.flatnonzero(~known):
+    if len(batch.history[r]):
+      vecs[r] = item_emb[batch.history[r]].mean(0)
+  return vecs
+
+
+def load_ranker(model_dir: str | pathlib.Path,
+                ds: Dataset | None = None) -> model_folder.ScoreRanker:
+  """A LightGCN model folder as a ScoreRanker (scores = u . item_emb).
+
+  Args:
+    model_dir: the folder `save_model` wrote (e.g. WORKDIR/lightgcn).
+    ds: the dataset, to check the catalogue size (optional).
+  """
+  spec = model_folder.read_spec(model_dir)
+  where = pathlib.Path(model_dir) / model_folder.MODEL_JSON
+  if spec["kind"] != KIND:
+    raise ValueError(f"{where}: kind {spec['kind']!r}, expected {KIND!r}")
+  num_users, num_items = int(spec["num_users"]), int(spec["num_items"])
+  if ds is not None and ds.num_items != num_items:
+    raise ValueError(f"{where}: {num_items} items, the dataset has "
+                     f"{ds.num_items}")
+  dim = int(spec["dim"])
+  abstract = {"user_emb": jax.ShapeDtypeStruct((num_users, dim), np.float32),
+              "item_emb": jax.ShapeDtypeStruct((num_items, dim), np.float32)}
+  params = model_folder.restore_params(model_dir, abstract)
+  user_emb = np.asarray(params["user_emb"])
+  item_emb = np.asarray(params["item_emb"])
+
+  def score_fn(batch: EvalExamples) -> np.ndarray:
+    return user_vectors(user_emb, item_emb, batch) @ item_emb.T  # [B, I]
+
+  return model_folder.ScoreRanker(KIND, score_fn, num_items)
+
+
+def _curve(result: loop.TrainResult, spe: int) -> list[dict]:
+  """metrics.json's curve: one point per evaluation (the whole run)."""
+  loss_at = {p["step"]: p["loss"] for p in result.curve}
+  return [{"epoch": round(e["step"] / spe, 3), "step": e["step"],
+           "loss": loss_at.get(e["step"]),
+           **{k: v for k, v in e.items() if k != "step"}}
+          for e in result.evals]
+
+
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   """Trains LightGCN on WORKDIR/dataset; returns the metrics it writes."""
   t_start = time.time()
@@ -88,136 +243,41 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   ds = Dataset.load(workdir / "dataset")
   _check(ds.test, ds.num_users, ds.num_items, "test")
   _check(ds.valid, ds.num_users, ds.num_items, "valid")
-  graph = lgcn.build_graph(ds.train, ds.num_users, ds.num_items)
-  mcfg, tcfg = config.model, config.train
   out = workdir / STAGE
   out.mkdir(parents=True, exist_ok=True)
-  steps = max(1, math.ceil(graph.num_edges / tcfg.batch_size))
-  logging.info("LightGCN: %d users, %d items, %d train pairs, %d steps of %d "
-               "per epoch", ds.num_users, ds.num_items, graph.num_edges, steps,
-               tcfg.batch_size)
-
-  model = lgcn.LightGCN(ds.num_users, ds.num_items, mcfg.dim, mcfg.num_layers,
-                        mcfg.init_std, mcfg.propagation,
-                        rngs=nnx.Rngs(config.seed))
-  graphdef, params = nnx.split(model, nnx.Param)
-  if tcfg.lr_schedule == "cosine":
-    lr = optax.cosine_decay_schedule(tcfg.learning_rate,
-                                     tcfg.num_epochs * steps,
-                                     alpha=tcfg.final_lr_ratio)
-  elif tcfg.lr_schedule == "constant":
-    lr = tcfg.learning_rate
-  else:
-    raise ValueError(f"train.lr_schedule {tcfg.lr_schedule!r}: use constant "
-                     "or cosine")
-  tx = optax.adam(lr)
-  opt_state = tx.init(params)
-  garrays = graph.arrays()
-  train_step = make_train_step(
-      graphdef, tx, num_users=ds.num_users, num_items=ds.num_items,
-      batch_size=tcfg.batch_size, search_steps=lgcn.search_steps_for(graph),
-      decay=tcfg.decay)
-  embed = make_embed(graphdef)
-
-  def evaluate(params, examples, prefix):
-    users_e, items_e = embed(params, garrays)
-    return lgcn.evaluate_topk(np.asarray(users_e), np.asarray(items_e),
-                              examples, prefix=prefix, k=config.eval.k,
-                              batch_size=config.eval.batch_size)
-
-  mngr = ocp.CheckpointManager(
-      out / "checkpoints",
-      options=ocp.CheckpointManagerOptions(max_to_keep=1, create=True))
-  start_epoch = 0
-  if tcfg.resume and mngr.latest_step() is not None:
-    abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct,
-                            {"params": params, "opt": opt_state})
-    restored = mngr.restore(mngr.latest_step(), args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(abstract)))["state"]
-    params, opt_state = restored["params"], restored["opt"]
-    start_epoch = int(mngr.latest_step())
-    logging.info("LightGCN: resumed at epoch %d", start_epoch)
-
-  base_key = jax.random.key(config.seed)
-  best, best_epoch, bad, best_params = -1.0, start_epoch, 0, None
-  curve = []
-  t_train = time.time()
-  epoch = start_epoch
-  for epoch in range(start_epoch + 1, tcfg.num_epochs + 1):
-    t0 = time.time()
-    losses = []
-    for s in range(steps):
-      key = jax.random.fold_in(base_key, (epoch - 1) * steps + s)
-      params, opt_state, aux = train_step(params, opt_state, garrays, key)
-      losses.append(aux["loss"])
-    loss = float(jnp.mean(jnp.stack(losses)))
-    if not math.isfinite(loss):
-      raise FloatingPointError(f"LightGCN loss is {loss} at epoch {epoch}")
-    secs = time.time() - t0
-    elapsed = time.time() - t_train
-    msg = (f"epoch {epoch}/{tcfg.num_epochs} loss {loss:.4f} {secs:.1f}s "
-           f"({steps * tcfg.batch_size / secs:.0f} samples/s)")
-    last = (epoch == tcfg.num_epochs
-            or (tcfg.max_minutes and elapsed > tcfg.max_minutes * 60))
-    if epoch % tcfg.eval_every == 0 or last:
-      point = {"epoch": epoch, "loss": loss, "seconds": elapsed}
-      if ds.valid is not None:
-        v = evaluate(params, ds.valid, "valid/")
-        point[SELECT] = v[SELECT]
-        if v[SELECT] > best:
-          best, best_epoch, bad = v[SELECT], epoch, 0
-          best_params = jax.tree.map(jnp.copy, params)
-        else:
-          bad += 1
-        msg += f" | valid recall@20 {v[SELECT]:.4f} (best {best:.4f} @ {best_epoch})"
-      if config.eval.monitor_test:
-        t = evaluate(params, ds.test, "test/")
-        point["test/recall@20"] = t["test/recall@20"]
-        point["test/ndcg@20"] = t["test/ndcg@20"]
-        msg += (f" | test recall@20 {t['test/recall@20']:.4f} "
-                f"ndcg@20 {t['test/ndcg@20']:.4f} (monitor only)")
-      curve.append(point)
-      mngr.save(epoch, args=ocp.args.Composite(state=ocp.args.StandardSave(
-          {"params": params, "opt": opt_state})), force=True)
-    eta = elapsed / (epoch - start_epoch) * (tcfg.num_epochs - epoch)
-    if tcfg.max_minutes:  # the time budget ends training first
-      eta = min(eta, max(0.0, tcfg.max_minutes * 60 - elapsed))
-    logging.info("%s | %.0fs elapsed, ETA <= %.0fs", msg, elapsed, eta)
-    if ds.valid is not None and bad >= tcfg.patience:
-      logging.info("early stop at epoch %d", epoch)
-      break
-    if last:
-      break
-  train_seconds = time.time() - t_train
-  mngr.wait_until_finished()
-  mngr.close()
-
-  if best_params is not None:
-    params = best_params
-  else:
-    best_epoch = epoch
-  users_e, items_e = embed(params, garrays)
-  users_e, items_e = np.asarray(users_e), np.asarray(items_e)
-  result = lgcn.evaluate_topk(users_e, items_e, ds.test, prefix="test/",
-                              k=config.eval.k, batch_size=config.eval.batch_size)
+  result, spe = train_model(config, ds, out)
+  users_e, items_e = embeddings(make_embed(nnx.graphdef(result.model)),
+                                result.model)
+  best_step = result.best_step if ds.valid is not None else result.step
+  ecfg = config.eval
+  metrics = lgcn.evaluate_topk(users_e, items_e, ds.test, prefix="test/",
+                               k=ecfg.k, batch_size=ecfg.batch_size)
   if ds.valid is not None:
-    result.update(lgcn.evaluate_topk(users_e, items_e, ds.valid,
-                                     prefix="valid/", k=config.eval.k,
-                                     batch_size=config.eval.batch_size))
-  atomic_save_npy(out / "item_emb.npy", items_e.astype(np.float32))
-  atomic_save_npy(out / "user_emb.npy", users_e.astype(np.float32))
-  result.update({
+    metrics.update(lgcn.evaluate_topk(users_e, items_e, ds.valid,
+                                      prefix="valid/", k=ecfg.k,
+                                      batch_size=ecfg.batch_size))
+  atomic_save_npy(out / "item_emb.npy", items_e)
+  atomic_save_npy(out / "user_emb.npy", users_e)
+  save_model(out, users_e, items_e, config.model, best_step=int(best_step))
+  # Epochs trained in this call (a resumed run counts only its own).
+  epochs_here = result.examples / config.train.batch_size / spe
+  metrics.update({
       "num_eval_users": int(len(ds.test)),
       "seconds": time.time() - t_start,
-      "train_seconds": train_seconds,
-      "seconds_per_epoch": train_seconds / max(1, epoch - start_epoch),
-      "epochs": int(epoch),
-      "best_epoch": int(best_epoch),
-      "selection": "valid/recall@20" if ds.valid is not None else "last epoch",
-      "curve": curve,
+      "train_seconds": result.seconds,
+      "seconds_per_epoch": result.seconds / max(epochs_here, 1e-9),
+      "epochs": round(result.step / spe, 3),
+      "best_epoch": round(best_step / spe, 3),
+      "steps": int(result.step),
+      "steps_per_epoch": int(spe),
+      "stop_reason": result.stop_reason,
+      "selection": SELECT if ds.valid is not None else "last epoch",
+      "curve": _curve(result, spe),
   })
-  atomic_write_json(out / "metrics.json", result)
-  logging.info("LightGCN test: recall@20 %.4f ndcg@20 %.4f (epoch %d, %.0fs)",
-               result["test/recall@20"], result["test/ndcg@20"], best_epoch,
-               result["seconds"])
-  return result
+  atomic_write_json(out / "metrics.json", metrics)
+  logging.info("LightGCN test: recall@20 %.4f ndcg@20 %.4f hr@10 %.4f "
+               "(epoch %g of %g, %s, %.0fs)", metrics["test/recall@20"],
+               metrics["test/ndcg@20"], metrics["test/hr@10"],
+               metrics["best_epoch"], metrics["epochs"], result.stop_reason,
+               metrics["seconds"])
+  return metrics

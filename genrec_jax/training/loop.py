@@ -1,35 +1,62 @@
-"""A generic, resumable training loop for NNX models (1 or N devices).
+"""The one resumable training loop for NNX models (1 or N devices).
 
-  mesh = mesh_from_config(config.mesh)
-  result = train(model, loss_fn, dataset, config.train, mesh=mesh,
-                 ckpt_dir=workdir / "name/checkpoints", num_steps=1000,
-                 evaluate=lambda model: {"valid/ndcg@10": ...})
+  result = train(model, loss_fn, dataset, config.train,
+                 mesh=mesh_from_config(config.mesh), num_steps=1000,
+                 ckpt_dir=workdir / "name/checkpoints",
+                 evaluate=lambda model: {"valid/ndcg@10": ...},
+                 select="valid/ndcg@10")
 
-* Optimizer: optax AdamW (decoupled weight decay on >= 2-d params only) with
-  linear warm-up then cosine (or linear) decay, global-norm clipping.
-* Optional bfloat16 compute: f32 master params, cast to bf16 inside the loss
-  and merged into a model graph whose config has dtype=bfloat16.
-* One mesh (data / fsdp / tensor axes) from the config; params placed by the
-  logical-axis rules (training/sharding.py), the batch sharded over
-  data + fsdp; the same code runs on one device.
-* Multi-host ready: `maybe_initialize_distributed`, grain sharded by
-  `jax.process_index()` (the caller builds the per-process dataset), the
-  global batch assembled with `jax.make_array_from_process_local_data`.
-* Orbax `CheckpointManager`: params, optimizer state, step, early-stopping
-  state and the grain iterator state. Per-step randomness is
-  `fold_in(key(seed), step)`, never a Python-side stateful rng, so a run killed
-  at any point and restarted reaches bit-identical parameters (on CPU).
-* Logs step, loss, examples/s and ETA; writes `train_log.json` (the loss
-  curve) and TensorBoard event files (tensorboardX, when installed).
+The generative models, SASRec (training/sasrec_train.py) and LightGCN
+(graph/lightgcn_train.py) all train through `train`; its config fields are
+`configs/common.py: train()`.
+
+A step's batch (`dataset`) comes from one of
+  * a grain dataset (or any iterable) of per-process numpy batches (dicts of
+    [B_local, ...] arrays); a grain iterator's state is checkpointed; it may
+    end before num_steps (stop reason "data");
+  * a `BatchSource`: `source.next_batch(model, step)` -> the local numpy
+    batch of global step `step` given the CURRENT model (e.g. rollouts of
+    the current policy). It must be a deterministic function of (params,
+    step) - randomness from `fold_in(key, step)`, no stateful rng - and must
+    not keep the model (its arrays are donated to the step). Nothing of it
+    is checkpointed, and resume stays exact;
+  * None: the loss draws its data from the step key (LightGCN samples BPR
+    triples from the graph in the jitted step); the batch is `{}` and
+    `examples_per_step` counts a step's examples.
+Per-run constants (LightGCN's graph) live in the model as non-`nnx.Param`
+Variables: `nnx.split(model, nnx.Param, ...)` puts them in `rest`, placed on
+the mesh once and passed to every step as device arrays (no per-step
+transfer, nothing large closed over by jit, not checkpointed).
+
+* Optimizer: AdamW (decoupled weight decay on >= 2-d params; 0 = Adam),
+  linear warm-up then cosine / linear / constant decay, global-norm clipping.
+* Optional bfloat16 compute: f32 master params cast to bf16 in the loss.
+* One mesh (data / fsdp / tensor); params placed by the logical-axis rules
+  (training/sharding.py), the batch sharded over data + fsdp. Multi-host:
+  `maybe_initialize_distributed`, per-process datasets, the global batch
+  assembled with `jax.make_array_from_process_local_data`.
+* Orbax CheckpointManagers `latest/` (params, optimizer, step, early-stopping
+  state, curves, grain iterator) and `best/` (selected params). Per-step keys
+  are `fold_in(key(seed), step)`: a run killed anywhere and restarted
+  reaches bit-identical parameters (on CPU).
+* Retrace guard: the jitted step counts its traces; `TrainResult.traces`
+  should equal `TrainResult.batch_shapes` (one compilation per batch shape,
+  e.g. per SASRec length bucket); a warning is logged when it exceeds it.
+* Logs loss, examples/s and ETA; every aux scalar of the loss is summed over
+  the log window into the curve and TensorBoard (tensorboardX), and a
+  non-zero "dropped" (e.g. answer tokens cut by a loss budget) is logged as
+  a warning. `write_train_log` writes train_log.json.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import pathlib
+import shutil
 import time
-from typing import Callable, Iterable
+from typing import Any, Callable, Iterable, Protocol, runtime_checkable
 
 from absl import logging
 from flax import nnx
@@ -42,135 +69,40 @@ import optax
 import orbax.checkpoint as ocp
 
 from genrec_jax.data.dataset import atomic_write_json
+from genrec_jax.training import optimizer as optimizer_lib
 from genrec_jax.training import sharding
 
-MESH_AXES = ("data", "fsdp", "tensor")
 LossFn = Callable[[nnx.Module, dict[str, jax.Array], jax.Array],
                   tuple[jax.Array, dict[str, jax.Array]]]
+# Step metrics that are not aux scalars of the loss.
+_STEP_METRICS = ("loss", "grad_norm")
 
 
-def default_train_config() -> ml_collections.ConfigDict:
-  """The fields `train` reads (a stage config embeds these under .train)."""
-  c = ml_collections.ConfigDict()
-  # Peak learning rate.
-  c.learning_rate = 1e-3
-  # Linear warm-up steps from 0 to the peak.
-  c.warmup_steps = 100
-  # Decay after warm-up: "cosine", "linear" or "constant".
-  c.schedule = "cosine"
-  # Final learning rate as a fraction of the peak.
-  c.end_lr_ratio = 0.0
-  # AdamW moments and decoupled weight decay (matrices only).
-  c.b1 = 0.9
-  c.b2 = 0.999
-  c.weight_decay = 0.01
-  # Global-norm gradient clipping (0 = off).
-  c.grad_clip = 1.0
-  # "float32" or "bfloat16" activations (params always float32).
-  c.compute_dtype = "float32"
-  # Log a progress line every this many steps.
-  c.log_every = 50
-  # Save the resumable checkpoint every this many steps (and at the end).
-  c.checkpoint_every = 200
-  # Evaluate (early stopping) every this many steps (0 = only at the end).
-  c.eval_every = 0
-  # Stop after this many evaluations without improvement (0 = never).
-  c.patience = 0
-  # Wall-clock budget of the loop in minutes (0 = none).
-  c.max_minutes = 0.0
-  # Resume from the latest checkpoint when one exists.
-  c.resume = True
-  return c
+@runtime_checkable
+class BatchSource(Protocol):
+  """Batches that depend on the current parameters (see the module doc)."""
+
+  def next_batch(self, model: nnx.Module, step: int) -> dict[str, np.ndarray]:
+    """The local numpy batch of global step `step` (0-based) given `model`."""
 
 
-# ----------------------------------------------------------------------------
-# Optimizer.
+def reset_stale_checkpoints(ckpt_dir: str | pathlib.Path,
+                            fingerprint: dict[str, Any]) -> None:
+  """Deletes `ckpt_dir` when it was written under another fingerprint.
 
-
-def learning_rate_schedule(cfg: ml_collections.ConfigDict,
-                           total_steps: int) -> optax.Schedule:
-  """Linear warm-up to cfg.learning_rate, then cfg.schedule decay.
-
-  Args:
-    cfg: learning_rate, warmup_steps, schedule, end_lr_ratio.
-    total_steps: steps of the whole run (warm-up included).
-
-  Returns:
-    step -> learning rate.
+  Resuming needs the same model, data order and optimizer; the caller
+  passes what determines them (JSON-able). A folder without the
+  fingerprint file (an older format) is deleted too.
   """
-  peak = float(cfg.learning_rate)
-  warmup = int(min(cfg.warmup_steps, max(total_steps - 1, 0)))
-  end = peak * float(cfg.end_lr_ratio)
-  decay = max(total_steps - warmup, 1)
-  if cfg.schedule == "cosine":
-    after = optax.cosine_decay_schedule(peak, decay, alpha=cfg.end_lr_ratio)
-  elif cfg.schedule == "linear":
-    after = optax.linear_schedule(peak, end, decay)
-  elif cfg.schedule == "constant":
-    after = optax.constant_schedule(peak)
-  else:
-    raise ValueError(f"config field 'train.schedule': {cfg.schedule!r} is not "
-                     "cosine, linear or constant")
-  if warmup == 0:
-    return after
-  return optax.join_schedules(
-      [optax.linear_schedule(0.0, peak, warmup), after], [warmup])
-
-
-def make_optimizer(cfg: ml_collections.ConfigDict,
-                   total_steps: int) -> optax.GradientTransformation:
-  """Clip by global norm, then AdamW on the schedule."""
-  decay_mask = lambda params: jax.tree.map(lambda x: x.ndim >= 2, params)
-  tx = optax.adamw(learning_rate_schedule(cfg, total_steps), b1=cfg.b1,
-                   b2=cfg.b2, eps=1e-8, weight_decay=cfg.weight_decay,
-                   mask=decay_mask)
-  if cfg.grad_clip:
-    tx = optax.chain(optax.clip_by_global_norm(cfg.grad_clip), tx)
-  return tx
-
-
-# ----------------------------------------------------------------------------
-# Mesh and devices.
-
-
-def maybe_initialize_distributed(config: ml_collections.ConfigDict) -> None:
-  """`jax.distributed.initialize()` when config.distributed is set (once)."""
-  if not config.get("distributed", False):
-    return
-  if jax.distributed.is_initialized():
-    return
-  jax.distributed.initialize()
-  logging.info("jax.distributed: process %d of %d, %d local / %d devices",
-               jax.process_index(), jax.process_count(),
-               jax.local_device_count(), jax.device_count())
-
-
-def mesh_from_config(mesh_cfg) -> jax.sharding.Mesh:
-  """Mesh with axes (data, fsdp, tensor); one -1 takes the other devices.
-
-  Args:
-    mesh_cfg: a ConfigDict/dict with `shape` (3 ints) or None (all devices
-      on data).
-  """
-  shape = (-1, 1, 1) if mesh_cfg is None else tuple(mesh_cfg["shape"])
-  axes = MESH_AXES if mesh_cfg is None else tuple(
-      mesh_cfg.get("axes", MESH_AXES))
-  return sharding.make_mesh(shape, axes)
-
-
-def data_parallel_size(mesh: jax.sharding.Mesh) -> int:
-  """Devices the batch is split over (data x fsdp)."""
-  return math.prod(mesh.shape.get(a, 1) for a in ("data", "fsdp"))
-
-
-def _global_batch(batch: dict[str, np.ndarray], mesh) -> dict[str, jax.Array]:
-  """Host-local numpy batch -> global arrays sharded over data + fsdp."""
-  out = {}
-  for k, v in batch.items():
-    v = np.asarray(v)
-    out[k] = jax.make_array_from_process_local_data(
-        sharding.batch_sharding(mesh, v.ndim), v)
-  return out
+  ckpt_dir = pathlib.Path(ckpt_dir)
+  text = json.dumps(fingerprint, sort_keys=True, default=str)
+  path = ckpt_dir / "config.json"
+  if ckpt_dir.exists() and (not path.exists() or path.read_text() != text):
+    logging.warning("%s: written by another configuration; starting afresh",
+                    ckpt_dir)
+    shutil.rmtree(ckpt_dir)
+  ckpt_dir.mkdir(parents=True, exist_ok=True)
+  path.write_text(text)
 
 
 # ----------------------------------------------------------------------------
@@ -193,13 +125,20 @@ def _compute_graphdef(model: nnx.Module, compute_dtype: str):
 
 
 def make_train_step(graphdef, tx: optax.GradientTransformation,
-                    loss_fn: LossFn, compute_dtype: str = "float32"):
-  """(params, opt_state, rest, batch, base_key, step) -> (params, opt_state,
-  metrics); the loss gets fold_in(base_key, step) (folded inside the jit: an
-  eager fold_in would wait for the previous step)."""
+                    loss_fn: LossFn, compute_dtype: str = "float32",
+                    on_trace: Callable[[], None] | None = None):
+  """The jitted step (params, opt_state, rest, batch, base_key, step) ->
+  (params, opt_state, metrics).
+
+  The loss gets fold_in(base_key, step) (folded inside the jit: an eager
+  fold_in would wait for the previous step). `on_trace` is called each time
+  the step is traced (the retrace guard).
+  """
   dt = jnp.dtype(compute_dtype)
 
   def step(params, opt_state, rest, batch, base_key, step):
+    if on_trace is not None:
+      on_trace()
     key = jax.random.fold_in(base_key, step)
 
     def objective(p):
@@ -227,15 +166,20 @@ class TrainResult:
 
   Attributes:
     model: the model holding the selected parameters (best evaluation when
-      `evaluate` was given, else the last step).
+      `select` was given, else the last step).
     step: steps done (including those before a resume).
-    best: best value of the selection metric (None without evaluation).
+    best: best value of the selection metric (None without selection).
     best_step: step of `best`.
-    curve: [{"step", "loss", ...}] logged points (the whole run).
+    curve: [{"step", "loss", "grad_norm", "learning_rate", "examples_per_s",
+      aux...}] logged points (the whole run; aux scalars summed over the
+      window).
     evals: [{"step", metric: value}] evaluations (the whole run).
     stop_reason: "steps", "data", "patience" or "budget".
     seconds: wall time of this call.
     examples: training examples seen in this call.
+    traces: times the train step was traced (compiled) in this call.
+    batch_shapes: distinct batch shapes it saw in this call.
+    aux_totals: every aux scalar summed over the whole run.
   """
   model: nnx.Module
   step: int
@@ -246,6 +190,9 @@ class TrainResult:
   stop_reason: str
   seconds: float
   examples: int
+  traces: int = 0
+  batch_shapes: int = 0
+  aux_totals: dict[str, float] = dataclasses.field(default_factory=dict)
 
 
 class _Summary:
@@ -274,14 +221,293 @@ class _Summary:
       self.writer.close()
 
 
-def _meta(step, best, best_step, bad_evals, curve, evals, elapsed):
-  return {"step": int(step), "best": best, "best_step": int(best_step),
-          "bad_evals": int(bad_evals), "curve": curve, "evals": evals,
-          "elapsed": float(elapsed)}
+class _Batches:
+  """The next local batch, from a dataset, a BatchSource or the loss."""
+
+  def __init__(self, dataset, examples_per_step: int | None,
+               examples_key: str | None):
+    self.source = dataset if isinstance(dataset, BatchSource) else None
+    self.it = None
+    if dataset is not None and self.source is None:
+      self.it = iter(dataset)
+    if dataset is None and not examples_per_step:
+      raise ValueError("train: dataset=None (the loss draws its data) needs "
+                       "examples_per_step")
+    self.examples_per_step = examples_per_step
+    self.examples_key = examples_key
+    self.shapes = set()
+
+  @property
+  def checkpointable(self) -> bool:
+    return self.it is not None and hasattr(self.it, "get_state")
+
+  def next(self, model_fn: Callable[[], nnx.Module], step: int):
+    """(local numpy batch, examples it counts globally); StopIteration."""
+    if self.source is not None:
+      local = self.source.next_batch(model_fn(), step)
+    elif self.it is not None:
+      local = next(self.it)
+    else:
+      local = {}
+    self.shapes.add(tuple(sorted(
+        (k, np.shape(v), np.asarray(v).dtype.str) for k, v in local.items())))
+    if self.examples_per_step:
+      return local, int(self.examples_per_step)
+    key = self.examples_key or next(iter(local))
+    return local, int(np.shape(local[key])[0]) * jax.process_count()
+
+
+@dataclasses.dataclass
+class _Progress:
+  """The checkpointed loop state besides params and optimizer state."""
+  step: int = 0
+  best: float | None = None
+  best_step: int = 0
+  bad_evals: int = 0
+  curve: list = dataclasses.field(default_factory=list)
+  evals: list = dataclasses.field(default_factory=list)
+  totals: dict = dataclasses.field(default_factory=dict)  # aux sums
+  elapsed: float = 0.0  # loop seconds before this call
+
+
+class _Trainer:
+  """One `train` call: state, checkpoints, logging (see `train`)."""
+
+  def __init__(self, model, loss_fn, dataset, cfg, *, mesh, ckpt_dir,
+               num_steps, seed, evaluate, select, summary_dir, examples_key,
+               examples_per_step, name):
+    self.cfg, self.mesh, self.num_steps, self.name = cfg, mesh, num_steps, name
+    self.evaluate, self.select = evaluate, select
+    model = sharding.shard_model(model, mesh)
+    self.graphdef, self.params, self.rest = nnx.split(model, nnx.Param, ...)
+    tx = optimizer_lib.make_optimizer(cfg, num_steps)
+    with jax.set_mesh(mesh):
+      self.opt_state = jax.jit(tx.init)(self.params)
+    self.traces = 0
+    self.step_fn = make_train_step(
+        _compute_graphdef(model, cfg.compute_dtype), tx, loss_fn,
+        cfg.compute_dtype, on_trace=self._count_trace)
+    self.batches = _Batches(dataset, examples_per_step, examples_key)
+    ckpt_dir = pathlib.Path(ckpt_dir).resolve()
+    self.ckpt_dir = ckpt_dir
+    opts = ocp.CheckpointManagerOptions(max_to_keep=1, create=True)
+    self.latest = ocp.CheckpointManager(ckpt_dir / "latest", options=opts)
+    self.best_mngr = ocp.CheckpointManager(ckpt_dir / "best", options=opts)
+    self.summary = _Summary(None if summary_dir is None else pathlib.Path(
+        summary_dir))
+    self.base_key = jax.random.key(seed)
+    self.p = _Progress()
+    self.window: list[dict[str, jax.Array]] = []
+    self.window_examples = 0
+    self.seen = 0
+    self.t_loop = self.t_window = time.time()
+    self.warned_retrace = False
+
+  def _count_trace(self):
+    self.traces += 1
+
+  def model_of(self, params) -> nnx.Module:
+    return nnx.merge(self.graphdef, params, self.rest)
+
+  def elapsed(self) -> float:
+    return self.p.elapsed + time.time() - self.t_loop
+
+  # -- checkpoints -----------------------------------------------------------
+
+  def restore(self) -> None:
+    at = self.latest.latest_step()
+    if not self.cfg.resume or at is None:
+      return
+    abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct,
+                            {"params": self.params, "opt": self.opt_state})
+    items = {"state": ocp.args.StandardRestore(abstract),
+             "meta": ocp.args.JsonRestore()}
+    if self.batches.checkpointable:
+      items["data_iter"] = grain.checkpoint.CheckpointRestore(self.batches.it)
+    restored = self.latest.restore(at, args=ocp.args.Composite(**items))
+    self.params = restored["state"]["params"]
+    self.opt_state = restored["state"]["opt"]
+    self.p = _Progress(**restored["meta"])
+    logging.info("%s: resumed from %s at step %d", self.name,
+                 self.ckpt_dir / "latest", self.p.step)
+
+  def save(self) -> None:
+    meta = dataclasses.asdict(self.p)
+    meta["elapsed"] = self.elapsed()
+    for k, v in self._window_sums().items():  # not yet logged
+      meta["totals"][k] = meta["totals"].get(k, 0.0) + v
+    items = {"state": ocp.args.StandardSave({"params": self.params,
+                                             "opt": self.opt_state}),
+             "meta": ocp.args.JsonSave(meta)}
+    if self.batches.checkpointable:
+      items["data_iter"] = grain.checkpoint.CheckpointSave(self.batches.it)
+    self.latest.save(self.p.step, args=ocp.args.Composite(**items),
+                     force=True)
+
+  def selected_params(self):
+    """The best evaluation's params (with selection), else the last."""
+    self.latest.wait_until_finished()
+    self.best_mngr.wait_until_finished()
+    if self.select is None or self.best_mngr.latest_step() is None:
+      return self.params
+    abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct,
+                            {"params": self.params})
+    return self.best_mngr.restore(self.best_mngr.latest_step(), args=(
+        ocp.args.Composite(state=ocp.args.StandardRestore(abstract))))[
+            "state"]["params"]
+
+  def close(self) -> None:
+    self.latest.close()
+    self.best_mngr.close()
+    self.summary.close()
+
+  # -- evaluation ------------------------------------------------------------
+
+  def run_eval(self) -> None:
+    p, step = self.p, self.p.step
+    values = {k: float(v) for k, v in self.evaluate(
+        self.model_of(self.params)).items()}
+    p.evals.append({"step": step, **values})
+    self.summary.scalars(step, values)
+    text = " ".join(f"{k} {v:.4f}" for k, v in values.items()
+                    if k != self.select)
+    if self.select is None:
+      logging.info("%s: step %d %s", self.name, step, text)
+      return
+    value = values[self.select]
+    if p.best is None or value > p.best:
+      p.best, p.best_step, p.bad_evals = value, step, 0
+      if step in self.best_mngr.all_steps():  # saved before a kill, replayed
+        self.best_mngr.delete(step)
+      self.best_mngr.save(step, args=ocp.args.Composite(
+          state=ocp.args.StandardSave({"params": self.params})), force=True)
+    else:
+      p.bad_evals += 1
+    logging.info("%s: step %d %s %.4f (best %.4f @ %d) %s", self.name, step,
+                 self.select, value, p.best, p.best_step, text)
+
+  # -- logging ---------------------------------------------------------------
+
+  def _window_sums(self, host=None) -> dict[str, float]:
+    """Aux scalars summed over the steps since the last log point."""
+    if host is None:
+      host = jax.device_get(self.window)
+    keys = [k for k in (host[0] if host else {}) if k not in _STEP_METRICS]
+    return {k: float(np.sum([np.asarray(m[k], np.float64) for m in host]))
+            for k in keys}
+
+  def log_point(self) -> None:
+    """Appends a curve point for the window, logs it, clears the window."""
+    p, cfg, step = self.p, self.cfg, self.p.step
+    host = jax.device_get(self.window)
+    loss = float(np.mean([np.asarray(m["loss"], np.float64) for m in host]))
+    if not math.isfinite(loss):
+      raise FloatingPointError(f"{self.name}: loss is {loss} at step {step}")
+    sums = self._window_sums(host)
+    now = time.time()
+    rate = self.window_examples / max(now - self.t_window, 1e-9)
+    per_step = (now - self.t_loop) / max(step - self.start_step, 1)
+    eta = per_step * (self.num_steps - step)
+    if cfg.max_minutes:
+      eta = min(eta, max(0.0, cfg.max_minutes * 60.0 - self.elapsed()))
+    point = {"step": step, "loss": loss,
+             "grad_norm": float(host[-1]["grad_norm"]),
+             "learning_rate": float(optimizer_lib.learning_rate_schedule(
+                 cfg, self.num_steps)(step - 1)),
+             "examples_per_s": rate, **sums}
+    p.curve.append(point)
+    for k, v in sums.items():
+      p.totals[k] = p.totals.get(k, 0.0) + v
+    self.summary.scalars(step, {f"train/{k}": v for k, v in point.items()
+                                if k != "step"})
+    logging.info("%s: step %d/%d loss %.4f lr %.2e %.0f examples/s, "
+                 "%.0fs elapsed, ETA %.0fs", self.name, step, self.num_steps,
+                 loss, point["learning_rate"], rate, now - self.t_loop, eta)
+    if sums.get("dropped", 0.0) > 0:
+      logging.warning("%s: aux 'dropped' = %g in the %d steps to step %d "
+                      "(the loss's budget cut them; %g in the whole run)",
+                      self.name, sums["dropped"], len(host), step,
+                      p.totals["dropped"])
+    self.t_window, self.window_examples, self.window = now, 0, []
+
+  # -- the loop --------------------------------------------------------------
+
+  def one_step(self) -> bool:
+    """Runs one step; False when the data ran out."""
+    try:
+      local, n = self.batches.next(lambda: self.model_of(self.params),
+                                   self.p.step)
+    except StopIteration:
+      return False
+    batch = sharding.global_batch(local, self.mesh)
+    self.params, self.opt_state, metrics = self.step_fn(
+        self.params, self.opt_state, self.rest, batch, self.base_key,
+        np.asarray(self.p.step, np.int32))
+    self.p.step += 1
+    shapes = len(self.batches.shapes)
+    if self.traces > shapes and not self.warned_retrace:  # retrace guard
+      self.warned_retrace = True
+      logging.warning("%s: the train step was traced %d times for %d batch "
+                      "shape(s) by step %d: an input's dtype, weak type or "
+                      "sharding changes between steps", self.name,
+                      self.traces, shapes, self.p.step)
+    self.window.append(metrics)
+    self.window_examples += n
+    self.seen += n
+    return True
+
+  def stop_after_step(self) -> str | None:
+    """Logs / evaluates / saves after a step; a stop reason or None."""
+    cfg, step = self.cfg, self.p.step
+    if step % cfg.log_every == 0 or step == self.num_steps:
+      self.log_point()
+    if self.evaluate is not None and cfg.eval_every and (
+        step % cfg.eval_every == 0) and step < self.num_steps:
+      self.run_eval()
+      if self.select and cfg.patience and self.p.bad_evals >= cfg.patience:
+        logging.info("%s: early stop at step %d (%d evaluations without a "
+                     "better %s)", self.name, step, self.p.bad_evals,
+                     self.select)
+        return "patience"
+    if cfg.max_minutes and self.elapsed() > cfg.max_minutes * 60.0:
+      logging.info("%s: time budget of %.1f min reached at step %d",
+                   self.name, cfg.max_minutes, step)
+      return "budget"
+    # The last step is saved by `run`, after the final evaluation.
+    if (cfg.checkpoint_every and step % cfg.checkpoint_every == 0
+        and step < self.num_steps):
+      self.save()
+    return None
+
+  def run(self) -> str:
+    """Trains to num_steps (or a stop); returns the stop reason."""
+    self.restore()
+    self.t_loop = self.t_window = time.time()
+    self.start_step = self.p.step
+    stop_reason = "steps"
+    with jax.set_mesh(self.mesh), nnx.logical_axis_rules(
+        sharding.DEFAULT_RULES):
+      while self.p.step < self.num_steps:
+        if not self.one_step():
+          stop_reason = "data"
+          break
+        reason = self.stop_after_step()
+        if reason:
+          stop_reason = reason
+          break
+      if self.window:
+        self.log_point()
+      if self.evaluate is not None and (
+          not self.p.evals or self.p.evals[-1]["step"] != self.p.step):
+        self.run_eval()
+    if self.latest.latest_step() != self.p.step:
+      self.save()
+    return stop_reason
 
 
 def train(model: nnx.Module, loss_fn: LossFn,
-          dataset: grain.IterDataset | Iterable[dict[str, np.ndarray]],
+          dataset: (grain.IterDataset | Iterable[dict[str, np.ndarray]]
+                    | BatchSource | None),
           cfg: ml_collections.ConfigDict, *,
           mesh: jax.sharding.Mesh,
           ckpt_dir: str | pathlib.Path,
@@ -291,187 +517,61 @@ def train(model: nnx.Module, loss_fn: LossFn,
           select: str | None = None,
           summary_dir: str | pathlib.Path | None = None,
           examples_key: str | None = None,
+          examples_per_step: int | None = None,
           name: str = "train") -> TrainResult:
-  """Trains `model` on `dataset` for up to `num_steps` steps (resumable).
+  """Trains `model` for up to `num_steps` steps (resumable).
 
   Args:
-    model: the NNX model (f32 params); it is placed on `mesh` here.
+    model: the NNX model (f32 params; non-Param Variables are per-run
+      constants); it is placed on `mesh` here.
     loss_fn: (model, batch of global arrays, key) -> (scalar loss, aux
-      scalars). `key` is fold_in(key(seed), step) (for dropout).
-    dataset: a grain IterDataset (or MapDataset) yielding per-process numpy
-      batches (dicts of [B_local, ...] arrays); its iterator state is
-      checkpointed. It may end before num_steps (stop reason "data").
-    cfg: the train config (see `default_train_config`).
+      scalars). `key` is fold_in(key(seed), step) (dropout, sampling).
+    dataset: a grain dataset / iterable of local numpy batches, a
+      `BatchSource`, or None (the loss draws its data; see the module doc).
+    cfg: the train config (configs/common.py: train()).
     mesh: from `mesh_from_config`.
     ckpt_dir: holds `latest/` (resume) and `best/` (selected params).
     num_steps: total steps (also the schedule length).
     seed: base of the per-step keys.
     evaluate: model -> metrics, run every cfg.eval_every steps and at the
       end; must be deterministic for exact resume.
-    select: metric of `evaluate` to maximise (early stopping, best params).
+    select: metric of `evaluate` to maximise (early stopping, best params);
+      None with `evaluate`: evaluations only monitor, the last params win.
     summary_dir: TensorBoard log folder (None: none).
     examples_key: batch field whose leading size counts examples (default:
       the first field).
+    examples_per_step: global examples one step counts (overrides
+      examples_key; required with dataset=None).
     name: prefix of log lines.
 
   Returns:
     TrainResult.
   """
   t_call = time.time()
-  ckpt_dir = pathlib.Path(ckpt_dir).resolve()
-  if evaluate is not None and not select:
-    raise ValueError("train: `select` names the metric of `evaluate`")
-  model = sharding.shard_model(model, mesh)
-  graphdef, params, rest = nnx.split(model, nnx.Param, ...)
-  compute = _compute_graphdef(model, cfg.compute_dtype)
-  tx = make_optimizer(cfg, num_steps)
-  with jax.set_mesh(mesh):
-    opt_state = jax.jit(tx.init)(params)
-  train_step = make_train_step(compute, tx, loss_fn, cfg.compute_dtype)
-
-  it = iter(dataset)
-  opts = ocp.CheckpointManagerOptions(max_to_keep=1, create=True)
-  latest = ocp.CheckpointManager(ckpt_dir / "latest", options=opts)
-  best_mngr = ocp.CheckpointManager(ckpt_dir / "best", options=opts)
-  has_iter_state = hasattr(it, "get_state")
-
-  step, best, best_step, bad_evals = 0, None, 0, 0
-  curve, evals, elapsed_before = [], [], 0.0
-  if cfg.resume and latest.latest_step() is not None:
-    at = latest.latest_step()
-    abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct,
-                            {"params": params, "opt": opt_state})
-    items = {"state": ocp.args.StandardRestore(abstract),
-             "meta": ocp.args.JsonRestore()}
-    if has_iter_state:
-      items["data_iter"] = grain.checkpoint.CheckpointRestore(it)
-    restored = latest.restore(at, args=ocp.args.Composite(**items))
-    params = restored["state"]["params"]
-    opt_state = restored["state"]["opt"]
-    meta = restored["meta"]
-    step, best, best_step = meta["step"], meta["best"], meta["best_step"]
-    bad_evals, curve, evals = meta["bad_evals"], meta["curve"], meta["evals"]
-    elapsed_before = meta["elapsed"]
-    logging.info("%s: resumed from %s at step %d", name, ckpt_dir / "latest",
-                 step)
-
-  def save(step):
-    meta = _meta(step, best, best_step, bad_evals, curve, evals,
-                 elapsed_before + time.time() - t_loop)
-    items = {"state": ocp.args.StandardSave({"params": params,
-                                             "opt": opt_state}),
-             "meta": ocp.args.JsonSave(meta)}
-    if has_iter_state:
-      items["data_iter"] = grain.checkpoint.CheckpointSave(it)
-    latest.save(step, args=ocp.args.Composite(**items), force=True)
-
-  def model_of(p):
-    return nnx.merge(graphdef, p, rest)
-
-  def run_eval(step):
-    nonlocal best, best_step, bad_evals
-    with jax.set_mesh(mesh), nnx.logical_axis_rules(sharding.DEFAULT_RULES):
-      values = {k: float(v) for k, v in evaluate(model_of(params)).items()}
-    evals.append({"step": step, **values})
-    value = values[select]
-    if best is None or value > best:
-      best, best_step, bad_evals = value, step, 0
-      if step in best_mngr.all_steps():  # saved before a kill, replayed
-        best_mngr.delete(step)
-      best_mngr.save(step, args=ocp.args.Composite(
-          state=ocp.args.StandardSave({"params": params})), force=True)
-    else:
-      bad_evals += 1
-    summary.scalars(step, values)
-    logging.info("%s: step %d %s %.4f (best %.4f @ %d)", name, step, select,
-                 value, best, best_step)
-
-  summary = _Summary(None if summary_dir is None else pathlib.Path(
-      summary_dir))
-  base_key = jax.random.key(seed)
-  t_loop = time.time()
-  t_window, seen, window_examples, window_steps = t_loop, 0, 0, 0
-  window_losses = []
-  stop_reason = "steps"
-  start_step = step
-  budget = cfg.max_minutes * 60.0 if cfg.max_minutes else 0.0
-  with jax.set_mesh(mesh), nnx.logical_axis_rules(sharding.DEFAULT_RULES):
-    while step < num_steps:
-      try:
-        local = next(it)
-      except StopIteration:
-        stop_reason = "data"
-        break
-      key_field = examples_key or next(iter(local))
-      n_local = int(np.shape(local[key_field])[0])
-      batch = _global_batch(local, mesh)
-      params, opt_state, metrics = train_step(
-          params, opt_state, rest, batch, base_key,
-          np.asarray(step, np.int32))
-      step += 1
-      window_losses.append(metrics["loss"])
-      window_examples += n_local * jax.process_count()
-      window_steps += 1
-      seen += n_local * jax.process_count()
-      if step % cfg.log_every == 0 or step == num_steps:
-        loss = float(jnp.mean(jnp.stack(window_losses)))
-        if not math.isfinite(loss):
-          raise FloatingPointError(f"{name}: loss is {loss} at step {step}")
-        now = time.time()
-        rate = window_examples / max(now - t_window, 1e-9)
-        per_step = (now - t_loop) / max(step - start_step, 1)
-        eta = per_step * (num_steps - step)
-        if budget:
-          eta = min(eta, max(0.0, budget - (now - t_loop + elapsed_before)))
-        point = {"step": step, "loss": loss,
-                 "grad_norm": float(metrics["grad_norm"]),
-                 "learning_rate": float(learning_rate_schedule(
-                     cfg, num_steps)(step - 1)),
-                 "examples_per_s": rate}
-        curve.append(point)
-        summary.scalars(step, {f"train/{k}": v for k, v in point.items()
-                               if k != "step"})
-        logging.info("%s: step %d/%d loss %.4f lr %.2e %.0f examples/s, "
-                     "%.0fs elapsed, ETA %.0fs", name, step, num_steps, loss,
-                     point["learning_rate"], rate, now - t_loop, eta)
-        t_window, window_examples, window_steps = now, 0, 0
-        window_losses = []
-      if evaluate is not None and cfg.eval_every and (
-          step % cfg.eval_every == 0) and step < num_steps:
-        run_eval(step)
-        if cfg.patience and bad_evals >= cfg.patience:
-          stop_reason = "patience"
-          logging.info("%s: early stop at step %d (%d evaluations without a "
-                       "better %s)", name, step, bad_evals, select)
-          break
-      if cfg.checkpoint_every and step % cfg.checkpoint_every == 0:
-        save(step)
-      if budget and time.time() - t_loop + elapsed_before > budget:
-        stop_reason = "budget"
-        logging.info("%s: time budget of %.1f min reached at step %d", name,
-                     cfg.max_minutes, step)
-        break
-    if evaluate is not None and (not evals or evals[-1]["step"] != step):
-      run_eval(step)
-  if latest.latest_step() != step:
-    save(step)
-  latest.wait_until_finished()
-  best_mngr.wait_until_finished()
-  if evaluate is not None and best_mngr.latest_step() is not None:
-    abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct,
-                            {"params": params})
-    params = best_mngr.restore(best_mngr.latest_step(), args=(
-        ocp.args.Composite(state=ocp.args.StandardRestore(abstract))))[
-            "state"]["params"]
-  latest.close()
-  best_mngr.close()
-  summary.close()
+  if select is not None and evaluate is None:
+    raise ValueError("train: `select` names a metric of `evaluate`, which is "
+                     "missing")
+  trainer = _Trainer(model, loss_fn, dataset, cfg, mesh=mesh,
+                     ckpt_dir=ckpt_dir, num_steps=num_steps, seed=seed,
+                     evaluate=evaluate, select=select,
+                     summary_dir=summary_dir, examples_key=examples_key,
+                     examples_per_step=examples_per_step, name=name)
+  try:
+    stop_reason = trainer.run()
+    params = trainer.selected_params()
+  finally:
+    trainer.close()
+  p = trainer.p
   seconds = time.time() - t_call
-  logging.info("%s: stopped (%s) at step %d after %.0fs", name, stop_reason,
-               step, seconds)
-  return TrainResult(model=model_of(params), step=step, best=best,
-                     best_step=best_step, curve=curve, evals=evals,
-                     stop_reason=stop_reason, seconds=seconds, examples=seen)
+  logging.info("%s: stopped (%s) at step %d after %.0fs; train step traced "
+               "%d time(s) for %d batch shape(s)", name, stop_reason, p.step,
+               seconds, trainer.traces, len(trainer.batches.shapes))
+  return TrainResult(model=trainer.model_of(params), step=p.step,
+                     best=p.best, best_step=p.best_step, curve=p.curve,
+                     evals=p.evals, stop_reason=stop_reason, seconds=seconds,
+                     examples=trainer.seen, traces=trainer.traces,
+                     batch_shapes=len(trainer.batches.shapes),
+                     aux_totals=dict(p.totals))
 
 
 def write_train_log(path: str | pathlib.Path, result: TrainResult) -> None:
@@ -479,7 +579,10 @@ def write_train_log(path: str | pathlib.Path, result: TrainResult) -> None:
   atomic_write_json(path, {"curve": result.curve, "evals": result.evals,
                            "step": result.step, "best": result.best,
                            "best_step": result.best_step,
-                           "stop_reason": result.stop_reason})
+                           "stop_reason": result.stop_reason,
+                           "aux_totals": result.aux_totals,
+                           "traces": result.traces,
+                           "batch_shapes": result.batch_shapes})
 
 
 def params_digest(model: nnx.Module) -> dict[str, str]:
@@ -491,4 +594,3 @@ def params_digest(model: nnx.Module) -> dict[str, str]:
     out["/".join(str(p) for p in path)] = hashlib.sha1(
         arr.tobytes()).hexdigest()
   return out
-

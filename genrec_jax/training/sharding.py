@@ -21,7 +21,9 @@ from typing import Any, Callable, Sequence
 
 from absl import logging
 from flax import nnx
+import ml_collections
 import jax
+import numpy as np
 from jax.sharding import AxisType, NamedSharding, PartitionSpec as P
 
 from genrec_jax.models import layers
@@ -151,3 +153,59 @@ def batch_sharding(mesh: jax.sharding.Mesh, ndim: int,
   keep = tuple(a for a in axes if a in mesh.shape)
   first = None if not keep else keep[0] if len(keep) == 1 else keep
   return NamedSharding(mesh, P(first, *([None] * (ndim - 1))))
+
+
+# ----------------------------------------------------------------------------
+# Meshes from configs, processes.
+
+MESH_AXES = ("data", "fsdp", "tensor")
+
+
+def maybe_initialize_distributed(config: ml_collections.ConfigDict) -> None:
+  """`jax.distributed.initialize()` when config.distributed is set (once)."""
+  if not config.get("distributed", False):
+    return
+  if jax.distributed.is_initialized():
+    return
+  jax.distributed.initialize()
+  logging.info("jax.distributed: process %d of %d, %d local / %d devices",
+               jax.process_index(), jax.process_count(),
+               jax.local_device_count(), jax.device_count())
+
+
+def mesh_from_config(mesh_cfg) -> jax.sharding.Mesh:
+  """Mesh with axes (data, fsdp, tensor); one -1 takes the other devices.
+
+  Args:
+    mesh_cfg: a ConfigDict/dict with `shape` (3 ints), optional `axes` and
+      optional `num_devices` (use only the first n devices, single process;
+      0 or absent = all), or None (all devices on data).
+  """
+  mesh_cfg = mesh_cfg or {"shape": (-1, 1, 1)}
+  shape = list(mesh_cfg["shape"])
+  axes = tuple(mesh_cfg.get("axes", MESH_AXES))
+  n = int(mesh_cfg.get("num_devices", 0) or 0)
+  if not n or n == jax.device_count():
+    return make_mesh(shape, axes)
+  if -1 in shape:
+    shape[shape.index(-1)] = n // math.prod(s for s in shape if s != -1)
+  if math.prod(shape) != n:
+    raise ValueError(f"config field 'mesh': shape {tuple(shape)} does not "
+                     f"use num_devices={n} ({jax.device_count()} present)")
+  return jax.sharding.Mesh(np.array(jax.devices()[:n]).reshape(shape), axes,
+                           axis_types=(jax.sharding.AxisType.Auto,) * len(axes))
+
+
+def data_parallel_size(mesh: jax.sharding.Mesh) -> int:
+  """Devices the batch is split over (data x fsdp)."""
+  return math.prod(mesh.shape.get(a, 1) for a in ("data", "fsdp"))
+
+
+def global_batch(batch: dict[str, np.ndarray], mesh) -> dict[str, jax.Array]:
+  """Host-local numpy batch -> global arrays sharded over data + fsdp."""
+  out = {}
+  for k, v in batch.items():
+    v = np.asarray(v)
+    out[k] = jax.make_array_from_process_local_data(
+        batch_sharding(mesh, v.ndim), v)
+  return out

@@ -1,0 +1,44 @@
+"""Config pieces every stage shares (no library imports: configs stay light).
+
+`train()` holds the fields the one trainer (genrec_jax/training/loop.py)
+reads; every training stage's `config.train` starts from it, so the same
+knob has the same name in SASRec, LightGCN and the generative models.
+Periods are in steps here; configs/sasrec.py and configs/lightgcn.py count
+eval_every, log_every and checkpoint_every in epochs (their stages convert
+them with genrec_jax.training.optimizer.epochs_to_steps).
+"""
+import ml_collections
+
+
+def train() -> ml_collections.ConfigDict:
+  """The fields `genrec_jax.training.loop.train` reads."""
+  c = ml_collections.ConfigDict()
+  # Peak learning rate.
+  c.learning_rate = 1e-3
+  # Linear warm-up steps from 0 to the peak.
+  c.warmup_steps = 100
+  # Decay after warm-up: "cosine", "linear" or "constant".
+  c.schedule = "cosine"
+  # Final learning rate as a fraction of the peak.
+  c.end_lr_ratio = 0.0
+  # AdamW moments and decoupled weight decay (matrices only).
+  c.b1 = 0.9
+  c.b2 = 0.999
+  c.weight_decay = 0.01
+  # Global-norm gradient clipping (0 = off).
+  c.grad_clip = 1.0
+  # "float32" or "bfloat16" activations (params always float32).
+  c.compute_dtype = "float32"
+  # Log a progress line every this many steps.
+  c.log_every = 50
+  # Save the resumable checkpoint every this many steps (and at the end).
+  c.checkpoint_every = 200
+  # Evaluate (early stopping) every this many steps (0 = only at the end).
+  c.eval_every = 0
+  # Stop after this many evaluations without improvement (0 = never).
+  c.patience = 0
+  # Wall-clock budget of the loop in minutes (0 = none).
+  c.max_minutes = 0.0
+  # Resume from the latest checkpoint when one exists.
+  c.resume = True
+  return c

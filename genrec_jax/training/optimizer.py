@@ -1,0 +1,68 @@
+"""The trainer's optimizer: AdamW on a warm-up + decay schedule.
+
+`configs/common.py: train()` holds the fields (learning_rate, warmup_steps,
+schedule, end_lr_ratio, b1, b2, weight_decay, grad_clip); SASRec and
+LightGCN count some periods in epochs (`epochs_to_steps`).
+"""
+
+from __future__ import annotations
+
+import jax
+import ml_collections
+import optax
+
+
+def learning_rate_schedule(cfg: ml_collections.ConfigDict,
+                           total_steps: int) -> optax.Schedule:
+  """Linear warm-up to cfg.learning_rate, then cfg.schedule decay.
+
+  Args:
+    cfg: learning_rate, warmup_steps, schedule, end_lr_ratio.
+    total_steps: steps of the whole run (warm-up included).
+
+  Returns:
+    step -> learning rate.
+  """
+  peak = float(cfg.learning_rate)
+  warmup = int(min(cfg.warmup_steps, max(total_steps - 1, 0)))
+  end = peak * float(cfg.end_lr_ratio)
+  decay = max(total_steps - warmup, 1)
+  if cfg.schedule == "cosine":
+    after = optax.cosine_decay_schedule(peak, decay, alpha=cfg.end_lr_ratio)
+  elif cfg.schedule == "linear":
+    after = optax.linear_schedule(peak, end, decay)
+  elif cfg.schedule == "constant":
+    after = optax.constant_schedule(peak)
+  else:
+    raise ValueError(f"config field 'train.schedule': {cfg.schedule!r} is not "
+                     "cosine, linear or constant")
+  if warmup == 0:
+    return after
+  return optax.join_schedules(
+      [optax.linear_schedule(0.0, peak, warmup), after], [warmup])
+
+
+def make_optimizer(cfg: ml_collections.ConfigDict,
+                   total_steps: int) -> optax.GradientTransformation:
+  """Clip by global norm, then AdamW on the schedule."""
+  decay_mask = lambda params: jax.tree.map(lambda x: x.ndim >= 2, params)
+  tx = optax.adamw(learning_rate_schedule(cfg, total_steps), b1=cfg.b1,
+                   b2=cfg.b2, eps=1e-8, weight_decay=cfg.weight_decay,
+                   mask=decay_mask)
+  if cfg.grad_clip:
+    tx = optax.chain(optax.clip_by_global_norm(cfg.grad_clip), tx)
+  return tx
+
+
+def epochs_to_steps(cfg: ml_collections.ConfigDict, steps_per_epoch: int,
+                    fields=("eval_every", "checkpoint_every", "log_every")
+                    ) -> ml_collections.ConfigDict:
+  """A copy of a train config whose `fields`, counted in epochs, are steps.
+
+  For stages whose configs count periods in epochs (SASRec, LightGCN);
+  0 stays 0 (off).
+  """
+  out = ml_collections.ConfigDict(cfg.to_dict())
+  for f in fields:
+    out[f] = int(cfg[f]) * int(steps_per_epoch)
+  return out
