@@ -1,4 +1,4 @@
-"""Evaluates a generative model with trie-constrained beam search.
+"""Evaluates any model folder of a workdir (SASRec, LightGCN, TIGER, decoders).
 
 python -m binaries.evaluate --config=configs/evaluate.py --workdir=runs/beauty
 """
@@ -7,7 +7,7 @@ from absl import flags
 from ml_collections import config_flags
 
 from binaries import common
-from genrec_jax.decoding import evaluate
+from genrec_jax import evaluate
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/evaluate.py", "Config.", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Working directory.", required=True)

@@ -14,18 +14,19 @@ from absl import app
 from absl import flags
 from absl import logging
 
+from binaries import common
 from genrec_jax.data.dataset import DataError
 from genrec_jax.recommend import Recommender
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Trained workdir.", required=True)
-_MODEL = flags.DEFINE_string("model", "tiger", "Model folder in the workdir (model.json).")
+_MODEL = flags.DEFINE_string("model", "tiger", "Model folder in the workdir (model.json): sasrec, lightgcn, tiger, ...")
 _USER = flags.DEFINE_string("user", None, "Raw user id: recommend after their whole history.")
 _HISTORY = flags.DEFINE_list("history", None, "Raw item ids, oldest first.")
 _TOP_N = flags.DEFINE_integer("top_n", 10, "Items to list.")
-_BEAM = flags.DEFINE_integer("beam_size", 20, "Beam width of the constrained search.")
+_BEAM = flags.DEFINE_integer("beam_size", 0, "Beam width of a generative model (0: the width it was evaluated with).")
 
 
-def _show(rec: Recommender, history: list[int], user: int = 0) -> None:
+def _show(rec: Recommender, history: list[int], user: int = -1) -> None:
   sys.stdout.write("history (last 10):\n")
   for line in rec.describe(history[-10:]):
     sys.stdout.write(f"  {line}\n")
@@ -46,6 +47,7 @@ def _answer(rec: Recommender, line: str) -> None:
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError("Too many command-line arguments.")
+  common.setup_logging()
   try:
     rec = Recommender(_WORKDIR.value, _MODEL.value, beam_size=_BEAM.value)
     if _USER.value is not None:

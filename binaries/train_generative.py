@@ -7,7 +7,7 @@ from absl import flags
 from ml_collections import config_flags
 
 from binaries import common
-from genrec_jax.training import generative
+from genrec_jax.generative import stage as generative
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", "configs/generative.py", "Generative model config.",

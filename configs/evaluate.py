@@ -1,10 +1,11 @@
-"""Evaluation of a generative (semantic-ID) model with constrained beams.
+"""Evaluation of any model folder: SASRec, LightGCN, TIGER, decoders.
 
 python -m binaries.evaluate --config=configs/evaluate.py --workdir=runs/beauty
 
-Reads WORKDIR/dataset, WORKDIR/<sids_dir>/item_sids.json and the model folder
-WORKDIR/<model>/ (model.json + params/); writes WORKDIR/<model>/metrics.json
-with <split>/hr@K, <split>/ndcg@K and invalid_rate.
+Reads WORKDIR/dataset and the model folder WORKDIR/<model>/ (model.json +
+params/; a generative folder names its SID folder); writes
+WORKDIR/<model>/metrics.json with <split>/hr@K, <split>/ndcg@K and
+invalid_rate.
 """
 import ml_collections
 
@@ -14,12 +15,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
   # Model folder under the workdir (holds model.json and params/).
   config.model = "generative"
-  # Folder under the workdir holding item_sids.json (and report.json).
-  config.sids_dir = "sids"
   # Which split to evaluate: "test" or "valid".
   config.split = "test"
-  # Beams per prompt (MiniOneRec evaluates with 50; the paper text says 16).
-  config.beam_size = 20
+  # Beams per prompt of a generative model (0: the width it was evaluated
+  # with at training, recorded in its model.json).
+  config.beam_size = 0
   # Ranked items kept per prompt (<= beam_size); metrics use K <= top_n.
   config.top_n = 20
   # Drop each row's history items (the dataset's `exclude`) from the
@@ -28,8 +28,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.exclude_history = True
   # Prompts per jitted search call.
   config.batch_size = 64
-  # History items in the prompt (0: the model folder's prompt.max_history).
-  config.max_history = 0
   # Evaluate only the first rows (0: all), for smoke runs.
   config.max_rows = 0
   if variant == "tiny":

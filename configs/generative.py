@@ -8,7 +8,7 @@ Variants (comma-combinable; the first names the model, later ones adjust):
   tiger_paper    TIGER's paper sizes (4+4 layers, 6 x 64 heads, d 128, MLP
                  1024, batch 256, lr 1e-2 warm-up 10k), for accelerators
   decoder        from-scratch small Llama-style decoder, SmolLM2 tokenizer,
-                 MiniOneRec text prompts (needs training/sft_data.py)
+                 MiniOneRec text prompts (genrec_jax/generative/text_data.py)
   decoder_hints  the same with miniGR-CF hints (only hints.enabled differs)
   decoder_sid, decoder_sid_hints
                  from-scratch decoder on bare SID tokens (no text), hints as
@@ -26,7 +26,7 @@ Variants (comma-combinable; the first names the model, later ones adjust):
 
 import ml_collections
 
-from genrec_jax.training import loop
+from configs import common
 
 # Variants that choose the model; any other name only adjusts.
 _MODELS = ("tiger", "tiger_paper", "decoder", "decoder_hints", "decoder_sid",
@@ -34,8 +34,8 @@ _MODELS = ("tiger", "tiger_paper", "decoder", "decoder_hints", "decoder_sid",
 
 
 def _train() -> ml_collections.ConfigDict:
-  """training/loop.py's fields (commented there) plus this stage's."""
-  c = loop.default_train_config()
+  """The trainer's fields (configs/common.py) plus this stage's."""
+  c = common.train()
   c.update(warmup_steps=200, end_lr_ratio=0.01, b2=0.98, eval_every=500,
            patience=3)
   # Global batch size (examples per step, all devices).
@@ -107,7 +107,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.prompt = ml_collections.ConfigDict()
   # Decoder inputs: "text" (MiniOneRec prompts) or "sid" (bare SID tokens).
   config.prompt.format = "text"
-  # SFT task mix: task name -> weight (0 = off), see training/sft_data.py.
+  # SFT task mix: task name -> weight (0 = off), see genrec_jax/generative/prompts.py.
   config.prompt.tasks = ml_collections.ConfigDict(dict(
       sid_history=1.0, title_to_sid=1.0, sid_to_title=1.0,
       sid_history_to_title=1.0, title_history_to_title=0.0,
@@ -116,7 +116,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.hints = ml_collections.ConfigDict()
   # miniGR-CF collaborative hints in the next-SID prompt.
   config.hints.enabled = False
-  # Neighbours of the last history item in the hint ("sid" format).
+  # Hints shown per prompt (neighbours of the last history item), in both
+  # the "sid" and "text" formats: the one knob for K (build_hints stores
+  # more, so that removing a training target still leaves K).
   config.hints.k = 3
   # Probability of dropping a training example's hint (re-drawn per epoch).
   config.hints.dropout = 0.3

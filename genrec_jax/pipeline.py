@@ -11,7 +11,9 @@ A stage is skipped when its done-files exist, the config it last ran with
 (`pipeline/<name>.json`) equals the current one, and no stage before it ran
 in this invocation; `force` re-runs the named stages (and so everything
 after them). After the stages, every `<model>/metrics.json` in the workdir
-goes into one results table (`pipeline/results.json`).
+goes into one results table (`pipeline/results.json`), printed on stdout as
+plain text (baselines first, then the generative models), followed by a few
+example users; progress goes to the log.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import dataclasses
 import importlib
 import json
 import pathlib
+import sys
 import time
 from typing import Any, Callable, Sequence
 
@@ -32,6 +35,9 @@ PIPELINE_DIR = "pipeline"
 RESULTS_FILE = "pipeline/results.json"
 # Columns of the results table (test split, full ranking).
 TABLE_KEYS = ("hr@5", "ndcg@5", "hr@10", "ndcg@10")
+# Rows that come first in the results table, in this order; the other
+# (generative) models follow in stage order.
+BASELINES = ("most_popular", "item_knn", "lightgcn", "sasrec")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -65,7 +71,7 @@ KINDS: dict[str, StageKind] = {
                              lambda c: ["hints/report.json"]),
     "train_sasrec": StageKind("genrec_jax.training.sasrec_train:run",
                               lambda c: ["sasrec/metrics.json"]),
-    "train_generative": StageKind("genrec_jax.training.generative:run",
+    "train_generative": StageKind("genrec_jax.generative.stage:run",
                                   lambda c: [f"{c.name}/metrics.json"]),
 }
 
@@ -134,14 +140,17 @@ def run(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, *,
                       {"config": _config_json(cfg), "seconds": secs})
     timings[name] = {"status": "ran", "seconds": round(secs, 2)}
     logging.info("[%d/%d] %s: done in %.1fs", i + 1, len(names), name, secs)
-  results = collect_results(workdir)
+  results = order_results(collect_results(workdir), names)
   summary = {"stages": timings, "results": results,
              "seconds": round(time.time() - t_start, 2)}
   atomic_write_json(workdir / RESULTS_FILE, summary)
-  for line in format_table(results).splitlines():
-    logging.info("%s", line)
-  for line in format_examples(workdir, config.get("num_examples", 3)):
-    logging.info("%s", line)
+  logging.info("results (test split): %s", workdir / RESULTS_FILE)
+  lines = ["", format_table(results)]
+  examples = format_examples(workdir, config.get("num_examples", 3))
+  if examples:
+    lines += ["", *examples]
+  sys.stdout.write("\n".join(lines) + "\n")
+  sys.stdout.flush()
   return summary
 
 
@@ -153,6 +162,15 @@ def collect_results(workdir: pathlib.Path) -> dict[str, dict[str, float]]:
     if any(k.startswith("test/") for k in m):
       out[path.parent.name] = m
   return out
+
+
+def order_results(results: dict[str, dict[str, float]],
+                  stages: Sequence[str] = ()) -> dict[str, dict[str, float]]:
+  """Baselines (BASELINES order) first, then models in `stages` order, then
+  any others by name."""
+  rank = {m: i for i, m in enumerate([*BASELINES, *stages])}
+  return dict(sorted(results.items(),
+                     key=lambda kv: (rank.get(kv[0], len(rank)), kv[0])))
 
 
 def _value(m: dict[str, float], key: str) -> float | None:
@@ -174,7 +192,7 @@ def format_table(results: dict[str, dict[str, float]]) -> str:
                   else f"{m['invalid_rate']:.3f}"),
                  ("-" if "seconds" not in m else f"{m['seconds']:.0f}")])
   widths = [max(len(r[i]) for r in [head, *rows]) for i in range(len(head))]
-  fmt = lambda r: "  ".join(c.ljust(w) for c, w in zip(r, widths))
+  fmt = lambda r: "  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip()
   lines = [fmt(head), "  ".join("-" * w for w in widths)]
   return "\n".join(lines + [fmt(r) for r in rows])
 

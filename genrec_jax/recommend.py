@@ -1,10 +1,15 @@
-"""Top-N recommendations with titles from a trained workdir.
+"""Any trained model of a workdir, loaded to rank items; top-N with titles.
 
-`Recommender(workdir, model)` loads `WORKDIR/<model>/model.json` (a folder
-written by the train_generative stage or `decoding.evaluate.save_model`),
-the dataset and the semantic IDs, and ranks items for a known user (their
-full history) or for any given history with the same constrained beam
-search and prompts as evaluation.
+  ranker = load_model(WORKDIR, "sasrec")        # or tiger, minigr_cf, ...
+  items = ranker.rank(batch, top_n=10, exclude_history=True)
+
+`load_model` reads `WORKDIR/<name>/model.json` and dispatches on its kind:
+SASRec and LightGCN give a `model_folder.ScoreRanker` (full scores,
+history masked), TIGER and the decoders a `generative.ranker.
+GenerativeRanker` (constrained beam search with the folder's prompts, at
+the beam width it was evaluated with). `Recommender` serves a model for a
+known user (their whole history) or any given history
+(`binaries/recommend.py`).
 """
 
 from __future__ import annotations
@@ -14,18 +19,47 @@ from typing import Sequence
 
 import numpy as np
 
-from genrec_jax.data.dataset import DataError, EvalExamples, Ragged
-from genrec_jax.decoding import evaluate as evaluate_lib
+from genrec_jax import model_folder
+from genrec_jax.data.dataset import DataError, Dataset, EvalExamples, Ragged
+from genrec_jax.generative import ranker as generative_ranker
+from genrec_jax.graph import lightgcn_train
+from genrec_jax.training import sasrec_train
+
+# model.json kind -> loader(model_dir, workdir, spec, ds) -> Ranker.
+_LOADERS = {
+    "sasrec": lambda d, w, spec, ds: sasrec_train.load_ranker(d, ds),
+    "lightgcn": lambda d, w, spec, ds: lightgcn_train.load_ranker(d, ds),
+    "t5": lambda d, w, spec, ds: generative_ranker.load(d, w, spec=spec,
+                                                        ds=ds),
+    "decoder": lambda d, w, spec, ds: generative_ranker.load(d, w, spec=spec,
+                                                             ds=ds),
+}
+
+
+def load_model(workdir: str | pathlib.Path, name: str, *,
+               ds: Dataset | None = None) -> model_folder.Ranker:
+  """The Ranker of the model folder WORKDIR/<name>."""
+  workdir = pathlib.Path(workdir).resolve()
+  model_dir = workdir / name
+  spec = model_folder.read_spec(model_dir)
+  kind = spec["kind"]
+  if kind not in _LOADERS:
+    raise ValueError(f"{model_dir / model_folder.MODEL_JSON}: field 'kind' = "
+                     f"{kind!r} is not one of {sorted(_LOADERS)}")
+  ds = ds or Dataset.load(workdir / "dataset")
+  return _LOADERS[kind](model_dir, workdir, spec, ds)
 
 
 class Recommender:
-  """A generative model of a workdir, ready to rank items."""
+  """A trained model of a workdir, ready to rank items for users."""
 
   def __init__(self, workdir: str | pathlib.Path, model: str, *,
-               sids_dir: str = "sids", beam_size: int = 20):
-    self.model = evaluate_lib.ModelSearch(workdir, model, sids_dir=sids_dir)
-    self.workdir, self.ds = self.model.workdir, self.model.ds
-    self.beam_size = beam_size
+               beam_size: int = 0):
+    self.workdir = pathlib.Path(workdir)
+    self.ds = Dataset.load(self.workdir / "dataset")
+    self.model = load_model(self.workdir, model, ds=self.ds)
+    if beam_size and self.model.beam_size is not None:
+      self.model.beam_size = int(beam_size)
     self._user_index = {u: i for i, u in enumerate(self.ds.user_ids)}
     self._item_index = {it: i for i, it in enumerate(self.ds.item_ids)}
 
@@ -43,18 +77,21 @@ class Recommender:
       raise DataError(f"items {missing} are not in {self.workdir}/dataset")
     return [self._item_index[i] for i in raw_items]
 
-  def recommend(self, history: Sequence[int], *, user: int = 0,
+  def recommend(self, history: Sequence[int], *, user: int = -1,
                 top_n: int = 10, exclude_history: bool = True) -> list[int]:
-    """The top_n items (internal ids) after `history` (internal ids)."""
+    """The top_n items (internal ids) after `history` (internal ids).
+
+    `user` is the internal id of a known user (-1: an anonymous history;
+    models with user embeddings then work from the history alone).
+    """
     if not len(history):
       raise ValueError("an empty history: give at least one item")
     hist = Ragged.from_lists([list(history)])
     batch = EvalExamples(np.array([user], np.int32), hist,
                          Ragged.from_lists([[int(history[-1])]]),
                          exclude=hist if exclude_history else None)
-    items = self.model.search(batch, beam_size=self.beam_size,
-                              top_n=min(top_n, self.beam_size),
-                              exclude_history=exclude_history)
+    items = self.model.rank(batch, top_n=top_n,
+                            exclude_history=exclude_history)
     return [int(i) for i in items[0] if i >= 0]
 
   def describe(self, items: Sequence[int]) -> list[str]:

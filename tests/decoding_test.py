@@ -7,6 +7,7 @@ import pytest
 
 from genrec_jax.decoding import beam_search as bs
 from genrec_jax.decoding import trie as trie_lib
+from tests.toy_scorer import TableScorer
 
 NEG_INF = bs.NEG_INF
 
@@ -31,7 +32,7 @@ def _toy_setup(rng, sizes, base=None, vocab_extra=3, rows=13):
 
 
 def _brute_force(table, prompt, codes, item_ids, sid, top_n):
-  lp = bs.TableScorer.path_log_probs(table, prompt, sid.tokens(codes))
+  lp = TableScorer.path_log_probs(table, prompt, sid.tokens(codes))
   order = np.argsort(-lp, kind="stable")[:top_n]
   return item_ids[order], lp[order]
 
@@ -73,7 +74,7 @@ def test_exhaustive_beam_equals_brute_force_on_random_tries():
     beam = _levels_max_prefixes(codes)
     top_n = int(rng.integers(1, min(beam, len(codes)) + 1))
     prompts = rng.integers(0, table.shape[0], size=3).astype(np.int32)
-    res = bs.beam_search(bs.TableScorer(), table, prompts, trie,
+    res = bs.beam_search(TableScorer(), table, prompts, trie,
                          beam_size=beam, top_n=top_n, sid_tokens=sid)
     for b, p in enumerate(prompts):
       items, scores = _brute_force(table, p, codes, ids, sid, top_n)
@@ -93,7 +94,7 @@ def test_narrow_beam_matches_reference_beam_search():
     sid, table = _toy_setup(rng, sizes)
     beam = int(rng.integers(1, 5))
     prompts = rng.integers(0, table.shape[0], size=2).astype(np.int32)
-    res = bs.beam_search(bs.TableScorer(), table, prompts, trie,
+    res = bs.beam_search(TableScorer(), table, prompts, trie,
                          beam_size=beam, sid_tokens=sid)
     for b, p in enumerate(prompts):
       items, scores = _reference_beam(table, p, trie, sid, beam, beam)
@@ -105,7 +106,7 @@ def test_narrow_beam_matches_reference_beam_search():
       # Every returned item is in the trie, with its true path score.
       real = got[got >= 0]
       assert trie.is_valid_item(real).all()
-      lp = bs.TableScorer.path_log_probs(table, p, sid.tokens(trie.codes[real]))
+      lp = TableScorer.path_log_probs(table, p, sid.tokens(trie.codes[real]))
       np.testing.assert_allclose(np.asarray(res.scores[b])[got >= 0], lp,
                                  rtol=1e-5, atol=1e-4)
 
@@ -116,7 +117,7 @@ def test_beam_wider_than_valid_continuations():
   sizes = (4, 3, 3)
   trie = trie_lib.build_trie(codes, sizes)
   sid, table = _toy_setup(rng, sizes)
-  res = bs.beam_search(bs.TableScorer(), table, np.array([0, 5], np.int32),
+  res = bs.beam_search(TableScorer(), table, np.array([0, 5], np.int32),
                        trie, beam_size=8, top_n=6, sid_tokens=sid)
   items = np.asarray(res.items)
   scores = np.asarray(res.scores)
@@ -131,7 +132,7 @@ def test_beam_wider_than_valid_continuations():
   one = trie_lib.build_trie(np.array([[2, 1]]), (3, 2))
   sid1, table1 = _toy_setup(rng, (3, 2))
   for beam in (1, 5):
-    res = bs.beam_search(bs.TableScorer(), table1, np.array([1], np.int32),
+    res = bs.beam_search(TableScorer(), table1, np.array([1], np.int32),
                          one, beam_size=beam, sid_tokens=sid1)
     assert np.asarray(res.items)[0, 0] == 0
     assert (np.asarray(res.items)[0, 1:] == -1).all()
@@ -146,7 +147,7 @@ def test_items_sharing_all_but_last_code():
   assert trie.max_branch == 9
   sid, table = _toy_setup(rng, sizes)
   for beam in (1, 2, 10):
-    res = bs.beam_search(bs.TableScorer(), table, np.array([4], np.int32),
+    res = bs.beam_search(TableScorer(), table, np.array([4], np.int32),
                          trie, beam_size=beam, sid_tokens=sid)
     items = np.asarray(res.items)[0]
     if beam == 10:  # exhaustive: exactly the brute-force order
@@ -167,7 +168,7 @@ def test_same_result_for_every_dense_sparse_split():
   results = []
   for d in range(1, len(sizes) + 1):
     trie = trie_lib.build_trie(codes, sizes, num_dense=d)
-    res = bs.beam_search(bs.TableScorer(), table, prompts, trie,
+    res = bs.beam_search(TableScorer(), table, prompts, trie,
                          beam_size=4, sid_tokens=sid)
     results.append(np.asarray(res.items))
   for r in results[1:]:
@@ -180,7 +181,7 @@ def test_sid_blocks_wider_than_trie_codebooks():
   trie = trie_lib.build_trie(codes)  # sizes (3, 2) inferred
   sid = bs.SidTokens.contiguous((8, 8), base=1)
   table = rng.normal(size=(7, sid.end)).astype(np.float32)
-  res = bs.beam_search(bs.TableScorer(), table, np.array([2], np.int32),
+  res = bs.beam_search(TableScorer(), table, np.array([2], np.int32),
                        trie, beam_size=3, sid_tokens=sid)
   want, _ = _brute_force(table, 2, codes, np.arange(3), sid, 3)
   np.testing.assert_array_equal(np.asarray(res.items)[0], want)
@@ -196,12 +197,12 @@ def test_no_retrace_across_calls():
                                 "num_levels", "top_n"))
   for i in range(3):
     prompts = rng.integers(0, table.shape[0], size=5).astype(np.int32)
-    fn(bs.TableScorer(), table + i, prompts, trie.tables, sid_tokens=sid,
+    fn(TableScorer(), table + i, prompts, trie.tables, sid_tokens=sid,
        beam_size=4, num_levels=trie.num_levels, top_n=2)
   # The module-level jitted search also compiles once for repeated calls.
   before = bs.beam_search_jit._cache_size()
   for i in range(3):
-    bs.beam_search(bs.TableScorer(), table * (i + 1), prompts, trie,
+    bs.beam_search(TableScorer(), table * (i + 1), prompts, trie,
                    beam_size=3, top_n=3, sid_tokens=sid)
   assert bs.beam_search_jit._cache_size() == before + 1
 
@@ -213,7 +214,7 @@ def test_vocabulary_too_small_is_an_error():
   sid = bs.SidTokens.contiguous((2, 2), base=5)  # needs 9 tokens
   table = rng.normal(size=(3, 8)).astype(np.float32)
   with pytest.raises(ValueError, match="beyond the model vocabulary"):
-    bs.beam_search(bs.TableScorer(), table, np.array([0], np.int32), trie,
+    bs.beam_search(TableScorer(), table, np.array([0], np.int32), trie,
                    beam_size=2, sid_tokens=sid)
 
 
@@ -223,13 +224,13 @@ def test_bad_arguments():
   table = np.zeros((3, 8), np.float32)
   prompts = np.array([0], np.int32)
   with pytest.raises(ValueError, match="top_n"):
-    bs.beam_search(bs.TableScorer(), table, prompts, trie, beam_size=2,
+    bs.beam_search(TableScorer(), table, prompts, trie, beam_size=2,
                    top_n=3, sid_tokens=bs.SidTokens.contiguous((2, 2), 0))
   with pytest.raises(ValueError, match="do not cover"):
-    bs.beam_search(bs.TableScorer(), table, prompts, trie, beam_size=2,
+    bs.beam_search(TableScorer(), table, prompts, trie, beam_size=2,
                    sid_tokens=bs.SidTokens.contiguous((2, 1), 0))
   with pytest.raises(ValueError, match="do not cover"):
-    bs.beam_search(bs.TableScorer(), table, prompts, trie, beam_size=2,
+    bs.beam_search(TableScorer(), table, prompts, trie, beam_size=2,
                    sid_tokens=bs.SidTokens.contiguous((2, 2, 2), 0))
 
 
@@ -260,7 +261,7 @@ def test_good_prompts_pass_checks():
 # Evaluation.
 
 from genrec_jax.data.dataset import EvalExamples, Ragged  # noqa: E402
-from genrec_jax.decoding import evaluate as evaluate_lib  # noqa: E402
+from genrec_jax.evaluation import generative as evaluate_lib  # noqa: E402
 
 
 def _toy_examples(rng, num_items, rows):
@@ -285,7 +286,7 @@ def test_evaluate_generative_with_toy_search():
     calls.append(len(batch))
     prompts = (batch.users % table.shape[0]).astype(np.int32)
     return np.asarray(bs.beam_search(
-        bs.TableScorer(), table, prompts, trie, beam_size=4,
+        TableScorer(), table, prompts, trie, beam_size=4,
         sid_tokens=sid).items)
 
   out = evaluate_lib.evaluate_generative(
@@ -313,27 +314,13 @@ def test_evaluate_generative_with_toy_search():
         is_valid_item=trie.is_valid_item, batch_size=5)
 
 
-def test_sid_history_prompts():
-  item_tokens = np.array([[5, 9], [6, 8], [-1, -1], [7, 9]])
-  hist = Ragged.from_lists([[0, 1, 3], [2], [3, 2, 0]])
-  p = evaluate_lib.sid_history_prompts(hist, item_tokens, max_history=2,
-                                       bos_id=1, pad_id=0)
-  np.testing.assert_array_equal(p["input_ids"], [
-      [1, 6, 8, 7, 9], [0, 0, 0, 0, 1], [1, 7, 9, 5, 9]])
-  np.testing.assert_array_equal(p["attention_mask"], [
-      [1, 1, 1, 1, 1], [0, 0, 0, 0, 1], [1, 1, 1, 1, 1]])
-  with pytest.raises(ValueError, match="row 1: empty prompt"):
-    evaluate_lib.sid_history_prompts(hist, item_tokens, max_history=2,
-                                     bos_id=None)
-
-
 # ---------------------------------------------------------------------------
 # Real KV-cache decoders (the benchmark's Qwen2-like stand-in) and T5 plumbing.
 
 import jax.numpy as jnp  # noqa: E402
 from flax import nnx  # noqa: E402
 
-from genrec_jax.decoding import reference_decoder  # noqa: E402
+from genrec_jax.benchmarks import reference_decoder  # noqa: E402
 
 
 def _tiny_decoder(vocab=29, seed=0):
@@ -481,103 +468,6 @@ def test_t5_scorer_exhaustive_equals_brute_force():
                    beam_size=3, sid_tokens=sid)
 
 
-# ---------------------------------------------------------------------------
-# The evaluate stage end to end (tiny synthetic workdir).
-
-import json as _json  # noqa: E402
-import subprocess  # noqa: E402
-import sys  # noqa: E402
-
-from genrec_jax.data.dataset import Dataset  # noqa: E402
-
-
-def _tiny_workdir(tmp_path, rng, kind, num_items=13, users=6):
-  seqs = [rng.choice(num_items, size=int(rng.integers(3, 6)),
-                     replace=False).tolist() for _ in range(users)]
-  test = EvalExamples(
-      users=np.arange(users, dtype=np.int32),
-      history=Ragged.from_lists([s[:-1] for s in seqs]),
-      targets=Ragged.from_lists([[s[-1]] for s in seqs]),
-      exclude=Ragged.from_lists([s[:-1] for s in seqs]))
-  ds = Dataset(
-      name="toy", num_users=users, num_items=num_items,
-      item_ids=[str(i) for i in range(num_items)],
-      user_ids=[str(u) for u in range(users)],
-      item_fields={"title": [f"item {i}" for i in range(num_items)]},
-      sequences=Ragged.from_lists(seqs), timestamps=None,
-      train=Ragged.from_lists([s[:-2] for s in seqs]), valid=None, test=test,
-      split="leave_one_out")
-  ds.save(tmp_path / "dataset")
-  sizes = (3, 3, 2)
-  codes = np.stack(np.unravel_index(
-      rng.choice(18, num_items, replace=False), sizes), 1)
-  (tmp_path / "sids").mkdir()
-  (tmp_path / "sids" / "item_sids.json").write_text(_json.dumps(
-      {str(i): c.tolist() for i, c in enumerate(codes)}))
-  (tmp_path / "sids" / "report.json").write_text(_json.dumps(
-      {"codebook_sizes": list(sizes)}))
-  sid = bs.SidTokens.contiguous(sizes, base=2)
-  if kind == "reference_decoder":
-    model_config = dict(hidden=16, layers=2, heads=4, kv_heads=2,
-                        intermediate=24, vocab=sid.end, rope_theta=1e4)
-    model = reference_decoder.ReferenceDecoder(
-        reference_decoder.decoder_config(**model_config), rngs=nnx.Rngs(3))
-  else:
-    model_config = decoder_lib.DecoderConfig(
-        vocab_size=sid.end, hidden_size=16, intermediate_size=24,
-        num_layers=2, num_heads=4, num_kv_heads=2, attention_bias=True)
-    model = decoder_lib.Decoder(model_config, rngs=nnx.Rngs(3))
-  evaluate_lib.save_model(tmp_path / "generative", kind, model,
-                          model_config, sid,
-                          prompt={"max_history": 3, "bos_id": 1, "pad_id": 0})
-  return ds, codes, sid
-
-
-@pytest.mark.parametrize("kind", ["decoder"])
-def test_evaluate_stage_end_to_end(tmp_path, kind):
-  from configs import evaluate as evaluate_config  # pylint: disable=g-import-not-at-top
-  rng = np.random.default_rng(13)
-  ds, codes, sid = _tiny_workdir(tmp_path, rng, kind)
-  config = evaluate_config.get_config("tiny")
-  out = evaluate_lib.run(config, tmp_path)
-  saved = _json.loads((tmp_path / "generative" / "metrics.json").read_text())
-  assert saved == out
-  assert out["invalid_rate"] == 0.0
-  assert out["num_eval_users"] == len(ds.test)
-  for k in (1, 3, 5):
-    assert 0.0 <= out[f"test/hr@{k}"] <= 1.0
-    assert f"test/ndcg@{k}" in out
-  # Same lists as calling the search directly on the same prompts.
-  trie = trie_lib.load_trie(tmp_path / "sids" / "item_sids.json",
-                            num_items=ds.num_items)
-  scorer, params, sid2, _ = evaluate_lib.load_model(
-      tmp_path / "generative",
-      _json.loads((tmp_path / "generative" / "model.json").read_text()))
-  assert sid2 == sid
-  item_tokens = sid.tokens(trie.codes)
-  prompts = evaluate_lib.sid_history_prompts(ds.test.history, item_tokens,
-                                             max_history=3, bos_id=1)
-  res = bs.beam_search(scorer, params, prompts, trie, beam_size=5,
-                       sid_tokens=sid)
-  ranks = evaluate_lib.metrics_lib.ranks_from_lists(np.asarray(res.items),
-                                                    ds.test.targets)
-  want = evaluate_lib.metrics_lib.metrics_from_ranks(ranks, None, (1, 3, 5),
-                                                     "test/")
-  for k, v in want.items():
-    assert out[k] == pytest.approx(v), k
-
-
-def test_evaluate_binary_reports_bad_input(tmp_path):
-  proc = subprocess.run(
-      [sys.executable, "-m", "binaries.evaluate",
-       "--config=configs/evaluate.py:tiny", f"--workdir={tmp_path}"],
-      capture_output=True, text=True, cwd=str(
-          __import__("pathlib").Path(__file__).resolve().parents[1]),
-      check=False)
-  assert proc.returncode != 0
-  assert "model.json" in proc.stderr
-
-
 def test_forced_suffix_tokens_rescore_like_brute_force():
   rng = np.random.default_rng(14)
   sizes = (3, 3, 3)
@@ -589,14 +479,14 @@ def test_forced_suffix_tokens_rescore_like_brute_force():
   table = (rng.normal(size=(11, plain.end)) * 3).astype(np.float32)
   beam = _levels_max_prefixes(codes)
   prompts = np.array([3, 8], np.int32)
-  res = bs.beam_search(bs.TableScorer(), table, prompts, trie,
+  res = bs.beam_search(TableScorer(), table, prompts, trie,
                        beam_size=beam, top_n=7, sid_tokens=sid)
-  ref = bs.beam_search(bs.TableScorer(), table, prompts, trie,
+  ref = bs.beam_search(TableScorer(), table, prompts, trie,
                        beam_size=beam, top_n=7, sid_tokens=plain)
   toks = np.concatenate([sid.tokens(codes), np.tile([[0, 1]], (14, 1))], 1)
   changed = False
   for b, p in enumerate(prompts):
-    lp = bs.TableScorer.path_log_probs(table, p, toks)
+    lp = TableScorer.path_log_probs(table, p, toks)
     order = np.argsort(-lp)[:7]
     np.testing.assert_array_equal(np.asarray(res.items[b]), order)
     np.testing.assert_allclose(np.asarray(res.scores[b]), lp[order],

@@ -1,5 +1,6 @@
 """run_pipeline: stages in order, skip when complete, force, results table."""
 import json
+import os
 import re
 import subprocess
 import sys
@@ -107,6 +108,100 @@ def test_format_table_and_examples(tmp_path):
   assert lines[0].startswith(f"user {ds.user_ids[user]}: last history")
   assert "Item number 2" in lines[0] and "Item number 9" in lines[1]
   assert "Item number 3" in lines[2] and "Item number 8" not in lines[2]
+
+
+def test_results_table_order(tmp_path):
+  """Baselines first (most_popular, item_knn, lightgcn, sasrec), then the
+  generative models in stage order, then anything else by name."""
+  metrics = {"test/hr@5": 0.5, "test/ndcg@5": 0.25, "test/hr@10": 0.75,
+             "test/ndcg@10": 0.3}
+  for model in ("tiger", "sasrec", "zeta", "minigr_cf", "item_knn",
+                "lightgcn", "most_popular", "minionerec"):
+    (tmp_path / model).mkdir()
+    (tmp_path / model / "metrics.json").write_text(json.dumps(metrics))
+  stages = ("prepare_data", "train_baselines", "tiger", "minionerec",
+            "minigr_cf")
+  results = pipeline.order_results(pipeline.collect_results(tmp_path),
+                                   stages)
+  expect = ["most_popular", "item_knn", "lightgcn", "sasrec", "tiger",
+            "minionerec", "minigr_cf", "zeta"]
+  assert list(results) == expect
+  rows = [l.split()[0] for l in
+          pipeline.format_table(results).splitlines()[2:]]
+  assert rows == expect
+
+
+def test_run_prints_table_on_stdout_not_in_the_log(tmp_path, capsys, caplog):
+  config, w = tiny_config(tmp_path), tmp_path / "w"
+  config.stages = ("prepare_data",)
+  for model in ("sasrec", "most_popular"):
+    (w / model).mkdir(parents=True)
+    (w / model / "metrics.json").write_text(json.dumps({"test/hr@5": 0.5}))
+  with caplog.at_level("INFO"):
+    pipeline.run(config, w)
+  out = capsys.readouterr().out.splitlines()
+  table = [l for l in out if l.strip()]
+  assert table[0].split()[:2] == ["model", "test/hr@5"]
+  assert [l.split()[0] for l in table[2:4]] == ["most_popular", "sasrec"]
+  assert all(l == l.rstrip() for l in out)
+  assert not any("test/hr@5" in r.getMessage() for r in caplog.records)
+
+
+def test_library_info_lines_are_quiet_by_default():
+  """binaries.common keeps our INFO lines, every warning, and drops the
+  libraries' INFO chatter (Orbax, grain through absl; faiss's loader)."""
+  import logging  # pylint: disable=g-import-not-at-top
+  from binaries import common  # pylint: disable=g-import-not-at-top
+  f = common.OwnInfoFilter()
+  site = "/venv/lib/python3.11/site-packages"
+
+  def passes(name, level, path):
+    return f.filter(logging.LogRecord(name, level, path, 1, "m", None, None))
+
+  for own in ("genrec_jax/pipeline.py", "binaries/run_pipeline.py"):
+    assert passes("absl", logging.INFO, str(REPO / own))
+  assert not passes("absl", logging.INFO,
+                    f"{site}/orbax/checkpoint/checkpoint_manager.py")
+  assert not passes("absl", logging.INFO, f"{site}/grain/_src/x.py")
+  assert passes("absl", logging.WARNING,
+                f"{site}/orbax/checkpoint/checkpoint_manager.py")
+  assert not passes("faiss.loader", logging.INFO, f"{site}/faiss/loader.py")
+  assert passes("faiss.loader", logging.ERROR, f"{site}/faiss/loader.py")
+  assert not passes("jax._src.compilation_cache", logging.INFO, "x.py")
+  assert passes("genrec_jax.pipeline", logging.INFO, "x.py")
+
+
+def test_binaries_hide_orbax_chatter_unless_log_all(tmp_path):
+  """A binary's main with setup_logging: Orbax's INFO lines are gone, and
+  --log_all brings them back."""
+  script = tmp_path / "save.py"
+  script.write_text(
+      "import sys\n"
+      "from absl import app, logging\n"
+      "import numpy as np\n"
+      "import orbax.checkpoint as ocp\n"
+      "from binaries import common\n"
+      "def main(argv):\n"
+      "  common.setup_logging()\n"
+      "  logging.warning('a warning stays')\n"
+      "  with ocp.CheckpointManager(argv[1], options=ocp.\n"
+      "      CheckpointManagerOptions(create=True)) as m:\n"
+      "    m.save(0, args=ocp.args.StandardSave({'x': np.zeros(3)}))\n"
+      "    m.wait_until_finished()\n"
+      "  import faiss  # its loader logs INFO lines\n"
+      "if __name__ == '__main__':\n"
+      "  app.run(main)\n")
+  env = {**os.environ, "PYTHONPATH": str(REPO), "JAX_PLATFORMS": "cpu"}
+  runs = {}
+  for flag in ("", "--log_all"):
+    r = subprocess.run([sys.executable, str(script), *filter(None, [flag]),
+                        str(tmp_path / f"ckpt{flag}")], cwd=REPO, env=env,
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    runs[flag] = r.stderr.splitlines()
+  assert [l for l in runs[""] if l.startswith("I")] == []
+  assert any("a warning stays" in l for l in runs[""])
+  assert sum("checkpoint" in l for l in runs["--log_all"]) > 10
 
 
 def test_binary_bad_stage_is_one_line_error(tmp_path):

@@ -308,10 +308,11 @@ def test_binary_smoke(tmp_path):
 
 def test_benchmark_module_tiny(tmp_path):
   pytest.importorskip("faiss")
+  from configs import benchmarks as bench_configs
   from genrec_jax.benchmarks import rq_kmeans as bench
   path = tmp_path / "x.npy"
   np.save(path, np.random.default_rng(1).normal(size=(61, 13)).astype(np.float32))
-  config = bench.get_config()
+  config = bench_configs.get_config("rq_kmeans")
   config.embeddings = str(path)
   config.codebook_sizes = (7, 7, 7)
   config.iters = 5

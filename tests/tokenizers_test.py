@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 from genrec_jax.models import decoder, t5
+from genrec_jax.semantic_ids.table import SemanticIds
 from genrec_jax.weights import gguf, tokenizers
 
 TEXTS = ["Hello", "Hello world! 你好，世界。",
@@ -29,32 +30,23 @@ def test_qwen_tokenizer(qwen):
 
 
 def test_sid_tokens_round_trip(qwen):
-  info = tokenizers.add_sid_tokens(qwen, levels=3, codebook_size=256,
-                                   dedup_size=4)
-  vocab = info["vocab"]
-  assert info["num_added"] == 3 * 256 + 4
-  assert len(qwen) == info["first_id"] + info["num_added"]
-  assert vocab.level_tokens(0)[0] == "<a_0>"
-  assert vocab.level_tokens(2)[-1] == "<c_255>"
-  assert vocab.dedup_tokens() == ["<d_0>", "<d_1>", "<d_2>", "<d_3>"]
-  s = vocab.format([3, 255, 0], dedup=1)
+  sids = SemanticIds.from_codes(np.array([[3, 255, 0, 1], [0, 0, 0, 3]]),
+                                (256, 256, 256, 4), dedup=True)
+  strings = sids.token_strings()
+  assert len(strings) == 3 * 256 + 4
+  assert strings[0] == "<a_0>" and strings[3 * 256 - 1] == "<c_255>"
+  assert strings[-4:] == ["<d_0>", "<d_1>", "<d_2>", "<d_3>"]
+  first = tokenizers.add_special_tokens(qwen, strings)
+  assert len(qwen) == first + len(strings)
+  s = sids.strings[0]
   assert s == "<a_3><b_255><c_0><d_1>"
   ids = qwen(s)["input_ids"]
-  assert ids == [int(info["level_ids"][0][3]), int(info["level_ids"][1][255]),
-                 int(info["level_ids"][2][0]), int(info["dedup_ids"][1])]
+  assert ids == [first + 3, first + 256 + 255, first + 512, first + 768 + 1]
   assert qwen.decode(ids) == s
   mixed = "User bought " + s + " then<a_7><b_1><c_2>."
   assert qwen.decode(qwen(mixed)["input_ids"]) == mixed
-  with pytest.raises(ValueError, match="already has SID token"):
-    tokenizers.add_sid_tokens(qwen, levels=3, codebook_size=256)
-
-
-def test_sid_vocab_sizes():
-  v = tokenizers.sid_vocab(levels=2, codebook_size=(5, 7), dedup_size=0)
-  assert v.all_tokens()[:2] == ["<a_0>", "<a_1>"] and len(v.all_tokens()) == 12
-  assert v.dedup_tokens() == []
-  with pytest.raises(ValueError):
-    v.format([1, 2, 3])
+  with pytest.raises(ValueError, match="already has token"):
+    tokenizers.add_special_tokens(qwen, strings)
 
 
 def test_smollm2_tokenizer_round_trip():

@@ -5,7 +5,9 @@ import json
 import numpy as np
 import pytest
 
+from genrec_jax.data.dataset import DataError
 from genrec_jax.decoding import trie as trie_lib
+from genrec_jax.semantic_ids.table import SemanticIds
 
 
 def _random_codes(rng, num_levels=None, sizes=None, n=None):
@@ -122,7 +124,7 @@ def test_load_item_sids_json(tmp_path):
   (tmp_path / "item_sids.json").write_text(json.dumps(sids))
   (tmp_path / "report.json").write_text(json.dumps(
       {"codebook_sizes": [4, 4, 4]}))
-  trie = trie_lib.load_trie(tmp_path / "item_sids.json", num_items=5)
+  trie = SemanticIds.load(tmp_path, num_items=5).trie
   assert trie.codebook_sizes == (4, 4, 4)
   assert trie.num_items == 5
   assert trie.item_of([1, 1, 0]) == 2
@@ -140,12 +142,12 @@ def test_load_item_sids_json(tmp_path):
 def test_bad_item_sids(tmp_path, obj, match):
   path = tmp_path / "item_sids.json"
   path.write_text(json.dumps(obj))
-  with pytest.raises(ValueError, match=match):
-    trie_lib.load_trie(path)
+  with pytest.raises(DataError, match=match):
+    SemanticIds.load(tmp_path, num_items=5)
 
 
 def test_collision_in_file_names_the_file(tmp_path):
   path = tmp_path / "item_sids.json"
   path.write_text(json.dumps({"0": [1, 2], "1": [1, 2]}))
-  with pytest.raises(ValueError, match="item_sids.json.*collision"):
-    trie_lib.load_trie(path)
+  with pytest.raises(DataError, match="item_sids.json.*collision"):
+    SemanticIds.load(tmp_path, num_items=5).trie

@@ -3,7 +3,7 @@
 python -m binaries.benchmark --config=configs/benchmarks.py:beam_search \
     --workdir=runs/bench
 
-A random Qwen2-like decoder (genrec_jax.decoding.reference_decoder;
+A random Qwen2-like decoder (genrec_jax.benchmarks.reference_decoder;
 BASELINES.md: hidden 256, 4 layers, 4 heads / 2 kv heads, intermediate 688,
 vocab 1,768) scores 64 prompts of 60 tokens;
 3 SID levels x 256 codes for a synthetic Beauty-sized catalogue (12,101
@@ -32,70 +32,14 @@ from typing import Any
 
 from absl import logging
 import jax
-import ml_collections
 import numpy as np
 
 from flax import nnx
 
+from genrec_jax.benchmarks import common
 from genrec_jax.decoding import beam_search as bs
-from genrec_jax.decoding import reference_decoder
+from genrec_jax.benchmarks import reference_decoder
 from genrec_jax.decoding import trie as trie_lib
-
-
-def get_config() -> ml_collections.ConfigDict:
-  config = ml_collections.ConfigDict()
-  # Random seed for weights, prompts and the synthetic catalogue.
-  config.seed = 0
-  # JAX model: "decoder" (genrec_jax.models.decoder, saved for HF with
-  # genrec_jax.weights.hf.save_pretrained) or "reference"
-  # (genrec_jax.decoding.reference_decoder).
-  config.model = "decoder"
-  # Decoder shape (Qwen2-like), BASELINES.md.
-  config.hidden = 256
-  # Transformer blocks.
-  config.layers = 4
-  # Query heads.
-  config.heads = 4
-  # Key/value heads (GQA).
-  config.kv_heads = 2
-  # MLP width.
-  config.intermediate = 688
-  # Vocabulary: 1,000 ordinary tokens + 3 x 256 SID tokens.
-  config.vocab = 1768
-  # First SID token id (level l, code c -> sid_base + 256 l + c).
-  config.sid_base = 1000
-  # SID levels and codes per level.
-  config.levels = 3
-  # Codes per level.
-  config.codebook = 256
-  # Items in the main comparison (Beauty has 12,101).
-  config.num_items = 12101
-  # Prompts and their length (tokens).
-  config.prompts = 64
-  # Tokens per prompt.
-  config.prompt_len = 60
-  # Beam width (= results per prompt) of the main comparison.
-  config.beam = 20
-  # JAX batch sizes timed (prompts per jitted call).
-  config.jax_batches = (8, 64)
-  # HF batch sizes timed.
-  config.hf_batches = (1, 8)
-  # Catalogue sizes for the scaling figures.
-  config.scale_items = (1000, 10000, 100000)
-  # Beam widths for the scaling figures.
-  config.scale_beams = (5, 10, 20, 50)
-  # Timing repeats of the JAX search (the best one counts: the machine is
-  # shared, the minimum is the least disturbed run).
-  config.repeats = 5
-  # Timing repeats of HF generate (best one counts).
-  config.hf_repeats = 2
-  # Python of the torch venv for the HF side ("" = skip HF).
-  config.torch_python = "/work/main/.venv-torch/bin/python"
-  # Threads for torch (the machine has 2 cores).
-  config.torch_threads = 2
-  # Peak fp32 FLOP/s of the machine (BASELINES.md: 2 cores, AVX2 + FMA).
-  config.peak_flops = 157e9
-  return config
 
 
 # ----------------------------------------------------------------------------
@@ -197,8 +141,8 @@ def run_hf(folder: pathlib.Path, python: str, spec: dict[str, Any]
            ) -> dict[str, Any] | None:
   """Runs HF generate in the torch venv; None (with a log) if unavailable."""
   if not python or not os.path.exists(python):
-    logging.warning("HF comparison skipped: torch python %r not found",
-                    python)
+    logging.warning("HF comparison skipped: torch python %r not found (%s)",
+                    python, common.TORCH_VENV_HINT)
     return None
   (folder / "bench.json").write_text(json.dumps(spec))
   (folder / "hf_bench.py").write_text(HF_SCRIPT)
@@ -332,7 +276,9 @@ def run(config, out_dir) -> dict[str, Any]:
     save_hf(folder)
     np.save(folder / "prompts.npy", ids)
     np.save(folder / "tokens.npy", sid.tokens(codes))
-    hf = run_hf(folder, config.torch_python, {
+    python = (common.torch_python() if config.torch_python is None
+              else config.torch_python)
+    hf = run_hf(folder, python, {
         "beam": beam, "batches": list(config.hf_batches),
         "threads": config.torch_threads, "repeats": config.hf_repeats})
   # JAX again after HF: the best of both rounds counts (shared machine).

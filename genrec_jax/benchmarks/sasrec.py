@@ -4,8 +4,9 @@ python -m binaries.benchmark --config=configs/benchmarks.py:sasrec --workdir=run
 
 All three run the same model (configs/sasrec.py variant `model_config`), the
 same loss and the same Adam update on Beauty train sequences, in one process:
-  * jit_bucketed: what train_sasrec runs - one jitted step
-    (`sasrec_train.make_train_step`) over length-bucketed grain batches
+  * jit_bucketed: what train_sasrec runs - the trainer's jitted step
+    (`loop.make_train_step` on `sasrec_train.make_loss`, the optimizer of
+    `optimizer.make_optimizer`) over length-bucketed grain batches
     (widths 4/8/16/50, fewer padding slots);
   * jit_padded: the same jitted step with every batch padded to max_len
     (the plain grain pipeline: shuffle, batch);
@@ -22,29 +23,17 @@ import time
 
 from absl import logging
 import jax
-import ml_collections
 import numpy as np
 from flax import nnx
 
-from configs import data as data_configs
-from configs import sasrec as sasrec_configs
 from genrec_jax.data import prepare
 from genrec_jax.models.sasrec import SASRec
-from genrec_jax.training import sasrec_data, sasrec_train
+from genrec_jax.training import loop, optimizer, sasrec_data, sasrec_train
 
 
-def get_config() -> ml_collections.ConfigDict:
-  config = ml_collections.ConfigDict()
-  # configs/data.py variant with the train sequences.
-  config.data = "beauty"
-  # configs/sasrec.py variant giving the model and optimiser.
-  config.model_config = "beauty"
-  # Timed steps per jitted variant (after compiling every batch shape).
-  config.steps = 40
-  # Timed eager steps (slow).
-  config.eager_steps = 3
-  config.seed = 0
-  return config
+def _call(step, params, opt, rest, b, i):
+  batch = {"inputs": b["inputs"], "targets": b["targets"]}
+  return step(params, opt, rest, batch, jax.random.key(0), np.int32(i))
 
 
 def _measure(step, params, opt, rest, batches, pad_id, eager=False):
@@ -53,11 +42,9 @@ def _measure(step, params, opt, rest, batches, pad_id, eager=False):
     t0 = time.perf_counter()
     if eager:
       with jax.disable_jit():
-        params, opt, aux = step(params, opt, rest, b["inputs"], b["targets"],
-                                jax.random.key(i))
+        params, opt, aux = _call(step, params, opt, rest, b, i)
     else:
-      params, opt, aux = step(params, opt, rest, b["inputs"], b["targets"],
-                              jax.random.key(i))
+      params, opt, aux = _call(step, params, opt, rest, b, i)
     jax.block_until_ready(params)
     times.append(time.perf_counter() - t0)
     users += int(((b["targets"] != pad_id).any(1)).sum())
@@ -70,15 +57,15 @@ def _measure(step, params, opt, rest, batches, pad_id, eager=False):
 
 def run(config, out_dir) -> dict:
   del out_dir
-  ds = prepare.build(data_configs.get_config(config.data))
-  cfg = sasrec_configs.get_config(config.model_config)
+  ds = prepare.build(config.data_config)
+  cfg = config.sasrec
   mcfg, tcfg = cfg.model, cfg.train
   pad = ds.num_items
   model = SASRec(ds.num_items, mcfg, rngs=nnx.Rngs(config.seed))
   graphdef, params, rest = nnx.split(model, nnx.Param, ...)
-  tx = sasrec_train.make_optimizer(tcfg)
-  step = sasrec_train.make_train_step(graphdef, tx, loss=tcfg.loss,
-                                      max_positions=0)
+  tx = optimizer.make_optimizer(tcfg, config.steps)
+  step = loop.make_train_step(graphdef, tx,
+                              sasrec_train.make_loss(tcfg.loss))
   opt = tx.init(params)
   results = {"loss": tcfg.loss, "batch_size": tcfg.batch_size,
              "max_len": mcfg.max_len, "hidden_dim": mcfg.hidden_dim}
@@ -97,8 +84,7 @@ def run(config, out_dir) -> dict:
   for b in b_batches + p_batches[:1]:
     shapes.setdefault(b["inputs"].shape, b)
   for b in shapes.values():
-    params, opt, _ = step(params, opt, rest, b["inputs"], b["targets"],
-                          jax.random.key(0))
+    params, opt, _ = _call(step, params, opt, rest, b, 0)
   jax.block_until_ready(params)
   results["compile_seconds"] = time.perf_counter() - t0
   params, opt, r = _measure(step, params, opt, rest, b_batches, pad)

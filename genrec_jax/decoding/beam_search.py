@@ -124,55 +124,13 @@ class SearchResult(NamedTuple):
   codes: jax.Array
 
 
-def _gather_beams(state, beam):
+def gather_beams(state, beam):
   """Reorders every leaf's leading (beam) axis."""
   return jax.tree.map(lambda x: x[beam], state)
 
 
 # ----------------------------------------------------------------------------
 # Scorers.
-
-
-@dataclasses.dataclass(frozen=True)
-class TableScorer:
-  """Toy scorer: logits depend on a hash of the prompt and the prefix.
-
-  params: float [M, V] logits table. prompt: int32 [] start row in [0, M).
-  After token t the row becomes (row * 31 + t + 7) % M. Used by tests and
-  as the brute-force reference (`path_log_probs`).
-  """
-
-  def init(self, params, prompt):
-    row = jnp.asarray(prompt, jnp.int32).reshape(1)  # [1]
-    return row, params[row[0]]
-
-  def step(self, params, row, tokens):
-    row = (row * 31 + tokens + 7) % params.shape[0]  # [W]
-    return row, params[row]  # [W, V]
-
-  def gather(self, state, beam):
-    return _gather_beams(state, beam)
-
-  def check_prompts(self, prompts, num_new):
-    prompts = np.asarray(prompts)
-    if prompts.ndim != 1:
-      raise ValueError(f"TableScorer prompts must be int [B], got "
-                       f"{prompts.shape}")
-
-  @staticmethod
-  def path_log_probs(table: np.ndarray, prompt: int,
-                     tokens: np.ndarray) -> np.ndarray:
-    """float64 [P]: sum of full-vocab log-probs of each int [P, L] path."""
-    table = np.asarray(table, np.float64)
-    m = table.shape[0]
-    logp = table - np.log(np.exp(table - table.max(1, keepdims=True)).sum(
-        1, keepdims=True)) - table.max(1, keepdims=True)
-    row = np.full(tokens.shape[0], int(prompt), dtype=np.int64)
-    total = np.zeros(tokens.shape[0])
-    for l in range(tokens.shape[1]):
-      total += logp[row, tokens[:, l]]
-      row = (row * 31 + tokens[:, l] + 7) % m
-    return total
 
 
 def _merge(graphdef, params):
@@ -262,7 +220,7 @@ class DecoderScorer:
     return cache, logits
 
   def gather(self, state, beam):
-    return _gather_beams(state, beam)
+    return gather_beams(state, beam)
 
   def check_prompts(self, prompts, num_new):
     check_left_padded(prompts["input_ids"], prompts["attention_mask"],
@@ -284,7 +242,7 @@ class SharedPrefixDecoderScorer(DecoderScorer):
 
   For models with `init_suffix(beams, max_new)` and
   `decode_step_shared(tokens, prefix, suffix)` (models.decoder.Decoder,
-  reference_decoder): the
+  benchmarks.reference_decoder): the
   prompt is prefilled once into a batch-1 cache of exactly the prompt length
   and only the per-beam cache of generated tokens is gathered by beam.
   Same prompts, checks and results as DecoderScorer.
@@ -308,7 +266,7 @@ class SharedPrefixDecoderScorer(DecoderScorer):
 
   def gather(self, state, beam):
     prefix, suffix = state
-    return prefix, _gather_beams(suffix, beam)
+    return prefix, gather_beams(suffix, beam)
 
   def expand(self, state, beams):
     prefix, suffix = state
@@ -354,7 +312,7 @@ class T5Scorer:
 
   def gather(self, state, beam):
     cache, cross, mask = state
-    return _gather_beams(cache, beam), cross, mask
+    return gather_beams(cache, beam), cross, mask
 
   def expand(self, state, beams):
     cache, cross, mask = state  # cross K/V stay [L, 1, S, N, H]
@@ -528,7 +486,7 @@ def beam_search(scorer, params, prompts, trie: Trie, *, beam_size: int,
   """Constrained beam search with host-side input checks.
 
   Args:
-    scorer: a hashable scorer (TableScorer, DecoderScorer, T5Scorer, ...).
+    scorer: a hashable scorer (DecoderScorer, T5Scorer, ...).
     params: model parameters (a pytree of arrays; nnx State(s)).
     prompts: a pytree of arrays with a leading batch axis, as the scorer
       expects.

@@ -30,9 +30,7 @@ trie cannot say which of two items a path means.
 from __future__ import annotations
 
 import dataclasses
-import json
-import pathlib
-from typing import Any, Mapping, NamedTuple, Sequence
+from typing import NamedTuple, Sequence
 
 import numpy as np
 
@@ -288,77 +286,3 @@ def build_trie(
   has_item[item_ids] = True
   return Trie(tables=tables, codes=full_codes, codebook_sizes=codebook_sizes,
               num_items=num_items, has_item=has_item)
-
-
-def parse_item_sids(obj: Any, where: str = "item_sids") -> tuple[
-    np.ndarray, np.ndarray]:
-  """Item ids and codes from a decoded `item_sids.json`.
-
-  Accepts `{"<item id>": [c0, c1, ...], ...}` (string or int keys) or a list
-  whose row i is the codes of item i.
-
-  Returns:
-    (item_ids int64 [n], codes int64 [n, L]).
-  """
-  if isinstance(obj, Mapping):
-    items = list(obj.items())
-  elif isinstance(obj, (list, tuple)):
-    items = list(enumerate(obj))
-  else:
-    raise ValueError(f"{where}: expected an object or a list, got "
-                     f"{type(obj).__name__}")
-  if not items:
-    raise ValueError(f"{where}: no items")
-  ids, rows = [], []
-  num_levels = None
-  for key, row in items:
-    try:
-      item = int(key)
-    except (TypeError, ValueError):
-      raise ValueError(f"{where}: item key {key!r} is not an integer item "
-                       "id") from None
-    if not isinstance(row, (list, tuple)) or not all(
-        isinstance(c, int) and not isinstance(c, bool) for c in row):
-      raise ValueError(f"{where}: item {key}: codes must be a list of ints, "
-                       f"got {row!r}")
-    if num_levels is None:
-      num_levels = len(row)
-    if len(row) != num_levels or not row:
-      raise ValueError(f"{where}: item {key}: {len(row)} codes, expected "
-                       f"{num_levels} (every item needs the same number)")
-    ids.append(item)
-    rows.append(row)
-  return np.asarray(ids, dtype=np.int64), np.asarray(rows, dtype=np.int64)
-
-
-def load_trie(
-    path: str | pathlib.Path,
-    *,
-    num_items: int | None = None,
-    codebook_sizes: Sequence[int] | None = None,
-    num_dense: int | None = None,
-) -> Trie:
-  """Builds the trie from an `item_sids.json` file.
-
-  If `codebook_sizes` is None and a `report.json` with `codebook_sizes` sits
-  next to the file (the SID stage writes one), it is used.
-  """
-  path = pathlib.Path(path)
-  try:
-    obj = json.loads(path.read_text())
-  except (OSError, json.JSONDecodeError) as e:
-    raise ValueError(f"{path}: cannot read item SIDs: {e}") from None
-  ids, codes = parse_item_sids(obj, str(path))
-  report = path.parent / "report.json"
-  if codebook_sizes is None and report.exists():
-    try:
-      sizes = json.loads(report.read_text()).get("codebook_sizes")
-    except json.JSONDecodeError:
-      sizes = None
-    if isinstance(sizes, list) and len(sizes) == codes.shape[1]:
-      codebook_sizes = sizes
-  try:
-    return build_trie(codes, codebook_sizes, num_dense=num_dense,
-                      item_ids=ids, num_items=num_items)
-  except ValueError as e:
-    raise ValueError(f"{path}: {e}") from None

@@ -3,7 +3,7 @@
 A prompt is built as a list of *segments* (strings) whose concatenation is
 the prompt text. The segments are cut at SID tokens, titles and template
 pieces, so a tokenizer can encode each distinct segment once and a prompt is
-the concatenation of cached encodings (`sft_data.SegmentEncoder`). Training
+the concatenation of cached encodings (`text_data.SegmentEncoder`). Training
 and evaluation call the same `build` function, so the train/eval prompt
 mismatch of MiniOneRec (issue #65, METHODS.md 3.3 pitfall 3) cannot happen:
 an evaluation prompt is the training prompt of the same history with the
@@ -99,16 +99,8 @@ TITLE_SEP = "\", \""
 TITLE_CLOSE = "\""
 
 
-@dataclasses.dataclass(frozen=True)
-class PromptStyle:
-  """Wording knobs shared by training and evaluation.
-
-  Attributes:
-    noun: what the catalogue's items are called in title-history prompts
-      ("items", "beauty products", "movies").
-  """
-
-  noun: str = "items"
+# What the catalogue's items are called in title-history prompts.
+ITEM_NOUN = "items"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -162,8 +154,7 @@ def _title_list(items: Sequence[int], titles: Sequence[str]) -> list[str]:
 
 def input_segments(task: str, history: Sequence[int], item: int | None, *,
                    sids: Sequence[str], titles: Sequence[str],
-                   hint: Sequence[int] | None = None,
-                   style: PromptStyle = PromptStyle()) -> list[str]:
+                   hint: Sequence[int] | None = None) -> list[str]:
   """The {INPUT} part of a prompt as segments.
 
   Args:
@@ -174,7 +165,6 @@ def input_segments(task: str, history: Sequence[int], item: int | None, *,
     titles: item id -> title.
     hint: neighbour item ids for the hint sentence (sid_history only); None
       or empty -> no hint sentence.
-    style: wording knobs.
 
   Returns:
     The segments; "".join(...) is the input text.
@@ -198,27 +188,26 @@ def input_segments(task: str, history: Sequence[int], item: int | None, *,
             + [". Can you recommend the next item for him? Tell me the title "
                "of the item"])
   if task == TITLE_HISTORY_TO_TITLE:
-    return ([f"The user has interacted with the following {style.noun} "
+    return ([f"The user has interacted with the following {ITEM_NOUN} "
              "before: "] + _title_list(history, titles))
   if task == TITLE_HISTORY_TO_SID:
-    return ([f"The user has interacted with the following {style.noun} in "
+    return ([f"The user has interacted with the following {ITEM_NOUN} in "
              "chronological order: "] + _title_list(history, titles)
             + [". Can you predict the next item the user may expect?"])
   raise ValueError(f"unknown task {task!r}; tasks are {TASKS}")
 
 
-def head_segment(task: str, style: PromptStyle = PromptStyle()) -> str:
+def head_segment(task: str) -> str:
   """Preamble + instruction + the user-input header (one segment)."""
   if task not in INSTRUCTIONS:
     raise ValueError(f"unknown task {task!r}; tasks are {TASKS}")
-  return (PREAMBLE + INSTRUCTIONS[task].format(noun=style.noun)
+  return (PREAMBLE + INSTRUCTIONS[task].format(noun=ITEM_NOUN)
           + INPUT_HEADER)
 
 
 def build(task: str, history: Sequence[int], target: int | None, *,
           sids: Sequence[str], titles: Sequence[str],
-          hint: Sequence[int] | None = None,
-          style: PromptStyle = PromptStyle()) -> Prompt:
+          hint: Sequence[int] | None = None) -> Prompt:
   """The prompt and answer of one example (train and eval alike).
 
   Args:
@@ -230,7 +219,6 @@ def build(task: str, history: Sequence[int], target: int | None, *,
     titles: item id -> title.
     hint: hint neighbour ids (sid_history only), already cleaned/dropped by
       the caller; None -> no hint sentence.
-    style: wording knobs.
 
   Returns:
     Prompt(prompt segments ending in RESPONSE_MARKER, answer segments
@@ -239,9 +227,9 @@ def build(task: str, history: Sequence[int], target: int | None, *,
   if task not in HISTORY_TASKS and target is None:
     raise ValueError(f"task {task!r} needs the item (target)")
   item = None if task in HISTORY_TASKS else target
-  prompt = ([head_segment(task, style)]
+  prompt = ([head_segment(task)]
             + input_segments(task, history, item, sids=sids, titles=titles,
-                             hint=hint, style=style)
+                             hint=hint)
             + [RESPONSE_MARKER])
   if target is None:
     answer = []
@@ -254,9 +242,7 @@ def build(task: str, history: Sequence[int], target: int | None, *,
 
 def render(task: str, history: Sequence[int], target: int | None, *,
            sids: Sequence[str], titles: Sequence[str],
-           hint: Sequence[int] | None = None,
-           style: PromptStyle = PromptStyle()) -> tuple[str, str]:
+           hint: Sequence[int] | None = None) -> tuple[str, str]:
   """(prompt_text, answer_text) of one example; see `build`."""
-  p = build(task, history, target, sids=sids, titles=titles, hint=hint,
-            style=style)
+  p = build(task, history, target, sids=sids, titles=titles, hint=hint)
   return p.prompt_text, p.answer_text

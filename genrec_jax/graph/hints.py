@@ -1,12 +1,16 @@
-"""Collaborative hints: each item's top-K neighbours by CF-embedding cosine.
+"""Collaborative hints: each item's nearest neighbours by CF-embedding cosine.
 
 The build_hints stage reads WORKDIR/lightgcn/item_emb.npy ([items, D]),
 L2-normalises the rows, searches a faiss IndexFlatIP (inner product = cosine)
-for the K + 1 nearest rows, drops the item itself and keeps K, and writes
-WORKDIR/hints/hints.json: {"<item id>": [neighbour ids, best first]} plus
-WORKDIR/hints/report.json. Items with an all-zero embedding (never seen in
-training) get no entry. `clean_target` removes a row's target from a hint list
-when training prompts are built (METHODS.md section 4).
+for the N + 1 nearest rows, drops the item itself and keeps N
+(`config.num_neighbours`), and writes WORKDIR/hints/hints.json:
+{"<item id>": [neighbour ids, best first]} plus WORKDIR/hints/report.json.
+Items with an all-zero embedding (never seen in training) get no entry.
+
+N is more than the K hints a prompt shows (the generative config's
+`hints.k`, the one knob for K): training removes the target from the list
+before cutting it to K (clean target, METHODS.md section 4), so train and
+test prompts both show K hints (genrec_jax.generative.hints).
 
 Entry point: `run(config, workdir) -> dict` (the report).
 """
@@ -15,7 +19,7 @@ from __future__ import annotations
 
 import pathlib
 import time
-from typing import Any, Sequence
+from typing import Any
 
 from absl import logging
 import faiss
@@ -74,14 +78,6 @@ def top_k_neighbours(emb: np.ndarray, k: int, *, exclude_zero: bool = True
   return ids, out_sims
 
 
-def clean_target(hint_ids: Sequence[Any], target: Any) -> list:
-  """The hint list without the row's target (order kept).
-
-  An empty result means the hint sentence is dropped for that row.
-  """
-  return [h for h in hint_ids if h != target]
-
-
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   """Builds WORKDIR/hints/hints.json from WORKDIR/lightgcn/item_emb.npy."""
   t0 = time.time()
@@ -90,7 +86,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   if not path.exists():
     raise DataError(f"{path}: missing; run binaries.train_lightgcn first")
   emb = np.load(path)
-  ids, sims = top_k_neighbours(emb, config.k)
+  ids, sims = top_k_neighbours(emb, config.num_neighbours)
   hints = {str(i): [int(j) for j in ids[i] if j >= 0]
            for i in range(len(ids)) if ids[i, 0] >= 0}
   out = workdir / STAGE
@@ -99,14 +95,15 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   report = {
       "items": int(len(ids)),
       "items_with_hints": len(hints),
-      "k": int(config.k),
+      "num_neighbours": int(config.num_neighbours),
       "embeddings": str(path),
       "mean_cosine": float(sims[valid].mean()) if valid.any() else None,
       "self_in_hints": int(sum(int(k) in v for k, v in hints.items())),
       "seconds": time.time() - t0,
   }
   atomic_write_json(out / "report.json", report)
-  logging.info("hints: %d of %d items, k=%d, mean cosine %s (%.1fs)",
-               report["items_with_hints"], report["items"], config.k,
+  logging.info("hints: %d of %d items, %d neighbours each, mean cosine %s "
+               "(%.1fs)", report["items_with_hints"], report["items"],
+               config.num_neighbours,
                report["mean_cosine"], report["seconds"])
   return report

@@ -6,6 +6,8 @@ Stages (each `run(config, workdir) -> dict`, outputs written atomically):
                                 <name>.index.json, codes.npy, code_usage.png
 
 Library:
+  table       SemanticIds: the one reader of sids/ (codes, sizes, dedup
+              level, token strings, trie); every consumer goes through it
   encoders    TextEncoder interface + registry ("bert": NNX BERT, mean pooling)
   kmeans      jitted k-means (k-means++, restarts, re-seeding, Sinkhorn mode)
   quantizers  Quantized result + registry of SID methods (config.method)

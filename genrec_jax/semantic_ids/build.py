@@ -18,7 +18,6 @@ from __future__ import annotations
 import json
 import pathlib
 import shutil
-import string
 import tempfile
 import time
 
@@ -27,6 +26,7 @@ import numpy as np
 
 from genrec_jax.data.dataset import DataError, Dataset, replace_dir
 from genrec_jax.semantic_ids import collisions, quality, quantizers
+from genrec_jax.semantic_ids.table import token_string
 
 DONE_FILE = "sids/report.json"
 
@@ -60,10 +60,7 @@ def load_embeddings(workdir: pathlib.Path, num_items: int | None) -> tuple[np.nd
 
 def index_tokens(codes: np.ndarray) -> dict[str, list[str]]:
   """MiniOneRec `*.index.json`: level l uses letter a, b, c, ... ."""
-  if codes.shape[1] > 26:
-    raise ValueError(f"{codes.shape[1]} levels: at most 26 letters")
-  letters = string.ascii_lowercase
-  return {str(i): [f"<{letters[l]}_{int(c)}>" for l, c in enumerate(row)]
+  return {str(i): [token_string(l, c) for l, c in enumerate(row)]
           for i, row in enumerate(codes)}
 
 

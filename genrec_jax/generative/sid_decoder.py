@@ -1,0 +1,204 @@
+"""The "sid" format: a from-scratch decoder LM on bare SID-token prompts.
+
+  [bos] history SID tokens ([hint] SID tokens of the K hint items) [sep]
+  -> the target's SID tokens
+
+Own vocabulary: 0 pad, 1 eos, 2 bos, 3 sep, 4 hint, then the SID blocks.
+The hints are miniGR-CF's collaborative hints without the text (the
+neighbours of the last history item, generative/hints.py): dropped per
+example with probability `hints.dropout` in training (re-drawn every
+epoch), the target never among them in training, all K at test.
+Training batches are right-padded (loss on the target tokens), evaluation
+prompts left-padded; search with `SharedPrefixDecoderScorer` (the prompt's
+KV cache shared by the beams).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flax import nnx
+import jax.numpy as jnp
+import numpy as np
+
+from genrec_jax.decoding import beam_search as bs
+from genrec_jax.generative import formats
+from genrec_jax.generative import losses
+from genrec_jax.generative.hints import Hints
+from genrec_jax.generative.sid_data import PAD, history_tokens, sid_train_data
+from genrec_jax.models import decoder
+
+EOS, BOS, SEP, HINT = 1, 2, 3, 4
+# First SID token.
+SID_BASE = HINT + 1
+
+
+def hint_tokens(hints: Hints | None, last_item: int, item_tokens: np.ndarray,
+                target: int | None = None) -> np.ndarray | None:
+  """SID tokens of the hint items of `last_item` (None: no hint).
+
+  Training passes `target`: it is removed before the list is cut to K.
+  """
+  if hints is None or last_item < 0:
+    return None
+  hs = hints.for_item(int(last_item), target)
+  return item_tokens[hs].reshape(-1) if hs else None
+
+
+def sid_prompt(history: np.ndarray, hint: np.ndarray | None) -> np.ndarray:
+  """[BOS] history SID tokens ([HINT] hint SID tokens) [SEP]."""
+  parts = [[BOS], history]
+  if hint is not None:
+    parts += [[HINT], hint]
+  parts.append([SEP])
+  return np.concatenate(parts).astype(np.int32)
+
+
+def prompt_width(max_history: int, levels: int, hint_k: int,
+                 with_hints: bool) -> int:
+  return 2 + max_history * levels + (1 + hint_k * levels) * with_hints
+
+
+def eval_prompts(history, item_tokens, *, max_history: int,
+                 hints: Hints | None) -> dict[str, np.ndarray]:
+  """Left-padded prompts of evaluation histories (full hints)."""
+  hist = history.padded(max_history, -1, left=True)  # [B, H]
+  toks, mask = history_tokens(hist, item_tokens, max_history)
+  levels = item_tokens.shape[1]
+  width = prompt_width(max_history, levels, hints.k if hints else 0,
+                       hints is not None)
+  b = len(hist)
+  ids = np.full((b, width), PAD, np.int32)
+  amask = np.zeros((b, width), bool)
+  for i in range(b):
+    row = sid_prompt(toks[i][mask[i]],
+                     hint_tokens(hints, hist[i, -1], item_tokens))
+    ids[i, width - len(row):] = row
+    amask[i, width - len(row):] = True
+  return {"input_ids": ids, "attention_mask": amask}
+
+
+class SidDecoderBatch:
+  """Next-item batch -> right-padded [bos] history ([hint] hint) [sep] target.
+
+  `draws` are uniform [0, 1) numbers, one per row (from grain's per-batch
+  rng: re-drawn every epoch, reproducible on resume): a row's hint is
+  dropped when its draw < hint_dropout.
+  """
+
+  def __init__(self, item_tokens, max_history, hints: Hints | None = None,
+               hint_dropout: float = 0.0):
+    self.item_tokens = item_tokens
+    self.max_history = max_history
+    self.hints, self.hint_dropout = hints, hint_dropout
+
+  def __call__(self, element, draws: np.ndarray):
+    history = element["history"]  # [B, H], H <= max_history
+    toks, mask = history_tokens(history, self.item_tokens, self.max_history)
+    targets = element["target"]
+    target = self.item_tokens[targets]  # [B, L]
+    b, levels = target.shape
+    k = self.hints.k if self.hints is not None else 0
+    width = prompt_width(min(history.shape[1], self.max_history), levels, k,
+                         self.hints is not None) + levels
+    ids = np.full((b, width), PAD, np.int32)
+    amask = np.zeros((b, width), bool)
+    lmask = np.zeros((b, width), np.float32)
+    drop = np.asarray(draws) < self.hint_dropout
+    for i in range(b):  # right padding
+      hint = None if drop[i] else hint_tokens(
+          self.hints, history[i, -1], self.item_tokens, target=targets[i])
+      row = np.concatenate([sid_prompt(toks[i][mask[i]], hint), target[i]])
+      ids[i, :len(row)] = row
+      amask[i, :len(row)] = True
+      lmask[i, len(row) - levels:len(row)] = 1.0
+    return {"input_ids": ids, "attention_mask": amask, "loss_mask": lmask}
+
+
+def scratch_config(m, vocab: int, *, bos: int, eos: int,
+                   pad: int) -> decoder.DecoderConfig:
+  """A from-scratch Llama-style decoder of the config's model sizes."""
+  return decoder.DecoderConfig(
+      vocab_size=vocab, hidden_size=m.hidden_size,
+      intermediate_size=m.intermediate_size, num_layers=m.num_layers,
+      num_heads=m.num_heads, num_kv_heads=m.num_kv_heads,
+      rope_theta=m.rope_theta, tie_word_embeddings=True,
+      attention_bias=False, model_type="llama",
+      max_position_embeddings=m.max_position_embeddings,
+      bos_token_id=bos, eos_token_id=eos, pad_token_id=pad)
+
+
+def decoder_config_from_spec(spec: dict[str, Any]) -> decoder.DecoderConfig:
+  kw = dict(spec["model_config"])
+  kw["dtype"] = jnp.dtype(kw.get("dtype", "float32"))
+  try:
+    return decoder.DecoderConfig(**kw)
+  except TypeError as e:
+    raise ValueError(f"field 'model_config': {e}") from None
+
+
+@formats.register
+class SidFormat(formats.PromptFormat):
+  """Decoder on [bos] history SIDs ([hint] hint SIDs) [sep] -> target SID."""
+
+  name = "sid"
+  model_kind = "decoder"
+
+  def __init__(self, ds, sids, workdir, *, model_config, layout,
+               settings: dict[str, Any], answer_budget: int = 0):
+    super().__init__(ds, sids, workdir)
+    self.model_config, self.layout, self.settings = (model_config, layout,
+                                                     settings)
+    self._item_tokens = self.sids.token_table(layout)
+    self.hints = formats.load_hints(settings, sids, self.workdir)
+    self.loss = losses.make_decoder_loss(answer_budget)
+
+  @property
+  def item_tokens(self) -> np.ndarray:
+    return self._item_tokens
+
+  @classmethod
+  def for_training(cls, config, ds, sids, workdir):
+    if config.model.source != "scratch":
+      raise ValueError("config field 'prompt.format' = 'sid' needs "
+                       "model.source = 'scratch'")
+    layout = bs.SidTokens.contiguous(sids.codebook_sizes, base=SID_BASE)
+    settings = {"format": cls.name, "max_history": int(config.data.max_history),
+                "hints": bool(config.hints.enabled),
+                "hint_k": int(config.hints.k)}
+    cfg = scratch_config(config.model, layout.end, bos=BOS, eos=EOS, pad=PAD)
+    fmt = cls(ds, sids, workdir, model_config=cfg, layout=layout,
+              settings=settings,
+              answer_budget=int(config.train.answer_budget))
+    fmt.training = config
+    return fmt, fmt.build_model(nnx.Rngs(config.seed))
+
+  @classmethod
+  def from_spec(cls, spec, ds, sids, workdir):
+    return cls(ds, sids, workdir, model_config=decoder_config_from_spec(spec),
+               layout=formats.layout_from_spec(spec),
+               settings=dict(spec["prompt"]))
+
+  def build_model(self, rngs):
+    return decoder.Decoder(self.model_config, rngs=rngs)
+
+  def train_batches(self, *, batch_size, num_epochs, seed, shard_index=0,
+                    shard_count=1):
+    c = self.training
+    transform = SidDecoderBatch(self.item_tokens, self.max_history,
+                                self.hints, float(c.hints.dropout))
+    return sid_train_data(
+        self.ds, transform, self.item_tokens, max_history=self.max_history,
+        buckets=tuple(c.data.history_buckets), batch_size=batch_size,
+        seed=seed, num_epochs=num_epochs, shard_index=shard_index,
+        shard_count=shard_count)
+
+  def eval_prompts(self, batch):
+    return eval_prompts(batch.history, self.item_tokens,
+                        max_history=self.max_history, hints=self.hints)
+
+  def scorer(self, graphdef):
+    # Every prompt ends in SEP (checked before the search starts).
+    return bs.SharedPrefixDecoderScorer(
+        graphdef, vocab_size=self.model_config.vocab_size,
+        required_suffix=(SEP,))
