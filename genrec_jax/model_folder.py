@@ -99,8 +99,16 @@ def save(model_dir: str | os.PathLike, spec: dict[str, Any],
   shutil.rmtree(tmp)
 
 
-def read_spec(model_dir: str | os.PathLike) -> dict[str, Any]:
-  """model.json of a folder (FileNotFoundError / ValueError naming it)."""
+def read_spec(model_dir: str | os.PathLike, *, kind: str | None = None,
+              num_items: int | None = None) -> dict[str, Any]:
+  """model.json of a folder (FileNotFoundError / ValueError naming it).
+
+  Args:
+    model_dir: the folder.
+    kind: the kind the caller loads (None: any).
+    num_items: the catalogue size of the dataset it will serve (None: not
+      checked); a folder trained on another catalogue is an error.
+  """
   path = pathlib.Path(model_dir) / MODEL_JSON
   if not path.exists():
     raise FileNotFoundError(
@@ -111,6 +119,12 @@ def read_spec(model_dir: str | os.PathLike) -> dict[str, Any]:
     raise ValueError(f"{path}: {e}") from None
   if not isinstance(spec, dict) or "kind" not in spec:
     raise ValueError(f"{path}: missing field 'kind'")
+  if kind is not None and spec["kind"] != kind:
+    raise ValueError(f"{path}: kind {spec['kind']!r}, expected {kind!r}")
+  if num_items is not None and int(spec.get("num_items", num_items)) != (
+      num_items):
+    raise ValueError(f"{path}: a model of {spec['num_items']} items, the "
+                     f"dataset has {num_items}")
   return spec
 
 

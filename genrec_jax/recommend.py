@@ -41,12 +41,12 @@ def load_model(workdir: str | pathlib.Path, name: str, *,
   """The Ranker of the model folder WORKDIR/<name>."""
   workdir = pathlib.Path(workdir).resolve()
   model_dir = workdir / name
-  spec = model_folder.read_spec(model_dir)
+  ds = ds or Dataset.load(workdir / "dataset")
+  spec = model_folder.read_spec(model_dir, num_items=ds.num_items)
   kind = spec["kind"]
   if kind not in _LOADERS:
     raise ValueError(f"{model_dir / model_folder.MODEL_JSON}: field 'kind' = "
                      f"{kind!r} is not one of {sorted(_LOADERS)}")
-  ds = ds or Dataset.load(workdir / "dataset")
   return _LOADERS[kind](model_dir, workdir, spec, ds)
 
 

@@ -269,3 +269,11 @@ def test_binary_smoke_and_bad_workdir(tmp_path):
   bad = subprocess.run(cmd + [f"--workdir={tmp_path / 'nope'}"], cwd=REPO,
                        capture_output=True, text=True, timeout=300)
   assert bad.returncode != 0 and "dataset" in bad.stderr.splitlines()[-1]
+
+
+def test_config_ranges_are_checked(tmp_path):
+  from configs import sasrec as sasrec_config  # pylint: disable=g-import-not-at-top
+  config = sasrec_config.get_config("tiny")
+  config.model.dropout = 1.5
+  with pytest.raises(ValueError, match="'model.dropout' = 1.5"):
+    sasrec_train.run(config, str(tmp_path))

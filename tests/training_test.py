@@ -311,3 +311,16 @@ def test_dataset_none_needs_examples_per_step(tmp_path):
 if __name__ == "__main__":
   if len(sys.argv) == 4 and sys.argv[1] == "child":
     _child(sys.argv[2], float(sys.argv[3]))
+
+
+def test_train_config_ranges_are_checked():
+  from configs import common  # pylint: disable=g-import-not-at-top
+  cfg = common.train()
+  optimizer.check_train_config(cfg)  # the defaults are valid
+  cfg.b2 = 1.5
+  with pytest.raises(ValueError, match="'train.b2' = 1.5"):
+    optimizer.check_train_config(cfg)
+  cfg = common.train()
+  cfg.compute_dtype = "float16"
+  with pytest.raises(ValueError, match="compute_dtype"):
+    optimizer.check_train_config(cfg)

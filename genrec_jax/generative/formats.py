@@ -23,6 +23,7 @@ text prompts, generative/text_decoder.py). A new format subclasses
 from __future__ import annotations
 
 import abc
+import functools
 import pathlib
 from typing import Any, Callable, ClassVar
 
@@ -30,6 +31,7 @@ from flax import nnx
 import ml_collections
 import numpy as np
 
+from genrec_jax.checks import check_ranges
 from genrec_jax.data.dataset import Dataset, EvalExamples
 from genrec_jax.decoding.beam_search import SidTokens
 from genrec_jax.generative.hints import HINTS_FILE, Hints
@@ -105,10 +107,7 @@ def check_config(config: ml_collections.ConfigDict) -> None:
       ("eval.beam_size", config.eval.beam_size, 1, None),
       ("eval.top_n", config.eval.top_n, 1, None),
   ]
-  for field, value, lo, hi in checks:
-    if value < lo or (hi is not None and value > hi):
-      rng = f"[{lo}, {hi}]" if hi is not None else f">= {lo}"
-      raise ValueError(f"config field '{field}' = {value}: must be {rng}")
+  check_ranges(checks)
   if config.eval.top_n > config.eval.beam_size:
     raise ValueError(f"config field 'eval.top_n' = {config.eval.top_n} "
                      f"exceeds eval.beam_size = {config.eval.beam_size}")
@@ -149,7 +148,7 @@ class PromptFormat(abc.ABC):
     self.ds, self.sids, self.workdir = ds, sids, pathlib.Path(workdir)
     self.training: ml_collections.ConfigDict | None = None
 
-  @property
+  @functools.cached_property
   def item_tokens(self) -> np.ndarray:
     """int32 [items, L] SID token ids of every item (-1 rows: no SID)."""
     return self.sids.token_table(self.layout)

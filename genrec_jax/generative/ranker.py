@@ -83,7 +83,8 @@ def save(model_dir: str | pathlib.Path, ranker: GenerativeRanker, *,
          sids_dir: str) -> None:
   """Writes the model folder (model.json + params/) of a ranker."""
   spec = ranker.fmt.spec()
-  spec.update(beam_size=ranker.beam_size, sids_dir=sids_dir)
+  spec.update(beam_size=ranker.beam_size, sids_dir=sids_dir,
+              num_items=ranker.fmt.sids.num_items)
   model_folder.save(model_dir, spec, ranker.params[0])
 
 
@@ -98,8 +99,8 @@ def load(model_dir: str | pathlib.Path, workdir: str | pathlib.Path, *,
   model_dir = pathlib.Path(model_dir)
   workdir = pathlib.Path(workdir)
   where = str(model_dir / model_folder.MODEL_JSON)
-  spec = spec or model_folder.read_spec(model_dir)
   ds = ds or Dataset.load(workdir / "dataset")
+  spec = spec or model_folder.read_spec(model_dir, num_items=ds.num_items)
   sids = SemanticIds.load(workdir / spec.get("sids_dir", "sids"),
                           num_items=ds.num_items)
   fmt = formats.from_spec(spec, ds, sids, workdir, where=where)

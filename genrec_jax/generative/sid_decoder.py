@@ -149,13 +149,8 @@ class SidFormat(formats.PromptFormat):
     super().__init__(ds, sids, workdir)
     self.model_config, self.layout, self.settings = (model_config, layout,
                                                      settings)
-    self._item_tokens = self.sids.token_table(layout)
     self.hints = formats.load_hints(settings, sids, self.workdir)
     self.loss = losses.make_decoder_loss(answer_budget)
-
-  @property
-  def item_tokens(self) -> np.ndarray:
-    return self._item_tokens
 
   @classmethod
   def for_training(cls, config, ds, sids, workdir):

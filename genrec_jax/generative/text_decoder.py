@@ -121,17 +121,21 @@ class TextFormat(formats.PromptFormat):
         settings["tokenizer"], sids)
     self.titles = text_data.item_titles(ds)
     self.hints = formats.load_hints(settings, sids, self.workdir)
-    keep = settings.get("vocab_keep")
+    self.model_config = model_config
+    self.loss = losses.make_decoder_loss(answer_budget)
+    self._set_vocab(settings.get("vocab_keep"))
+
+  def _set_vocab(self, keep) -> None:
+    """Tokenizer ids as the model sees them: all, or a compact subset."""
+    self.settings["vocab_keep"] = None if keep is None else list(keep)
     self.remap = (VocabMap(np.asarray(keep), len(self.tokenizer))
-                  if keep else None)
+                  if keep is not None else None)
     self.layout = self.tokens.sid_tokens
     self.response_ids = tuple(self.tokens.response_ids)
     if self.remap is not None:
       self.layout = self.remap.sid_tokens(self.layout)
       self.response_ids = tuple(int(x) for x in self.remap(
           np.asarray(self.response_ids)))
-    self.model_config = model_config
-    self.loss = losses.make_decoder_loss(answer_budget)
 
   @classmethod
   def for_training(cls, config, ds, sids, workdir):
@@ -139,16 +143,14 @@ class TextFormat(formats.PromptFormat):
     settings = {"format": cls.name, "max_history": int(config.data.max_history),
                 "tokenizer": m.tokenizer, "hints": bool(config.hints.enabled),
                 "hint_k": int(config.hints.k), "vocab_keep": None}
-    budget = int(config.train.answer_budget)
-    fmt = cls(ds, sids, workdir, settings=settings, answer_budget=budget)
+    fmt = cls(ds, sids, workdir, settings=settings,
+              answer_budget=int(config.train.answer_budget))
     fmt.training = config
     vocab = int(fmt.tokens.vocab_size)
     if m.source == "scratch":
       if m.compact_vocab:
         keep = compact_vocab(fmt.tokenizer, fmt.tokens, sids, fmt.titles)
-        settings["vocab_keep"] = keep.tolist()
-        fmt = cls(ds, sids, workdir, settings=settings, answer_budget=budget)
-        fmt.training = config
+        fmt._set_vocab(keep.tolist())  # pylint: disable=protected-access
         logging.info("compact vocabulary: %d of %d tokenizer ids (+ UNK)",
                      len(keep), vocab)
         vocab = fmt.remap.size

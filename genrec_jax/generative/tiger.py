@@ -99,11 +99,6 @@ class TigerFormat(formats.PromptFormat):
     super().__init__(ds, sids, workdir)
     self.model_config, self.layout, self.settings = (model_config, layout,
                                                      settings)
-    self._item_tokens = self.sids.token_table(layout)
-
-  @property
-  def item_tokens(self) -> np.ndarray:
-    return self._item_tokens
 
   @classmethod
   def for_training(cls, config, ds, sids, workdir):

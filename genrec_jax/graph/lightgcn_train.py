@@ -45,6 +45,7 @@ import numpy as np
 from flax import nnx
 
 from genrec_jax import model_folder
+from genrec_jax.checks import check_ranges
 from genrec_jax.data.dataset import (Dataset, DataError, EvalExamples,
                                      atomic_save_npy, atomic_write_json)
 from genrec_jax.graph import lightgcn as lgcn
@@ -206,14 +207,9 @@ def load_ranker(model_dir: str | pathlib.Path,
     model_dir: the folder `save_model` wrote (e.g. WORKDIR/lightgcn).
     ds: the dataset, to check the catalogue size (optional).
   """
-  spec = model_folder.read_spec(model_dir)
-  where = pathlib.Path(model_dir) / model_folder.MODEL_JSON
-  if spec["kind"] != KIND:
-    raise ValueError(f"{where}: kind {spec['kind']!r}, expected {KIND!r}")
+  spec = model_folder.read_spec(
+      model_dir, kind=KIND, num_items=None if ds is None else ds.num_items)
   num_users, num_items = int(spec["num_users"]), int(spec["num_items"])
-  if ds is not None and ds.num_items != num_items:
-    raise ValueError(f"{where}: {num_items} items, the dataset has "
-                     f"{ds.num_items}")
   dim = int(spec["dim"])
   abstract = {"user_emb": jax.ShapeDtypeStruct((num_users, dim), np.float32),
               "item_emb": jax.ShapeDtypeStruct((num_items, dim), np.float32)}
@@ -239,6 +235,11 @@ def _curve(result: loop.TrainResult, spe: int) -> list[dict]:
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   """Trains LightGCN on WORKDIR/dataset; returns the metrics it writes."""
   t_start = time.time()
+  check_ranges([("model.dim", config.model.dim, 1, None),
+                ("model.num_layers", config.model.num_layers, 0, None),
+                ("model.init_std", config.model.init_std, 0.0, None),
+                ("train.batch_size", config.train.batch_size, 1, None),
+                ("train.decay", config.train.decay, 0.0, None)])
   workdir = pathlib.Path(workdir).resolve()
   ds = Dataset.load(workdir / "dataset")
   _check(ds.test, ds.num_users, ds.num_items, "test")

@@ -225,15 +225,13 @@ class SemanticIds:
 
   def token_table(self, layout) -> np.ndarray:
     """int32 [num_items, L] token ids under a `SidTokens` layout (-1 rows)."""
-    if tuple(layout.sizes) != self.codebook_sizes and len(
-        layout.sizes) == self.num_levels and any(
-            s < c for s, c in zip(layout.sizes, self.codebook_sizes)):
-      raise ValueError(f"{self.source}: codebook sizes "
-                       f"{self.codebook_sizes} exceed the model's SID blocks "
-                       f"{tuple(layout.sizes)}")
     if len(layout.sizes) != self.num_levels:
       raise ValueError(f"{self.source}: {self.num_levels} code levels, the "
                        f"model's SID layout has {len(layout.sizes)}")
+    if any(s < c for s, c in zip(layout.sizes, self.codebook_sizes)):
+      raise ValueError(f"{self.source}: codebook sizes "
+                       f"{self.codebook_sizes} exceed the model's SID blocks "
+                       f"{tuple(layout.sizes)}")
     return np.where(self.codes >= 0,
                     layout.tokens(np.maximum(self.codes, 0)),
                     -1).astype(np.int32)

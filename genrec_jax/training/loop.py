@@ -548,6 +548,7 @@ def train(model: nnx.Module, loss_fn: LossFn,
     TrainResult.
   """
   t_call = time.time()
+  optimizer_lib.check_train_config(cfg)
   if select is not None and evaluate is None:
     raise ValueError("train: `select` names a metric of `evaluate`, which is "
                      "missing")

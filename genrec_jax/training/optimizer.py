@@ -11,6 +11,8 @@ import jax
 import ml_collections
 import optax
 
+from genrec_jax.checks import check_ranges
+
 
 def learning_rate_schedule(cfg: ml_collections.ConfigDict,
                            total_steps: int) -> optax.Schedule:
@@ -66,3 +68,24 @@ def epochs_to_steps(cfg: ml_collections.ConfigDict, steps_per_epoch: int,
   for f in fields:
     out[f] = int(cfg[f]) * int(steps_per_epoch)
   return out
+
+
+def check_train_config(cfg: ml_collections.ConfigDict) -> None:
+  """Range checks of the fields the trainer reads (ValueError naming one)."""
+  check_ranges([
+      ("train.learning_rate", cfg.learning_rate, 0.0, None),
+      ("train.warmup_steps", cfg.warmup_steps, 0, None),
+      ("train.end_lr_ratio", cfg.end_lr_ratio, 0.0, 1.0),
+      ("train.b1", cfg.b1, 0.0, 1.0),
+      ("train.b2", cfg.b2, 0.0, 1.0),
+      ("train.weight_decay", cfg.weight_decay, 0.0, None),
+      ("train.grad_clip", cfg.grad_clip, 0.0, None),
+      ("train.log_every", cfg.log_every, 1, None),
+      ("train.checkpoint_every", cfg.checkpoint_every, 0, None),
+      ("train.eval_every", cfg.eval_every, 0, None),
+      ("train.patience", cfg.patience, 0, None),
+      ("train.max_minutes", cfg.max_minutes, 0.0, None),
+  ])
+  if cfg.compute_dtype not in ("float32", "bfloat16"):
+    raise ValueError(f"config field 'train.compute_dtype' = "
+                     f"{cfg.compute_dtype!r}: float32 or bfloat16")

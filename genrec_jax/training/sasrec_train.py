@@ -34,6 +34,7 @@ import numpy as np
 from flax import nnx
 
 from genrec_jax import model_folder
+from genrec_jax.checks import check_ranges
 from genrec_jax.data.dataset import (Dataset, DataError, EvalExamples,
                                      atomic_write_json)
 from genrec_jax.evaluation import metrics as metrics_lib
@@ -176,14 +177,9 @@ def load_ranker(model_dir: str | pathlib.Path,
     model_dir: the folder `save_model` wrote (e.g. WORKDIR/sasrec).
     ds: the dataset, to check the catalogue size (optional).
   """
-  spec = model_folder.read_spec(model_dir)
-  where = pathlib.Path(model_dir) / model_folder.MODEL_JSON
-  if spec["kind"] != KIND:
-    raise ValueError(f"{where}: kind {spec['kind']!r}, expected {KIND!r}")
+  spec = model_folder.read_spec(
+      model_dir, kind=KIND, num_items=None if ds is None else ds.num_items)
   num_items = int(spec["num_items"])
-  if ds is not None and ds.num_items != num_items:
-    raise ValueError(f"{where}: {num_items} items, the dataset has "
-                     f"{ds.num_items}")
   mcfg = ml_collections.ConfigDict(spec["model_config"])
   abstract = nnx.eval_shape(lambda: SASRec(num_items, mcfg,
                                            rngs=nnx.Rngs(0)))
@@ -201,6 +197,11 @@ def load_ranker(model_dir: str | pathlib.Path,
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   """Trains SASRec on WORKDIR/dataset; returns the metrics it writes."""
   t_start = time.time()
+  check_ranges([("model.dropout", config.model.dropout, 0.0, 1.0),
+                ("model.max_len", config.model.max_len, 1, None),
+                ("train.batch_size", config.train.batch_size, 1, None),
+                ("train.position_budget", config.train.position_budget,
+                 0.0, 1.0)])
   workdir = pathlib.Path(workdir).resolve()
   ds = Dataset.load(workdir / "dataset")
   if ds.valid is None:
