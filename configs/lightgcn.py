@@ -50,8 +50,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.train.eval_every = 5
   # Early stopping patience in evaluations (only with a validation split).
   config.train.patience = 10
-  # Log a training line every this many epochs.
-  config.train.log_every = 1
+  # Log a training line every this many epochs (one per evaluation).
+  config.train.log_every = 5
   # Save the resumable checkpoint every this many epochs (and at the end).
   config.train.checkpoint_every = 5
   # Wall-clock budget in minutes for the training loop (0 = none).
@@ -109,6 +109,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.train.learning_rate = 1e-2
     config.train.num_epochs = 2
     config.train.eval_every = 1
+    config.train.log_every = 1
     config.eval.batch_size = 8
   else:
     raise ValueError(f"configs/lightgcn.py: unknown variant {variant!r}")

@@ -103,6 +103,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.train.batch_size = 128
     config.train.num_epochs = 30
     config.train.eval_every = 2
+    # A progress line every 6 epochs (evaluations print their own).
+    config.train.log_every = 6
     config.train.patience = 3
     config.train.max_minutes = 3.0
   elif variant == "tiny":  # used by tests: seconds on 2 CPU cores
