@@ -242,6 +242,86 @@ class _DecoderExamples:
                    titles=self.titles, hint=hint)
 
 
+def _natural_examples(ds: Dataset, sids: SemanticIds, titles, tasks,
+                      max_history: int, seed: int):
+  """(task index int8 [E], a int32 [E], b int32 [E]) of the task mix.
+
+  (a, b) = (user, target position) for history tasks, (item, -1) for item
+  tasks; each task's natural examples are repeated / subsampled by its
+  weight (`_mix`).
+  """
+  has_sid = sids.has_sid
+  has_title = np.array([bool(t) for t in titles])
+  users, pos = batching.prefixes(ds.train)
+  targets = ds.train.values[ds.train.offsets[users] + pos]
+  natural = {}
+  for task in P.TASKS:
+    if task in P.HISTORY_TASKS:
+      ok = has_sid[targets] if task in P.SID_ANSWER_TASKS else has_title[
+          targets]
+      if task in P.SID_HISTORY_TASKS:  # needs one history item with an SID
+        ok &= any_sid_before(ds.train, users, pos, has_sid, max_history)
+      natural[task] = (users[ok], pos[ok])
+    else:
+      idx = np.flatnonzero(has_sid & has_title).astype(np.int32)
+      natural[task] = (idx, np.full(len(idx), -1, np.int32))
+  chosen = _mix({t: len(natural[t][0]) for t in P.TASKS}, tasks, seed)
+  task_of = np.concatenate([np.full(len(chosen[t]), i, np.int8)
+                            for i, t in enumerate(P.TASKS)])
+  a_of = np.concatenate([natural[t][0][chosen[t]] for t in P.TASKS])
+  b_of = np.concatenate([natural[t][1][chosen[t]] for t in P.TASKS])
+  if not len(task_of):
+    raise ValueError("no SFT examples (empty train sequences or no items "
+                     "with SIDs/titles)")
+  return task_of, a_of.astype(np.int32), b_of.astype(np.int32)
+
+
+def _example(train: Ragged, ex: _DecoderExamples, task: str, a: int, b: int,
+             start: int, *, hint: bool) -> P.Prompt:
+  """The segments of one example (history from `start`; hint unless off)."""
+  if task not in P.HISTORY_TASKS:
+    return ex.segments(task, [], a, None)
+  seq = train[a]
+  target = int(seq[b])
+  hist = ex.history(task, seq[start:b])
+  h = ex.hint_for(hist, target) if hint and task in P.HINT_TASKS else None
+  return ex.segments(task, hist, target, h)
+
+
+def _fit_lengths(train: Ragged, ex: _DecoderExamples, enc: SegmentEncoder,
+                 task_of, a_of, b_of, *, extra: int, buckets, max_history):
+  """Per example its history start, length bucket and whether it fits.
+
+  Lengths are measured with the (cleaned) hint included: dropping the hint
+  only shortens an example. A history example longer than the largest
+  bucket loses its oldest items until it fits (one item is always kept);
+  what still does not fit is left out.
+
+  Returns:
+    (start int32 [E], bucket int32 [E], keep bool [E], truncated count).
+  """
+  n = len(task_of)
+  start_of = np.zeros(n, np.int32)
+  bucket_of = np.zeros(n, np.int32)
+  keep = np.ones(n, bool)
+  truncated = 0
+  for e in range(n):
+    task, a, b = P.TASKS[task_of[e]], int(a_of[e]), int(b_of[e])
+    start = first = max(0, b - max_history)
+    while True:
+      pr = _example(train, ex, task, a, b, start, hint=True)
+      length = enc.length(pr.prompt) + enc.length(pr.answer) + extra
+      if (length <= buckets[-1] or task not in P.HISTORY_TASKS
+          or start >= b - 1):
+        break
+      start += 1
+    truncated += int(start > first and length <= buckets[-1])
+    start_of[e] = start
+    keep[e] = length <= buckets[-1]
+    bucket_of[e] = batching.bucket_index(length, buckets)
+  return start_of, bucket_of, keep, truncated
+
+
 def decoder_train_data(
     ds: Dataset,
     sids: SemanticIds,
@@ -310,72 +390,13 @@ def decoder_train_data(
   _check_layout(sids, tokens)
   enc = SegmentEncoder(tokenizer)
   ex = _DecoderExamples(sids, titles, hints)
-  has_sid = sids.has_sid
-  has_title = np.array([bool(t) for t in titles])
-
-  # Natural examples per task: (a, b) = (user, target position) for history
-  # tasks, (item, -1) for item tasks.
-  users, pos = batching.prefixes(ds.train)
-  targets = ds.train.values[ds.train.offsets[users] + pos]
-  natural = {}
-  for task in P.TASKS:
-    if task in P.HISTORY_TASKS:
-      ok = has_sid[targets] if task in P.SID_ANSWER_TASKS else has_title[
-          targets]
-      if task in P.SID_HISTORY_TASKS:  # needs one history item with an SID
-        ok &= any_sid_before(ds.train, users, pos, has_sid, max_history)
-      natural[task] = (users[ok], pos[ok])
-    else:
-      ok = has_sid & has_title
-      idx = np.flatnonzero(ok).astype(np.int32)
-      natural[task] = (idx, np.full(len(idx), -1, np.int32))
-  chosen = _mix({t: len(natural[t][0]) for t in P.TASKS}, tasks, seed)
-  task_of, a_of, b_of = [], [], []
-  for ti, task in enumerate(P.TASKS):
-    sel = chosen[task]
-    task_of.append(np.full(len(sel), ti, np.int8))
-    a_of.append(natural[task][0][sel])
-    b_of.append(natural[task][1][sel])
-  task_of = np.concatenate(task_of)
-  a_of = np.concatenate(a_of).astype(np.int32)
-  b_of = np.concatenate(b_of).astype(np.int32)
+  task_of, a_of, b_of = _natural_examples(ds, sids, titles, tasks,
+                                          max_history, seed)
   n = len(task_of)
-  if n == 0:
-    raise ValueError("no SFT examples (empty train sequences or no items "
-                     "with SIDs/titles)")
-
-  # History start (after max_history and any truncation) and length bucket
-  # of every example, measured with its (cleaned) hint included: dropping
-  # the hint only shortens it.
   extra = (tokens.bos_id is not None) + 1  # BOS + EOS
-  start_of = np.zeros(n, np.int32)
-  bucket_of = np.zeros(n, np.int32)
-  keep = np.ones(n, bool)
-  truncated = 0
-  for e in range(n):
-    task = P.TASKS[task_of[e]]
-    if task in P.HISTORY_TASKS:
-      u, p = int(a_of[e]), int(b_of[e])
-      seq = ds.train[u]
-      start = max(0, p - max_history)
-      target = int(seq[p])
-      while True:
-        hist = ex.history(task, seq[start:p])
-        hint = ex.hint_for(hist, target) if task in P.HINT_TASKS else None
-        pr = ex.segments(task, hist, target, hint)
-        length = enc.length(pr.prompt) + enc.length(pr.answer) + extra
-        if length <= buckets[-1] or start >= p - 1:
-          break
-        start += 1
-      if start > max(0, p - max_history) and length <= buckets[-1]:
-        truncated += 1
-      start_of[e] = start
-    else:
-      pr = ex.segments(task, [], int(a_of[e]), None)
-      length = enc.length(pr.prompt) + enc.length(pr.answer) + extra
-    if length > buckets[-1]:
-      keep[e] = False
-    bucket_of[e] = batching.bucket_index(length, buckets)
+  start_of, bucket_of, keep, truncated = _fit_lengths(
+      ds.train, ex, enc, task_of, a_of, b_of, extra=extra, buckets=buckets,
+      max_history=max_history)
   too_long = int((~keep).sum())
   bucket_of[~keep] = len(buckets)  # never planned
   planner = batching.EpochPlanner(bucket_of, len(buckets), batch_size, seed)
@@ -417,18 +438,8 @@ def decoder_train_data(
     mask = np.zeros((local, t_len), bool)
     for r in range(rows_lo, rows_hi):
       e = int(rows[r])
-      task = P.TASKS[task_of[e]]
-      if task in P.HISTORY_TASKS:
-        seq = ds.train[int(a_of[e])]
-        p = int(b_of[e])
-        target = int(seq[p])
-        hist = ex.history(task, seq[start_of[e]:p])
-        hint = None
-        if task in P.HINT_TASKS and not drop[r]:
-          hint = ex.hint_for(hist, target)
-        pr = ex.segments(task, hist, target, hint)
-      else:
-        pr = ex.segments(task, [], int(a_of[e]), None)
+      pr = _example(ds.train, ex, P.TASKS[task_of[e]], int(a_of[e]),
+                    int(b_of[e]), int(start_of[e]), hint=not drop[r])
       prompt = np.concatenate([np.asarray(bos, np.int32),
                                enc.encode(pr.prompt)])
       answer = np.concatenate([enc.encode(pr.answer),
