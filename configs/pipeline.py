@@ -3,15 +3,21 @@
 python -m binaries.run_pipeline --config=configs/pipeline.py:ml100k --workdir=runs/ml100k
 python -m binaries.run_pipeline --config=configs/pipeline.py:beauty_cpu --workdir=runs/beauty
 python -m binaries.run_pipeline --config=configs/pipeline.py:beauty_paper --workdir=runs/beauty_paper
+python -m binaries.run_pipeline --config=configs/pipeline.py:hints_ablation --workdir=runs/hints_ablation
 
 `stages` lists the stages in order; each has its own config under the same
 name (the config its binary takes, e.g. `--config.train_sasrec.train.
 num_epochs=5`). Names that are not stage kinds map to one in `stage_kinds`.
+The stages in `seeded_stages` run once per seed in `seeds` (output folders
+WORKDIR/<name>_s<seed>, one table row `mean +- std (seeds)`), e.g.
+`--config.seeds="(0,1,2)" --config.seeded_stages="('minigr_cf',)"`.
 
-Variants: ml100k (what `make demo` runs), beauty_cpu (Amazon Beauty with
-budgets for a 2-core machine), beauty_paper (Amazon Beauty, TIGER's paper
-configuration and the MiniOneRec text-prompt SFT, for an accelerator), tiny
-(tests; set prepare_data.data.sequence_file and items_file).
+Variants: ml100k (what `make demo` runs), hints_ablation (ml100k without
+TIGER, MiniOneRec with hints off and on over 3 seeds), beauty_cpu (Amazon
+Beauty with budgets for a 2-core machine), beauty_paper (Amazon Beauty,
+TIGER's paper configuration and the MiniOneRec text-prompt SFT, for an
+accelerator), tiny (tests; set prepare_data.data.sequence_file and
+items_file).
 """
 import ml_collections
 
@@ -32,9 +38,15 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.num_examples = 3
   # Stage name -> stage kind, for names that are not kinds themselves.
   config.stage_kinds = ml_collections.ConfigDict()
+  # Seeds over which the `seeded_stages` repeat: each run sets its stage
+  # config's `seed` and writes WORKDIR/<name>_s<seed>/.
+  config.seeds = ()
+  # Stages run once per seed in `seeds` (train_generative stages only; the
+  # others write fixed folders). The table shows their mean +- std.
+  config.seeded_stages = ()
 
   # The dataset, and the variant of the stages tuned per dataset.
-  if variant in ("ml100k", "tiny"):
+  if variant in ("ml100k", "tiny", "hints_ablation"):
     dataset, tuned = "ml100k", "demo"
   elif variant in ("beauty_cpu", "beauty_paper"):
     dataset, tuned = "beauty", "beauty"
@@ -53,8 +65,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
                    "tiger", "minionerec", "minigr_cf")
   # The generative models: TIGER, the decoder LM without (MiniOneRec) and
   # with (miniGR-CF) collaborative hints; only hints.enabled differs.
-  suffix = {"ml100k": "_demo", "beauty_cpu": "_beauty_cpu", "tiny": ",tiny",
-            "beauty_paper": ""}
+  suffix = {"ml100k": "_demo", "hints_ablation": "_demo",
+            "beauty_cpu": "_beauty_cpu", "tiny": ",tiny", "beauty_paper": ""}
   for name, model in (("tiger", "tiger"), ("minionerec", "decoder"),
                       ("minigr_cf", "decoder_hints")):
     if variant == "tiny":
@@ -65,6 +77,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config[name] = generative.get_config(model + suffix[variant])
     config[name].name = name
     config.stage_kinds[name] = "train_generative"
+
+  if variant == "hints_ablation":  # hints off vs on, over 3 seeds
+    config.stages = tuple(s for s in config.stages if s != "tiger")
+    config.seeds = (0, 1, 2)
+    config.seeded_stages = ("minionerec", "minigr_cf")
 
   if variant == "tiny":  # tests: a seq_txt file they write, seconds
     config.prepare_data = data.get_config("ml100k")

@@ -14,6 +14,16 @@ after them). After the stages, every `<model>/metrics.json` in the workdir
 goes into one results table (`pipeline/results.json`), printed on stdout as
 plain text (baselines first, then the generative models), followed by a few
 example users; progress goes to the log.
+
+Seeds: the stages in `seeded_stages` run once per seed in `seeds`, with
+`seed` set in their config and their output folder named `<name>_s<seed>`
+(only kinds with an output-name field can: train_generative; SASRec and
+LightGCN write fixed folders and are refused). Each (stage, seed) run is
+skipped or re-run on its own, with the record `pipeline/<stage>_s<seed>.json`;
+`force` takes a stage (all its seeds) or one `<stage>_s<seed>`. The table
+shows one row per seeded stage, `mean +- std (number of seeds)` with the
+sample std (ddof=1); `results.json` holds the mean under `results` and the
+per-seed values, mean and std under `seeds`.
 """
 
 from __future__ import annotations
@@ -28,6 +38,7 @@ from typing import Any, Callable, Sequence
 
 from absl import logging
 import ml_collections
+import numpy as np
 
 from genrec_jax.data.dataset import Dataset, atomic_write_json
 
@@ -37,7 +48,8 @@ RESULTS_FILE = "pipeline/results.json"
 TABLE_KEYS = ("hr@5", "ndcg@5", "hr@10", "ndcg@10")
 # Rows that come first in the results table, in this order; the other
 # (generative) models follow in stage order.
-BASELINES = ("most_popular", "item_knn", "lightgcn", "sasrec")
+BASELINES = ("most_popular", "item_knn", "seq_item_knn", "lightgcn",
+             "sasrec")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -49,6 +61,9 @@ class StageKind:
   # Stage config -> files (relative to the workdir) that exist once the
   # stage completed; each stage writes its last one last.
   outputs: Callable[[ml_collections.ConfigDict], list[str]]
+  # The config field naming the stage's output folder WORKDIR/<value>, or
+  # None when the folder is fixed; only stages with one repeat over seeds.
+  name_field: str | None = None
 
   def function(self) -> Callable[..., Any]:
     module, name = self.run.split(":")
@@ -72,8 +87,11 @@ KINDS: dict[str, StageKind] = {
     "train_sasrec": StageKind("genrec_jax.training.sasrec_train:run",
                               lambda c: ["sasrec/metrics.json"]),
     "train_generative": StageKind("genrec_jax.generative.stage:run",
-                                  lambda c: [f"{c.name}/metrics.json"]),
+                                  lambda c: [f"{c.name}/metrics.json"],
+                                  name_field="name"),
 }
+# The stage config field a seeded run sets (every stage kind calls it so).
+SEED_FIELD = "seed"
 
 
 def stage_kind(config: ml_collections.ConfigDict, name: str) -> StageKind:
@@ -84,6 +102,89 @@ def stage_kind(config: ml_collections.ConfigDict, name: str) -> StageKind:
                      f"(known: {sorted(KINDS)}; map other names in "
                      "'stage_kinds')")
   return KINDS[kind]
+
+
+@dataclasses.dataclass(frozen=True)
+class StageRun:
+  """One run of a stage: the stage itself, or one seed of a seeded stage."""
+
+  # The stage's name in `config.stages`.
+  stage: str
+  # Its record pipeline/<record>.json: the stage name, or <stage>_s<seed>.
+  record: str
+  # The seed it sets, or None for an unseeded stage.
+  seed: int | None
+  # The stage config it runs with.
+  config: ml_collections.ConfigDict
+
+
+def seeded_name(name: str, seed: int) -> str:
+  """The output folder (and record) of one seed of a seeded stage."""
+  return f"{name}_s{seed}"
+
+
+def check_seeds(config: ml_collections.ConfigDict) -> None:
+  """Raises ValueError unless `seeds` / `seeded_stages` can be run."""
+  seeded = list(config.get("seeded_stages") or ())
+  seeds = list(config.get("seeds") or ())
+  if not seeded:
+    return
+  if not seeds:
+    raise ValueError(f"config field 'seeds': empty, but 'seeded_stages' "
+                     f"lists {seeded}")
+  if (len(set(seeds)) != len(seeds)
+      or not all(isinstance(s, int) and s >= 0 for s in seeds)):
+    raise ValueError(f"config field 'seeds': {seeds} must be distinct "
+                     "non-negative ints")
+  names = list(config.stages)
+  for name in seeded:
+    if name not in names:
+      raise ValueError(f"config field 'seeded_stages': {name!r} is not in "
+                       f"'stages' ({names})")
+    kind = stage_kind(config, name)
+    if kind.name_field is None:
+      kind_name = (config.get("stage_kinds") or {}).get(name, name)
+      seedable = sorted(k for k, v in KINDS.items() if v.name_field)
+      folders = sorted({f.split("/")[0] + "/"
+                        for f in kind.outputs(config[name])})
+      raise ValueError(
+          f"config field 'seeded_stages': stage {name!r} (kind {kind_name}) "
+          f"writes a fixed folder ({', '.join(folders)}) "
+          "and cannot repeat over seeds, every seed would overwrite it; "
+          f"only kinds with an output name can: {seedable}")
+    if SEED_FIELD not in config[name]:
+      raise ValueError(f"config field '{name}': no '{SEED_FIELD}' field to "
+                       "set per seed")
+    for seed in seeds:
+      if seeded_name(name, seed) in names:
+        raise ValueError(f"config field 'seeded_stages': run "
+                         f"{seeded_name(name, seed)!r} of {name!r} clashes "
+                         "with a stage of that name")
+
+
+def stage_runs(config: ml_collections.ConfigDict, name: str) -> list[StageRun]:
+  """The runs of stage `name`: one, or one per seed if it is seeded."""
+  if name not in (config.get("seeded_stages") or ()):
+    return [StageRun(name, name, None, config[name])]
+  field = stage_kind(config, name).name_field
+  runs = []
+  for seed in config.seeds:
+    cfg = config[name].copy_and_resolve_references()
+    cfg[SEED_FIELD] = seed
+    cfg[field] = seeded_name(config[name][field], seed)
+    runs.append(StageRun(name, seeded_name(name, seed), seed, cfg))
+  return runs
+
+
+def seed_groups(config: ml_collections.ConfigDict) -> dict[str, list[str]]:
+  """{table row: its per-seed output folders} of the seeded stages; the row
+  is the stage's unseeded output name (its config's name field)."""
+  groups = {}
+  for name in config.get("seeded_stages") or ():
+    field = stage_kind(config, name).name_field
+    groups[config[name][field]] = [r.config[field]
+                                   for r in stage_runs(config, name)]
+  return groups
 
 
 def _config_json(cfg: ml_collections.ConfigDict) -> str:
@@ -102,12 +203,18 @@ def _is_done(workdir: pathlib.Path, name: str, kind: StageKind,
 
 def run(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, *,
         force: Sequence[str] = ()) -> dict[str, Any]:
-  """Runs the pipeline's stages; returns {"stages": ..., "results": ...}.
+  """Runs the pipeline's stages; returns {"stages", "results", "seeds", ...}.
 
   Args:
     config: a configs/pipeline.py config.
     workdir: the workdir every stage reads and writes.
-    force: stage names to re-run even when complete ("all": every stage).
+    force: stage names to re-run even when complete ("all": every stage;
+      "<stage>_s<seed>": one seed of a seeded stage).
+
+  Returns:
+    {"stages": {record: status}, "results": {model: metrics (the mean over
+    seeds for a seeded stage)}, "seeds": {model: per-seed metrics, mean,
+    std}, "seconds": ...}, also written to pipeline/results.json.
   """
   workdir = pathlib.Path(workdir).resolve()
   names = list(config.stages)
@@ -116,7 +223,10 @@ def run(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, *,
       raise ValueError(f"config field {name!r}: stage {name!r} is listed in "
                        "'stages' but has no config")
     stage_kind(config, name)
-  unknown = set(force) - set(names) - {"all"}
+  check_seeds(config)
+  runs = {name: stage_runs(config, name) for name in names}
+  records = {r.record for rs in runs.values() for r in rs}
+  unknown = set(force) - set(names) - records - {"all"}
   if unknown:
     raise ValueError(f"--force: unknown stages {sorted(unknown)} (this "
                      f"pipeline has {names})")
@@ -124,28 +234,42 @@ def run(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, *,
   rerun = "all" in force
   timings = {}
   for i, name in enumerate(names):
-    kind, cfg = stage_kind(config, name), config[name]
+    kind = stage_kind(config, name)
     rerun = rerun or name in force
-    if not rerun and _is_done(workdir, name, kind, cfg):
-      logging.info("[%d/%d] %s: complete, skipped", i + 1, len(names), name)
-      timings[name] = {"status": "skipped"}
-      continue
-    rerun = True  # later stages read what this one writes
-    logging.info("[%d/%d] %s: running (%s) | %.0fs elapsed", i + 1,
-                 len(names), name, kind.run, time.time() - t_start)
-    t0 = time.time()
-    kind.function()(cfg, workdir)
-    secs = time.time() - t0
-    atomic_write_json(workdir / PIPELINE_DIR / f"{name}.json",
-                      {"config": _config_json(cfg), "seconds": secs})
-    timings[name] = {"status": "ran", "seconds": round(secs, 2)}
-    logging.info("[%d/%d] %s: done in %.1fs", i + 1, len(names), name, secs)
-  results = order_results(collect_results(workdir), names)
-  summary = {"stages": timings, "results": results,
+    ran = False
+    for run_ in runs[name]:
+      label = f"[{i + 1}/{len(names)}] {name}"
+      if run_.seed is not None:
+        label += f" seed {run_.seed}"
+      status = {} if run_.seed is None else {"stage": name,
+                                             "seed": run_.seed}
+      if (not rerun and run_.record not in force
+          and _is_done(workdir, run_.record, kind, run_.config)):
+        logging.info("%s: complete, skipped", label)
+        timings[run_.record] = {"status": "skipped", **status}
+        continue
+      logging.info("%s: running (%s) | %.0fs elapsed", label, kind.run,
+                   time.time() - t_start)
+      t0 = time.time()
+      kind.function()(run_.config, workdir)
+      secs = time.time() - t0
+      atomic_write_json(workdir / PIPELINE_DIR / f"{run_.record}.json",
+                        {"config": _config_json(run_.config), "seconds": secs})
+      timings[run_.record] = {"status": "ran", "seconds": round(secs, 2),
+                              **status}
+      logging.info("%s: done in %.1fs", label, secs)
+      ran = True
+    # Later stages read what this one writes; the seeds of one stage do not
+    # read each other's output, so each is skipped on its own.
+    rerun = rerun or ran
+  results, seeds = aggregate_seeds(collect_results(workdir),
+                                   seed_groups(config))
+  results = order_results(results, names)
+  summary = {"stages": timings, "results": results, "seeds": seeds,
              "seconds": round(time.time() - t_start, 2)}
   atomic_write_json(workdir / RESULTS_FILE, summary)
   logging.info("results (test split): %s", workdir / RESULTS_FILE)
-  lines = ["", format_table(results)]
+  lines = ["", format_table(results, seeds)]
   examples = format_examples(workdir, config.get("num_examples", 3))
   if examples:
     lines += ["", *examples]
@@ -173,6 +297,53 @@ def order_results(results: dict[str, dict[str, float]],
                      key=lambda kv: (rank.get(kv[0], len(rank)), kv[0])))
 
 
+def aggregate_seeds(
+    results: dict[str, dict[str, float]], groups: dict[str, Sequence[str]]
+) -> tuple[dict[str, dict[str, float]], dict[str, dict[str, Any]]]:
+  """Replaces each seeded stage's per-seed rows by one row of their means.
+
+  Args:
+    results: {model folder: metrics} (collect_results).
+    groups: {row: its per-seed folders} (seed_groups).
+
+  Returns:
+    (results, seeds): results with, for each row that has a per-seed folder
+    with metrics, the per-seed folders replaced by `row` -> the mean of
+    every numeric metric the seeds share; seeds = {row: {"runs": [folder],
+    "per_seed": {folder: metrics}, "mean": {...}, "std": {...} (sample std,
+    ddof=1; None for one seed), "num_seeds": n}}.
+  """
+  results, seeds = dict(results), {}
+  for row, folders in groups.items():
+    present = [f for f in folders if f in results]
+    if not present:
+      continue
+    per_seed = {f: results.pop(f) for f in present}
+    if row in results:
+      logging.warning("%s/metrics.json is an unseeded run of seeded stage "
+                      "%s; the table shows the mean over %s instead", row,
+                      row, present)
+    keys = [k for k in per_seed[present[0]]
+            if all(_is_number(m.get(k)) for m in per_seed.values())]
+    # [seeds, keys]
+    values = np.array([[m[k] for k in keys] for m in per_seed.values()],
+                      dtype=np.float64)
+    mean = values.mean(axis=0)
+    std = (values.std(axis=0, ddof=1) if len(present) > 1
+           else [None] * len(keys))
+    results[row] = {k: float(v) for k, v in zip(keys, mean)}
+    seeds[row] = {
+        "runs": present, "per_seed": per_seed, "mean": dict(results[row]),
+        "std": {k: None if v is None else float(v)
+                for k, v in zip(keys, std)},
+        "num_seeds": len(present)}
+  return results, seeds
+
+
+def _is_number(v: Any) -> bool:
+  return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
 def _value(m: dict[str, float], key: str) -> float | None:
   """test/<key>, falling back to recall@K for hr@K (equal for 1 target)."""
   for k in (f"test/{key}", f"test/{key.replace('hr@', 'recall@')}"):
@@ -181,13 +352,37 @@ def _value(m: dict[str, float], key: str) -> float | None:
   return None
 
 
-def format_table(results: dict[str, dict[str, float]]) -> str:
-  """The results table: test HR/NDCG@5,10, invalid rate and seconds."""
+def _cell(mean: float | None, std: float | None, n: int | None) -> str:
+  """"0.0742", or "0.0742 +- 0.0031 (3)" for a mean over n seeds."""
+  if mean is None:
+    return "-"
+  if n is None:
+    return f"{mean:.4f}"
+  return (f"{mean:.4f} ({n})" if std is None
+          else f"{mean:.4f} +- {std:.4f} ({n})")
+
+
+def format_table(results: dict[str, dict[str, float]],
+                 seeds: dict[str, dict[str, Any]] | None = None) -> str:
+  """The results table: test HR/NDCG@5,10, invalid rate and seconds.
+
+  Args:
+    results: {model: metrics}, in row order.
+    seeds: {model: {"std", "num_seeds", ...}} of the rows that are means
+      over seeds (aggregate_seeds); their metric cells read
+      "mean +- std (number of seeds)", invalid rate and seconds the mean.
+
+  Returns:
+    The table as plain text.
+  """
+  seeds = seeds or {}
   head = ["model", *(f"test/{k}" for k in TABLE_KEYS), "invalid", "seconds"]
   rows = []
   for model, m in results.items():
-    vals = [_value(m, k) for k in TABLE_KEYS]
-    rows.append([model, *("-" if v is None else f"{v:.4f}" for v in vals),
+    s = seeds.get(model)
+    cells = [_cell(_value(m, k), s and _value(s["std"], k),
+                   s and s["num_seeds"]) for k in TABLE_KEYS]
+    rows.append([model, *cells,
                  ("-" if "invalid_rate" not in m
                   else f"{m['invalid_rate']:.3f}"),
                  ("-" if "seconds" not in m else f"{m['seconds']:.0f}")])

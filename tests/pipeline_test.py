@@ -108,6 +108,125 @@ def test_pipeline_runs_skips_and_forces(tmp_path):
     pipeline.run(config, w, force=["nope"])
 
 
+def _seeded_tiny_config(tmp_path):
+  """The tiny pipeline up to MiniOneRec, which repeats over seeds 0 and 1."""
+  config = tiny_config(tmp_path)
+  config.stages = ("prepare_data", "embed_items", "build_sids", "minionerec")
+  config.seeds = (0, 1)
+  config.seeded_stages = ("minionerec",)
+  config.minionerec.mesh.num_devices = 1
+  return config
+
+
+def test_seeded_stage_runs_per_seed_skips_and_forces(tmp_path, capsys):
+  config, w = _seeded_tiny_config(tmp_path), tmp_path / "w"
+  out = pipeline.run(config, w)
+  runs = ["minionerec_s0", "minionerec_s1"]
+  assert list(out["stages"]) == [*config.stages[:3], *runs]
+  assert {s["status"] for s in out["stages"].values()} == {"ran"}
+  assert out["stages"]["minionerec_s1"]["seed"] == 1
+  for seed, run in enumerate(runs):  # its own folder, seed and record
+    assert (w / run / "metrics.json").exists()
+    record = json.loads((w / "pipeline" / f"{run}.json").read_text())
+    ran = json.loads(record["config"])
+    assert (ran["seed"], ran["name"]) == (seed, run)
+  assert not (w / "minionerec").exists()
+  # The seeds train differently.
+  losses = [json.loads((w / r / "train_log.json").read_text())
+            for r in runs]
+  assert losses[0] != losses[1]
+
+  # One row: mean +- sample std over the seeds, as numpy computes them.
+  per_seed = [json.loads((w / r / "metrics.json").read_text()) for r in runs]
+  agg = out["seeds"]["minionerec"]
+  assert agg["num_seeds"] == 2 and agg["runs"] == runs
+  assert agg["per_seed"] == dict(zip(runs, per_seed))
+  table = capsys.readouterr().out.splitlines()
+  row = next(l for l in table if l.startswith("minionerec"))
+  assert not any(l.startswith("minionerec_s") for l in table)
+  for k in ("hr@5", "ndcg@5"):  # the tiny config ranks the top 5
+    vals = np.array([m[f"test/{k}"] for m in per_seed])
+    mean, std = vals.mean(), vals.std(ddof=1)
+    assert agg["mean"][f"test/{k}"] == pytest.approx(mean)
+    assert agg["std"][f"test/{k}"] == pytest.approx(std)
+    assert out["results"]["minionerec"][f"test/{k}"] == pytest.approx(mean)
+    assert f"{mean:.4f} +- {std:.4f} (2)" in row, (k, row)
+  saved = json.loads((w / pipeline.RESULTS_FILE).read_text())
+  assert saved["seeds"]["minionerec"]["per_seed"] == agg["per_seed"]
+  assert list(saved["results"]) == ["minionerec"]
+
+  # Complete: every (stage, seed) is skipped; forcing the stage re-runs
+  # both seeds, forcing one seed re-runs that one only.
+  again = pipeline.run(config, w)
+  assert {s["status"] for s in again["stages"].values()} == {"skipped"}
+  status = lambda o: [v["status"] for v in o["stages"].values()]
+  forced = pipeline.run(config, w, force=["minionerec"])
+  assert status(forced) == ["skipped"] * 3 + ["ran"] * 2
+  forced = pipeline.run(config, w, force=["minionerec_s1"])
+  assert status(forced) == ["skipped"] * 4 + ["ran"]
+  with pytest.raises(ValueError, match="unknown stages"):
+    pipeline.run(config, w, force=["minionerec_s7"])
+
+
+def test_seeding_a_stage_that_cannot_repeat_is_an_error(tmp_path):
+  config, w = _seeded_tiny_config(tmp_path), tmp_path / "w"
+  config.stages = ("prepare_data", "train_sasrec", "minionerec")
+  config.seeded_stages = ("train_sasrec",)
+  with pytest.raises(ValueError, match=r"stage 'train_sasrec' \(kind "
+                     r"train_sasrec\) writes a fixed folder \(sasrec/\) and "
+                     "cannot repeat over seeds"):
+    pipeline.run(config, w)
+  config.seeded_stages = ("tiger",)
+  with pytest.raises(ValueError, match="'tiger' is not in 'stages'"):
+    pipeline.run(config, w)
+  config.seeded_stages, config.seeds = ("minionerec",), ()
+  with pytest.raises(ValueError, match="'seeds': empty"):
+    pipeline.run(config, w)
+  config.seeds = (1, 1)
+  with pytest.raises(ValueError, match="distinct"):
+    pipeline.run(config, w)
+  assert not w.exists()  # refused before any stage ran
+  r = subprocess.run(  # the binary: one line on stderr
+      [sys.executable, "-m", "binaries.run_pipeline",
+       "--config=configs/pipeline.py:tiny", f"--workdir={w}",
+       "--config.seeds=(0,1)", "--config.seeded_stages=('train_lightgcn',)"],
+      cwd=REPO, capture_output=True, text=True)
+  assert r.returncode == 1
+  err = [l for l in r.stderr.splitlines() if l.startswith("error:")]
+  assert len(err) == 1 and "fixed folder (lightgcn/)" in err[0], r.stderr
+
+
+def test_seed_rows_mean_std_and_order(tmp_path):
+  """Per-seed folders become one row of means; std has ddof=1; one seed
+  shows no std; unseeded rows print as before."""
+  rng = np.random.default_rng(3)
+  keys = ["test/hr@5", "test/ndcg@5", "test/recall@10", "test/ndcg@10"]
+  per_seed = {}
+  for run in ("b_s0", "b_s1", "b_s2", "a_s4"):
+    per_seed[run] = {**{k: float(v) for k, v in zip(keys, rng.random(4))},
+                     "invalid_rate": 0.0, "seconds": 10.0, "note": "x"}
+  per_seed["sasrec"] = {k: 0.5 for k in keys}
+  results, seeds = pipeline.aggregate_seeds(
+      per_seed, {"b": ["b_s0", "b_s1", "b_s2", "b_s3"], "a": ["a_s4"]})
+  results = pipeline.order_results(results, ("a", "b"))
+  assert list(results) == ["sasrec", "a", "b"]
+  vals = np.array([[per_seed[f"b_s{i}"][k] for k in keys] for i in range(3)])
+  assert [results["b"][k] for k in keys] == pytest.approx(vals.mean(0))
+  assert [seeds["b"]["std"][k] for k in keys] == pytest.approx(
+      vals.std(0, ddof=1))
+  assert "note" not in results["b"] and seeds["b"]["num_seeds"] == 3
+  assert seeds["a"]["std"]["test/hr@5"] is None
+  rows = {l.split()[0]: l for l in
+          pipeline.format_table(results, seeds).splitlines()[2:]}
+  assert rows["sasrec"].split() == ["sasrec", *["0.5000"] * 4, "-", "-"]
+  cells = [f"{m:.4f} +- {s:.4f} (3)" for m, s in
+           zip(vals.mean(0), vals.std(0, ddof=1))]
+  assert rows["b"].split("  ")[0] == "b"
+  assert all(c in rows["b"] for c in cells), rows["b"]
+  assert rows["b"].split()[-2:] == ["0.000", "10"]
+  assert f"{per_seed['a_s4']['test/hr@5']:.4f} (1)" in rows["a"]
+
+
 def test_format_table_and_examples(tmp_path):
   config, w = tiny_config(tmp_path), tmp_path / "w"
   config.stages = ("prepare_data",)
@@ -132,20 +251,21 @@ def test_format_table_and_examples(tmp_path):
 
 
 def test_results_table_order(tmp_path):
-  """Baselines first (most_popular, item_knn, lightgcn, sasrec), then the
-  generative models in stage order, then anything else by name."""
+  """Baselines first (most_popular, item_knn, seq_item_knn, lightgcn,
+  sasrec), then the generative models in stage order, then anything else by
+  name."""
   metrics = {"test/hr@5": 0.5, "test/ndcg@5": 0.25, "test/hr@10": 0.75,
              "test/ndcg@10": 0.3}
   for model in ("tiger", "sasrec", "zeta", "minigr_cf", "item_knn",
-                "lightgcn", "most_popular", "minionerec"):
+                "lightgcn", "most_popular", "minionerec", "seq_item_knn"):
     (tmp_path / model).mkdir()
     (tmp_path / model / "metrics.json").write_text(json.dumps(metrics))
   stages = ("prepare_data", "train_baselines", "tiger", "minionerec",
             "minigr_cf")
   results = pipeline.order_results(pipeline.collect_results(tmp_path),
                                    stages)
-  expect = ["most_popular", "item_knn", "lightgcn", "sasrec", "tiger",
-            "minionerec", "minigr_cf", "zeta"]
+  expect = ["most_popular", "item_knn", "seq_item_knn", "lightgcn", "sasrec",
+            "tiger", "minionerec", "minigr_cf", "zeta"]
   assert list(results) == expect
   rows = [l.split()[0] for l in
           pipeline.format_table(results).splitlines()[2:]]
@@ -244,9 +364,17 @@ def test_colab_notebook_uses_the_library():
   assert "from genrec_jax import pipeline" in code
 
 
-@pytest.mark.parametrize("variant", ["ml100k", "beauty_cpu", "beauty_paper"])
+@pytest.mark.parametrize("variant", ["ml100k", "beauty_cpu", "beauty_paper",
+                                     "hints_ablation"])
 def test_hint_pair_differs_only_in_the_hint_switch(variant):
   config = pipeline_config.get_config(variant)
+  if variant == "hints_ablation":  # ml100k minus TIGER, the pair over seeds
+    ml100k = pipeline_config.get_config("ml100k")
+    assert config.stages == tuple(s for s in ml100k.stages if s != "tiger")
+    assert config.seeds == (0, 1, 2)
+    assert config.seeded_stages == ("minionerec", "minigr_cf")
+    assert config.minigr_cf.to_dict() == ml100k.minigr_cf.to_dict()
+    pipeline.check_seeds(config)  # both can repeat over seeds
   off, on = config.minionerec.to_dict(), config.minigr_cf.to_dict()
   assert not off["hints"]["enabled"] and on["hints"]["enabled"]
   for c in (off, on):
