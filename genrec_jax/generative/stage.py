@@ -44,10 +44,6 @@ from genrec_jax.training import sharding
 
 # Test users written to recommendations.json.
 NUM_RECOMMENDATION_USERS = 10
-# Config fields that do not change the training trajectory (a checkpoint
-# written under other values of them is resumed).
-_FREE_TRAIN_FIELDS = ("max_minutes", "log_every", "resume", "eval_every",
-                      "patience")
 
 
 def evaluate_split(ranker: ranker_lib.GenerativeRanker,
@@ -98,19 +94,6 @@ def _final_eval(ranker, ds: Dataset, ecfg, out: pathlib.Path):
        "top10_titles": [ds.title(int(x)) for x in top[i] if x >= 0]}
       for i in range(n_few)])
   return metrics, int(len(test))
-
-
-def _fingerprint(config, num_steps: int) -> dict[str, Any]:
-  """What a resumable checkpoint depends on (model, data, schedule)."""
-  keep = {k: config[k].to_dict() if hasattr(config[k], "to_dict")
-          else config[k] for k in ("kind", "seed", "model", "data", "prompt",
-                                   "hints", "mesh")}
-  train = config.train.to_dict()
-  for k in _FREE_TRAIN_FIELDS:
-    train.pop(k, None)
-  keep["train"] = train
-  keep["num_steps"] = num_steps
-  return keep
 
 
 def _load_inputs(config, workdir: pathlib.Path):
@@ -168,8 +151,9 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   else:
     raise ValueError(f"config field 'eval.select': {ecfg.select!r} is not "
                      "'ndcg' or 'none'")
-  loop.reset_stale_checkpoints(out / "checkpoints",
-                               _fingerprint(config, num_steps))
+  loop.reset_stale_checkpoints(out / "checkpoints", loop.fingerprint(
+      config, ("kind", "seed", "model", "data", "prompt", "hints", "mesh"),
+      num_steps=num_steps))
   result = loop.train(
       model, fmt.loss, data.dataset, tcfg, mesh=mesh,
       ckpt_dir=out / "checkpoints", num_steps=num_steps, seed=config.seed,

@@ -107,13 +107,9 @@ def _check(examples, num_users, num_items, name):
 def _fingerprint(config: ml_collections.ConfigDict, ds: Dataset,
                  graph: lgcn.Graph) -> dict:
   """What a resumed run must share with the checkpoint (see loop)."""
-  train = config.train.to_dict()
-  for k in ("num_epochs", "max_minutes", "log_every", "checkpoint_every",
-            "eval_every", "patience", "resume"):
-    train.pop(k, None)
-  return {"kind": KIND, "seed": config.seed, "model": config.model.to_dict(),
-          "train": train, "num_users": ds.num_users,
-          "num_items": ds.num_items, "num_edges": graph.num_edges}
+  return loop.fingerprint(config, ("seed", "model"), kind=KIND,
+                          num_users=ds.num_users, num_items=ds.num_items,
+                          num_edges=graph.num_edges)
 
 
 def train_model(config: ml_collections.ConfigDict, ds: Dataset,

@@ -86,6 +86,30 @@ class BatchSource(Protocol):
     """The local numpy batch of global step `step` (0-based) given `model`."""
 
 
+# Train config fields that do not change a run's trajectory: a checkpoint
+# written under other values of them is resumed.
+FREE_TRAIN_FIELDS = ("num_epochs", "max_minutes", "log_every",
+                     "checkpoint_every", "eval_every", "patience", "resume")
+
+
+def fingerprint(config: ml_collections.ConfigDict, keys: tuple[str, ...],
+                **extra) -> dict[str, Any]:
+  """What a resumed run must share with its checkpoint.
+
+  Args:
+    config: the stage config.
+    keys: its fields that shape the model and the data (e.g. "seed",
+      "model"); `train` is always included without FREE_TRAIN_FIELDS.
+    **extra: more JSON-able facts (catalogue size, number of steps, ...).
+  """
+  out = {k: config[k].to_dict() if hasattr(config[k], "to_dict")
+         else config[k] for k in keys}
+  train = config.train.to_dict()
+  for k in FREE_TRAIN_FIELDS:
+    train.pop(k, None)
+  return {**out, "train": train, **extra}
+
+
 def reset_stale_checkpoints(ckpt_dir: str | pathlib.Path,
                             fingerprint: dict[str, Any]) -> None:
   """Deletes `ckpt_dir` when it was written under another fingerprint.
