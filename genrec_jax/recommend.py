@@ -25,14 +25,18 @@ from genrec_jax.generative import ranker as generative_ranker
 from genrec_jax.graph import lightgcn_train
 from genrec_jax.training import sasrec_train
 
+
+def _generative(model_dir, workdir, spec, ds):
+  """TIGER and the decoders: a GenerativeRanker of the folder."""
+  return generative_ranker.load(model_dir, workdir, spec=spec, ds=ds)
+
+
 # model.json kind -> loader(model_dir, workdir, spec, ds) -> Ranker.
 _LOADERS = {
     "sasrec": lambda d, w, spec, ds: sasrec_train.load_ranker(d, ds),
     "lightgcn": lambda d, w, spec, ds: lightgcn_train.load_ranker(d, ds),
-    "t5": lambda d, w, spec, ds: generative_ranker.load(d, w, spec=spec,
-                                                        ds=ds),
-    "decoder": lambda d, w, spec, ds: generative_ranker.load(d, w, spec=spec,
-                                                             ds=ds),
+    "t5": _generative,
+    "decoder": _generative,
 }
 
 

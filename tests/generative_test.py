@@ -346,18 +346,16 @@ def _brute_force_ranks(planted_dir, name):
   """
   ranker = ranker_lib.load(planted_dir / name, planted_dir)
   fmt = ranker.fmt
-  model = nnx.merge(*_graph_and_state(ranker))
+  graphdef, state = ranker.scorer.graphdef, ranker.params  # (params, rest)
   ds = fmt.ds
   test = ds.test
   items = np.flatnonzero(fmt.sids.has_sid)
   toks = fmt.item_tokens[items]  # [I, L]
   prompts = fmt.eval_prompts(test)
-  graphdef, state = nnx.split(model)
-
   @jax.jit
   def item_scores(state, enc, mask):  # [S], [S] -> [I]
     n = len(items)
-    logits = nnx.merge(graphdef, state)(
+    logits = nnx.merge(graphdef, *state)(
         jnp.repeat(enc[None], n, 0), jnp.asarray(dec),
         jnp.repeat(mask[None], n, 0))  # [I, L, V]
     logp = jax.nn.log_softmax(logits.astype(jnp.float32), -1)
@@ -374,11 +372,6 @@ def _brute_force_ranks(planted_dir, name):
     t_score = score[items == target][0]
     ranks.append(int((score > t_score).sum()))
   return np.asarray(ranks)
-
-
-def _graph_and_state(ranker):
-  graphdef = ranker.scorer.graphdef
-  return graphdef, *ranker.params
 
 
 def test_evaluate_equals_brute_force(planted):
