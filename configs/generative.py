@@ -60,6 +60,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.name = "tiger"
   # Folder of item_sids.json inside WORKDIR.
   config.sids_dir = "sids"
+  # Start from the parameters of this model folder of WORKDIR (same format
+  # and sizes: continued SFT, e.g. the control of an RL run); None = fresh.
+  config.init = ml_collections.config_dict.placeholder(str)
   # jax.distributed.initialize() first (multi-host).
   config.distributed = False
   # Device mesh (data, fsdp, tensor); one -1 takes the remaining devices.

@@ -64,6 +64,10 @@ class StageKind:
   # The config field naming the stage's output folder WORKDIR/<value>, or
   # None when the folder is fixed; only stages with one repeat over seeds.
   name_field: str | None = None
+  # The config field naming the model folder the stage starts from (e.g.
+  # an SFT model for RL), or None. In a seeded run whose init is the output
+  # of a seeded stage, it points at the same seed's folder.
+  init_field: str | None = None
 
   def function(self) -> Callable[..., Any]:
     module, name = self.run.split(":")
@@ -88,7 +92,10 @@ KINDS: dict[str, StageKind] = {
                               lambda c: ["sasrec/metrics.json"]),
     "train_generative": StageKind("genrec_jax.generative.stage:run",
                                   lambda c: [f"{c.name}/metrics.json"],
-                                  name_field="name"),
+                                  name_field="name", init_field="init"),
+    "train_rl": StageKind("genrec_jax.rl.stage:run",
+                          lambda c: [f"{c.name}/metrics.json"],
+                          name_field="name", init_field="init"),
 }
 # The stage config field a seeded run sets (every stage kind calls it so).
 SEED_FIELD = "seed"
@@ -166,12 +173,17 @@ def stage_runs(config: ml_collections.ConfigDict, name: str) -> list[StageRun]:
   """The runs of stage `name`: one, or one per seed if it is seeded."""
   if name not in (config.get("seeded_stages") or ()):
     return [StageRun(name, name, None, config[name])]
-  field = stage_kind(config, name).name_field
+  kind = stage_kind(config, name)
+  field = kind.name_field
+  seeded_outputs = {config[s][stage_kind(config, s).name_field]
+                    for s in config.seeded_stages}
   runs = []
   for seed in config.seeds:
     cfg = config[name].copy_and_resolve_references()
     cfg[SEED_FIELD] = seed
     cfg[field] = seeded_name(config[name][field], seed)
+    if kind.init_field and cfg[kind.init_field] in seeded_outputs:
+      cfg[kind.init_field] = seeded_name(cfg[kind.init_field], seed)
     runs.append(StageRun(name, seeded_name(name, seed), seed, cfg))
   return runs
 

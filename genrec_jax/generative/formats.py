@@ -195,6 +195,15 @@ class PromptFormat(abc.ABC):
   def eval_prompts(self, batch: EvalExamples) -> dict[str, np.ndarray]:
     """Left-padded search prompts of evaluation rows (full hints)."""
 
+  def rollout_prompts(self, batch: EvalExamples) -> dict[str, np.ndarray]:
+    """Search prompts of training rows (one target each): as `eval_prompts`
+    but hints never show the row's target (reinforcement-learning
+    rollouts). Formats without hints need not override it."""
+    if self.settings.get("hints"):
+      raise NotImplementedError(f"format {self.name!r} has hints but no "
+                                "rollout_prompts")
+    return self.eval_prompts(batch)
+
   @abc.abstractmethod
   def scorer(self, graphdef):
     """The beam-search scorer of the format's model."""

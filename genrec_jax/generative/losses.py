@@ -121,3 +121,35 @@ def sequence_log_probs(model, input_ids: jax.Array, attention_mask: jax.Array,
   tok = jnp.take_along_axis(logp, input_ids[:, 1:, None], axis=-1)[..., 0]
   tok = jnp.pad(tok, ((0, 0), (1, 0)))  # [B, T]: position t predicts t
   return jnp.where(completion_mask > 0, tok, 0.0)
+
+
+def completion_log_probs(model, input_ids: jax.Array,
+                         attention_mask: jax.Array,
+                         num_completion: int) -> jax.Array:
+  """log p of the last `num_completion` tokens of each row of a decoder.
+
+  Rows are [left-padded prompt; completion], so the completion sits at the
+  end of every row: only the hidden states that predict it are projected
+  onto the vocabulary (the projection dominates the cost otherwise). Equals
+  `sequence_log_probs(...)[:, -num_completion:]` (tested).
+
+  Args:
+    model: a models.decoder.Decoder.
+    input_ids: int [B, T] prompt + completion tokens.
+    attention_mask: bool [B, T].
+    num_completion: completion tokens at the end of every row (< T).
+
+  Returns:
+    float32 [B, num_completion] full-vocabulary log-probs.
+  """
+  hidden = nnx.merge(_hidden_graphdef(model.config), nnx.state(model))
+  c = num_completion
+  h = hidden(input_ids, attention_mask)[:, -c - 1:-1]  # [B, C, D]
+  if model.config.tie_word_embeddings:
+    logits = jnp.einsum("BCD,VD->BCV", h, model.embed[...].astype(h.dtype),
+                        preferred_element_type=jnp.float32)
+  else:
+    logits = jnp.einsum("BCD,DV->BCV", h, model.lm_head[...].astype(h.dtype),
+                        preferred_element_type=jnp.float32)
+  logp = jax.nn.log_softmax(logits, axis=-1)
+  return jnp.take_along_axis(logp, input_ids[:, -c:, None], axis=-1)[..., 0]

@@ -49,8 +49,14 @@ class GenerativeRanker:
     self.kind = fmt.model_kind
     self.beam_size = int(beam_size)
     graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+    self.graphdef = graphdef
     self.params = (params, rest)
     self.scorer = fmt.scorer(graphdef)
+
+  @property
+  def model(self) -> nnx.Module:
+    """The model (sharing the ranker's arrays)."""
+    return nnx.merge(self.graphdef, *self.params)
 
   @property
   def trie(self):

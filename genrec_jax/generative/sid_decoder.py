@@ -60,8 +60,13 @@ def prompt_width(max_history: int, levels: int, hint_k: int,
 
 
 def eval_prompts(history, item_tokens, *, max_history: int,
-                 hints: Hints | None) -> dict[str, np.ndarray]:
-  """Left-padded prompts of evaluation histories (full hints)."""
+                 hints: Hints | None,
+                 targets: np.ndarray | None = None) -> dict[str, np.ndarray]:
+  """Left-padded prompts of evaluation histories (full hints).
+
+  `targets` (one item per row): each row's hint is cleaned of its target
+  (training prompts, e.g. reinforcement-learning rollouts).
+  """
   hist = history.padded(max_history, -1, left=True)  # [B, H]
   toks, mask = history_tokens(hist, item_tokens, max_history)
   levels = item_tokens.shape[1]
@@ -71,8 +76,9 @@ def eval_prompts(history, item_tokens, *, max_history: int,
   ids = np.full((b, width), PAD, np.int32)
   amask = np.zeros((b, width), bool)
   for i in range(b):
+    target = None if targets is None else int(targets[i])
     row = sid_prompt(toks[i][mask[i]],
-                     hint_tokens(hints, hist[i, -1], item_tokens))
+                     hint_tokens(hints, hist[i, -1], item_tokens, target))
     ids[i, width - len(row):] = row
     amask[i, width - len(row):] = True
   return {"input_ids": ids, "attention_mask": amask}
@@ -191,6 +197,11 @@ class SidFormat(formats.PromptFormat):
   def eval_prompts(self, batch):
     return eval_prompts(batch.history, self.item_tokens,
                         max_history=self.max_history, hints=self.hints)
+
+  def rollout_prompts(self, batch):
+    return eval_prompts(batch.history, self.item_tokens,
+                        max_history=self.max_history, hints=self.hints,
+                        targets=batch.targets.values)
 
   def scorer(self, graphdef):
     # Every prompt ends in SEP (checked before the search starts).

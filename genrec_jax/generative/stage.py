@@ -61,13 +61,13 @@ def evaluate_split(ranker: ranker_lib.GenerativeRanker,
                              batch_size=eval_cfg.batch_size, prefix=prefix)
 
 
-def _sample_rows(n: int, k: int, seed: int) -> np.ndarray:
+def sample_rows(n: int, k: int, seed: int) -> np.ndarray:
   if not k or k >= n:
     return np.arange(n)
   return np.sort(np.random.default_rng(seed).choice(n, k, replace=False))
 
 
-def _final_eval(ranker, ds: Dataset, ecfg, out: pathlib.Path):
+def final_eval(ranker, ds: Dataset, ecfg, out: pathlib.Path):
   """Test (and valid) metrics; writes recommendations.json."""
   test = ds.test
   if ecfg.max_test_users:
@@ -96,6 +96,25 @@ def _final_eval(ranker, ds: Dataset, ecfg, out: pathlib.Path):
   return metrics, int(len(test))
 
 
+def _init_from(model, fmt, init_dir: pathlib.Path, workdir: pathlib.Path,
+               ds: Dataset):
+  """`model` with the parameters of a model folder of the same format and
+  sizes (continued training)."""
+  where = init_dir / "model.json"
+  if not where.exists():
+    raise FileNotFoundError(f"{where}: no model folder to start from "
+                            f"(config field 'init')")
+  prev = ranker_lib.load(init_dir, workdir, ds=ds)
+  if (prev.fmt.name != fmt.name
+      or prev.fmt.spec()["model_config"] != fmt.spec()["model_config"]):
+    raise ValueError(f"{where}: format {prev.fmt.name!r} / model_config "
+                     f"differ from this config's ({fmt.name!r}); 'init' must "
+                     "name a model of the same format and sizes")
+  graphdef, _, rest = nnx.split(model, nnx.Param, ...)
+  logging.info("starting from the parameters of %s", init_dir)
+  return nnx.merge(graphdef, prev.params[0], rest)
+
+
 def _load_inputs(config, workdir: pathlib.Path):
   ds = Dataset.load(workdir / "dataset")
   if ds.valid is None:
@@ -112,6 +131,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   workdir = pathlib.Path(workdir).resolve()
   ds, sids = _load_inputs(config, workdir)
   fmt, model = formats.for_training(config, ds, sids, workdir)
+  if config.init:
+    model = _init_from(model, fmt, workdir / config.init, workdir, ds)
   out = workdir / config.name
   out.mkdir(parents=True, exist_ok=True)
   tcfg, ecfg = config.train, config.eval
@@ -132,7 +153,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
                nparams / 1e6, fmt.model_config.vocab_size, num_steps,
                per_epoch, dict(mesh.shape), data.stats)
 
-  valid_sample = take_examples(ds.valid, _sample_rows(
+  valid_sample = take_examples(ds.valid, sample_rows(
       len(ds.valid), ecfg.valid_users, config.seed))
   k_sel = max(k for k in metrics_lib.KS if k <= min(10, ecfg.top_n))
   select_key = f"valid/ndcg@{k_sel}"
@@ -152,8 +173,9 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     raise ValueError(f"config field 'eval.select': {ecfg.select!r} is not "
                      "'ndcg' or 'none'")
   loop.reset_stale_checkpoints(out / "checkpoints", loop.fingerprint(
-      config, ("kind", "seed", "model", "data", "prompt", "hints", "mesh"),
-      num_steps=num_steps))
+      config, ("kind", "seed", "model", "data", "prompt", "hints", "mesh",
+               "init"), num_steps=num_steps,
+      init_params=(loop.params_digest(model) if config.init else None)))
   result = loop.train(
       model, fmt.loss, data.dataset, tcfg, mesh=mesh,
       ckpt_dir=out / "checkpoints", num_steps=num_steps, seed=config.seed,
@@ -167,7 +189,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   t_eval = time.time()
   # The same mesh context as the evaluations during training (jit cache).
   with jax.set_mesh(mesh), nnx.logical_axis_rules(sharding.DEFAULT_RULES):
-    metrics, n_test = _final_eval(ranker, ds, ecfg, out)
+    metrics, n_test = final_eval(ranker, ds, ecfg, out)
   metrics.update({
       "kind": config.kind,
       "format": fmt.name,

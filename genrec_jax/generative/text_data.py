@@ -490,10 +490,12 @@ def decoder_eval_prompts(
     task: str = P.SID_HISTORY,
     buckets: Sequence[int] = DEFAULT_BUCKETS,
     encoder: SegmentEncoder | None = None,
+    clean_targets: bool = False,
 ) -> dict[str, np.ndarray]:
   """Left-padded evaluation prompts (the training prompt without answer).
 
-  Full hints (no dropout, no target cleaning). T is the smallest of
+  Full hints (no dropout, no target cleaning; `clean_targets`: each row's
+  hint is cleaned of its first target, as training prompts are). T is the smallest of
   `buckets` that fits the longest prompt (else a multiple of 64), so a
   fixed eval batch size compiles the search a few times at most.
 
@@ -512,7 +514,8 @@ def decoder_eval_prompts(
     hist = examples.history[i]
     hist = hist[(hist >= 0) & (hist < sids.num_items)][-max_history:]
     hist = ex.history(task, hist)
-    hint = ex.hint_for(hist, None) if task in P.HINT_TASKS else None
+    target = int(examples.targets[i][0]) if clean_targets else None
+    hint = ex.hint_for(hist, target) if task in P.HINT_TASKS else None
     pr = ex.segments(task, hist, None, hint)
     rows.append(np.concatenate([np.asarray(bos, np.int32),
                                 enc.encode(pr.prompt)]))

@@ -192,11 +192,15 @@ class TextFormat(formats.PromptFormat):
       data.dataset = data.dataset.map(self.remap.prompts)
     return data
 
-  def eval_prompts(self, batch):
+  def eval_prompts(self, batch, clean_targets: bool = False):
     p = text_data.decoder_eval_prompts(
         batch, self.sids, self.titles, self.tokenizer, tokens=self.tokens,
-        max_history=self.max_history, hints=self.hints)
+        max_history=self.max_history, hints=self.hints,
+        clean_targets=clean_targets)
     return self.remap.prompts(p) if self.remap is not None else p
+
+  def rollout_prompts(self, batch):
+    return self.eval_prompts(batch, clean_targets=True)
 
   def scorer(self, graphdef):
     return bs.SharedPrefixDecoderScorer(

@@ -299,8 +299,9 @@ class _Trainer:
 
   def __init__(self, model, loss_fn, dataset, cfg, *, mesh, ckpt_dir,
                num_steps, seed, evaluate, select, summary_dir, examples_key,
-               examples_per_step, name):
+               examples_per_step, name, derived=None):
     self.cfg, self.mesh, self.num_steps, self.name = cfg, mesh, num_steps, name
+    self.derived = derived
     self.evaluate, self.select = evaluate, select
     model = sharding.shard_model(model, mesh)
     self.graphdef, self.params, self.rest = nnx.split(model, nnx.Param, ...)
@@ -428,6 +429,7 @@ class _Trainer:
     if not math.isfinite(loss):
       raise FloatingPointError(f"{self.name}: loss is {loss} at step {step}")
     sums = self._window_sums(host)
+    extra = self.derived(sums) if self.derived is not None else {}
     now = time.time()
     rate = self.window_examples / max(now - self.t_window, 1e-9)
     per_step = (now - self.t_loop) / max(step - self.start_step, 1)
@@ -438,15 +440,16 @@ class _Trainer:
              "grad_norm": float(host[-1]["grad_norm"]),
              "learning_rate": float(optimizer_lib.learning_rate_schedule(
                  cfg, self.num_steps)(step - 1)),
-             "examples_per_s": rate, **sums}
+             "examples_per_s": rate, **sums, **extra}
     p.curve.append(point)
     for k, v in sums.items():
       p.totals[k] = p.totals.get(k, 0.0) + v
     self.summary.scalars(step, {f"train/{k}": v for k, v in point.items()
                                 if k != "step"})
-    logging.info("%s: step %d/%d loss %.4f lr %.2e %.0f examples/s, "
-                 "%.0fs elapsed, ETA %.0fs", self.name, step, self.num_steps,
-                 loss, point["learning_rate"], rate, now - self.t_loop, eta)
+    logging.info("%s: step %d/%d loss %.4f lr %.2e %.1f examples/s, "
+                 "%.0fs elapsed, ETA %.0fs%s", self.name, step, self.num_steps,
+                 loss, point["learning_rate"], rate, now - self.t_loop, eta,
+                 "".join(f", {k} {v:.4g}" for k, v in extra.items()))
     if sums.get("dropped", 0.0) > 0:
       logging.warning("%s: aux 'dropped' = %g in the %d steps to step %d "
                       "(the loss's budget cut them; %g in the whole run)",
@@ -542,6 +545,8 @@ def train(model: nnx.Module, loss_fn: LossFn,
           summary_dir: str | pathlib.Path | None = None,
           examples_key: str | None = None,
           examples_per_step: int | None = None,
+          derived: Callable[[dict[str, float]], dict[str, float]]
+          | None = None,
           name: str = "train") -> TrainResult:
   """Trains `model` for up to `num_steps` steps (resumable).
 
@@ -566,6 +571,8 @@ def train(model: nnx.Module, loss_fn: LossFn,
       the first field).
     examples_per_step: global examples one step counts (overrides
       examples_key; required with dataset=None).
+    derived: window aux sums -> more curve values (e.g. rates such as
+      hits / groups); added to each log point, TensorBoard and the log line.
     name: prefix of log lines.
 
   Returns:
@@ -580,7 +587,8 @@ def train(model: nnx.Module, loss_fn: LossFn,
                      ckpt_dir=ckpt_dir, num_steps=num_steps, seed=seed,
                      evaluate=evaluate, select=select,
                      summary_dir=summary_dir, examples_key=examples_key,
-                     examples_per_step=examples_per_step, name=name)
+                     examples_per_step=examples_per_step,
+                     derived=derived, name=name)
   try:
     stop_reason = trainer.run()
     params = trainer.selected_params()
