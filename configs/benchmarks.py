@@ -4,9 +4,10 @@ python -m binaries.benchmark --config=configs/benchmarks.py:<name> --workdir=run
 
 `<name>` is a module `genrec_jax.benchmarks.<name>` with `run(config,
 workdir) -> dict`; its config is the function of the same name here
-(beam_search, decoder, generative, lightgcn, rq_kmeans, sasrec). There is
-no default: a missing or unknown name is an error that lists them. The torch
-side of beam_search and decoder runs in `.venv-torch` (`make bench-venv`).
+(beam_search, decoder, generative, lightgcn, rq_kmeans, sasrec, serving).
+There is no default: a missing or unknown name is an error that lists them.
+The torch side of beam_search and decoder runs in `.venv-torch` (`make
+bench-venv`).
 Stage configs a benchmark uses are resolved here (override them as
 `--config.generative.model.d_model=...`, not through the variant name).
 """
@@ -16,6 +17,7 @@ from configs import data
 from configs import generative
 from configs import lightgcn
 from configs import sasrec
+from configs import serve
 
 
 def _beam_search() -> ml_collections.ConfigDict:
@@ -176,9 +178,26 @@ def _sasrec() -> ml_collections.ConfigDict:
   return config
 
 
+def _serving() -> ml_collections.ConfigDict:
+  config = ml_collections.ConfigDict()
+  # A trained workdir (make demo's) holding dataset/ and the model folder.
+  config.workdir = "runs/ml100k"
+  # The server's config (configs/serve.py): model, buckets, max_batch,
+  # max_wait_ms, queue_size, top_n (its port is not used: any free one).
+  config.serve = serve.get_config()
+  # Seconds each run lasts (the reference and every concurrency level).
+  config.seconds = 3.0
+  # Concurrent clients of the micro-batching server, one run each.
+  config.clients = (1, 8, 64)
+  # Clients of the same server with max_batch 1 (0: skip that run).
+  config.unbatched_clients = 64
+  return config
+
+
 _BENCHMARKS = {"beam_search": _beam_search, "decoder": _decoder,
                "generative": _generative, "lightgcn": _lightgcn,
-               "rq_kmeans": _rq_kmeans, "sasrec": _sasrec}
+               "rq_kmeans": _rq_kmeans, "sasrec": _sasrec,
+               "serving": _serving}
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
