@@ -4,6 +4,7 @@ python -m binaries.run_pipeline --config=configs/pipeline.py:ml100k --workdir=ru
 python -m binaries.run_pipeline --config=configs/pipeline.py:beauty_cpu --workdir=runs/beauty
 python -m binaries.run_pipeline --config=configs/pipeline.py:beauty_paper --workdir=runs/beauty_paper
 python -m binaries.run_pipeline --config=configs/pipeline.py:hints_ablation --workdir=runs/hints_ablation
+python -m binaries.run_pipeline --config=configs/pipeline.py:rl_ablation --workdir=runs/rl_ablation
 
 `stages` lists the stages in order; each has its own config under the same
 name (the config its binary takes, e.g. `--config.train_sasrec.train.
@@ -13,7 +14,9 @@ WORKDIR/<name>_s<seed>, one table row `mean +- std (seeds)`), e.g.
 `--config.seeds="(0,1,2)" --config.seeded_stages="('minigr_cf',)"`.
 
 Variants: ml100k (what `make demo` runs), hints_ablation (ml100k without
-TIGER, MiniOneRec with hints off and on over 3 seeds), beauty_cpu (Amazon
+TIGER, MiniOneRec with hints off and on over 3 seeds), rl_ablation (ml100k
+MiniOneRec SFT, then the same extra time as more SFT or as GRPO, 3 seeds),
+beauty_cpu (Amazon
 Beauty with budgets for a 2-core machine), beauty_paper (Amazon Beauty,
 TIGER's paper configuration and the MiniOneRec text-prompt SFT, for an
 accelerator), tiny (tests; set prepare_data.data.sequence_file and
@@ -27,6 +30,7 @@ from configs import embed
 from configs import generative
 from configs import hints
 from configs import lightgcn
+from configs import rl
 from configs import sasrec
 from configs import sids
 
@@ -46,7 +50,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.seeded_stages = ()
 
   # The dataset, and the variant of the stages tuned per dataset.
-  if variant in ("ml100k", "tiny", "hints_ablation"):
+  if variant in ("ml100k", "tiny", "hints_ablation", "rl_ablation"):
     dataset, tuned = "ml100k", "demo"
   elif variant in ("beauty_cpu", "beauty_paper"):
     dataset, tuned = "beauty", "beauty"
@@ -62,10 +66,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # Stages in the order they run.
   config.stages = ("prepare_data", "train_baselines", "train_lightgcn",
                    "build_hints", "train_sasrec", "embed_items", "build_sids",
-                   "tiger", "minionerec", "minigr_cf")
+                   "tiger", "minionerec", "minionerec_rl", "minigr_cf",
+                   "minigr_cf_rl")
   # The generative models: TIGER, the decoder LM without (MiniOneRec) and
   # with (miniGR-CF) collaborative hints; only hints.enabled differs.
-  suffix = {"ml100k": "_demo", "hints_ablation": "_demo",
+  suffix = {"ml100k": "_demo", "hints_ablation": "_demo", "rl_ablation": "_demo",
             "beauty_cpu": "_beauty_cpu", "tiny": ",tiny", "beauty_paper": ""}
   for name, model in (("tiger", "tiger"), ("minionerec", "decoder"),
                       ("minigr_cf", "decoder_hints")):
@@ -77,11 +82,40 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config[name] = generative.get_config(model + suffix[variant])
     config[name].name = name
     config.stage_kinds[name] = "train_generative"
+  # GRPO after each decoder's SFT (configs/rl.py).
+  rl_variant = {"ml100k": "demo", "hints_ablation": "demo",
+                "rl_ablation": "demo", "beauty_cpu": "beauty_cpu",
+                "tiny": "tiny", "beauty_paper": "default"}[variant]
+  for sft in ("minionerec", "minigr_cf"):
+    config[f"{sft}_rl"] = rl.get_config(rl_variant)
+    config[f"{sft}_rl"].update(init=sft, name=f"{sft}_rl")
+    config.stage_kinds[f"{sft}_rl"] = "train_rl"
 
   if variant == "hints_ablation":  # hints off vs on, over 3 seeds
-    config.stages = tuple(s for s in config.stages if s != "tiger")
+    config.stages = tuple(s for s in config.stages
+                          if s not in ("tiger", "minionerec_rl",
+                                       "minigr_cf_rl"))
     config.seeds = (0, 1, 2)
     config.seeded_stages = ("minionerec", "minigr_cf")
+
+  if variant == "rl_ablation":
+    # MiniOneRec SFT, then the same extra training time given to more SFT
+    # (the control: the SFT recipe again from the SFT parameters) or to
+    # GRPO; 3 seeds each.
+    config.stages = ("prepare_data", "train_baselines", "train_lightgcn",
+                     "train_sasrec", "embed_items", "build_sids",
+                     "minionerec", "minionerec_more_sft", "minionerec_rl")
+    more = config.minionerec.copy_and_resolve_references()
+    more.update(name="minionerec_more_sft", init="minionerec")
+    rl_cfg = config.minionerec_rl
+    more.train.update(num_steps=rl.CONTROL_SFT_STEPS,
+                      learning_rate=rl.CONTROL_SFT_LR,
+                      max_minutes=rl_cfg.train.max_minutes)
+    config.minionerec_more_sft = more
+    config.stage_kinds["minionerec_more_sft"] = "train_generative"
+    config.seeds = (0, 1, 2)
+    config.seeded_stages = ("minionerec", "minionerec_more_sft",
+                            "minionerec_rl")
 
   if variant == "tiny":  # tests: a seq_txt file they write, seconds
     config.prepare_data = data.get_config("ml100k")

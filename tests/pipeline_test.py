@@ -40,7 +40,8 @@ def test_pipeline_runs_skips_and_forces(tmp_path):
     kind = pipeline.stage_kind(config, name)
     assert all((w / f).exists() for f in kind.outputs(config[name])), name
   assert set(out["results"]) == {"most_popular", "lightgcn", "sasrec",
-                                 "tiger", "minionerec", "minigr_cf"}
+                                 "tiger", "minionerec", "minigr_cf",
+                                 "minionerec_rl", "minigr_cf_rl"}
   assert out["results"]["minigr_cf"]["invalid_rate"] == 0.0
   assert pipeline.format_examples(w, 2)[0].startswith("user ")
   table = pipeline.format_table(out["results"])
@@ -370,7 +371,9 @@ def test_hint_pair_differs_only_in_the_hint_switch(variant):
   config = pipeline_config.get_config(variant)
   if variant == "hints_ablation":  # ml100k minus TIGER, the pair over seeds
     ml100k = pipeline_config.get_config("ml100k")
-    assert config.stages == tuple(s for s in ml100k.stages if s != "tiger")
+    assert config.stages == tuple(
+        s for s in ml100k.stages
+        if s not in ("tiger", "minionerec_rl", "minigr_cf_rl"))
     assert config.seeds == (0, 1, 2)
     assert config.seeded_stages == ("minionerec", "minigr_cf")
     assert config.minigr_cf.to_dict() == ml100k.minigr_cf.to_dict()
@@ -385,3 +388,24 @@ def test_hint_pair_differs_only_in_the_hint_switch(variant):
     m = config.tiger.model
     assert (m.num_layers, m.num_decoder_layers, m.num_heads, m.d_kv,
             m.d_ff) == (4, 4, 6, 64, 1024)
+
+
+def test_rl_ablation_control_differs_only_in_init_and_budget():
+  config = pipeline_config.get_config("rl_ablation")
+  pipeline.check_seeds(config)
+  assert config.seeded_stages == ("minionerec", "minionerec_more_sft",
+                                  "minionerec_rl")
+  sft = config.minionerec.to_dict()
+  more = config.minionerec_more_sft.to_dict()
+  assert more["init"] == "minionerec" and sft["init"] is None
+  assert (more["train"]["max_minutes"]
+          == config.minionerec_rl.train.max_minutes)
+  for c in (sft, more):
+    for k in ("name", "init"):
+      c.pop(k)
+    for k in ("num_steps", "max_minutes", "learning_rate"):
+      c["train"].pop(k)
+  assert sft == more
+  runs = pipeline.stage_runs(config, "minionerec_more_sft")
+  assert [r.config.init for r in runs] == [
+      "minionerec_s0", "minionerec_s1", "minionerec_s2"]
