@@ -104,6 +104,20 @@ def test_semantic_reward_is_the_cosine():
   assert total[0, 2] == 0.0
 
 
+def test_sasrec_reward_is_the_softmax_probability():
+  from genrec_jax import model_folder  # pylint: disable=g-import-not-at-top
+  logits = np.array([[0.5, 2.0, -1.0, 0.0], [1.0, 1.0, 1.0, 3.0]])
+  ranker = model_folder.ScoreRanker("sasrec", lambda b: logits, 4)
+  items = np.array([[1, 3, -1], [3, 0, 2]])
+  total, parts = rewards.compute("sasrec", _rollouts(items, [1, 3]),
+                                 {"sasrec": ranker})
+  probs = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
+  np.testing.assert_allclose(total, [[probs[0, 1], probs[0, 3], 0.0],
+                                     [probs[1, 3], probs[1, 0], probs[1, 2]]],
+                             rtol=1e-6)
+  assert set(parts) == {"sasrec"}
+
+
 # ----------------------------------------------------------------------------
 # The loss.
 
@@ -118,26 +132,51 @@ def _tiny_decoder(seed=0):
   return decoder.Decoder(cfg, rngs=nnx.Rngs(seed))
 
 
-def _loss_batch(rng, n=6, t=9, c=3):
-  ids = rng.integers(5, 29, size=(n, t)).astype(np.int32)
-  mask = np.ones((n, t), bool)
+def _loss_batch(rng, p=2, t=6, g=3, c=3):
+  ids = rng.integers(5, 29, size=(p, t)).astype(np.int32)
+  mask = np.ones((p, t), bool)
   mask[0, :3] = False  # left padding
   ids[0, :3] = 0
-  return {"input_ids": ids, "attention_mask": mask,
-          "weight": np.array([1, 1, 1, 1, 0, 1], np.float32),
-          "advantages": rng.normal(size=n).astype(np.float32),
-          "ref_logp": -rng.random((n, c)).astype(np.float32)}
+  return {"prompt_ids": ids, "prompt_mask": mask,
+          "completions": rng.integers(5, 29, size=(p, g, c)).astype(np.int32),
+          "weight": np.array([[1, 1, 1], [1, 0, 1]], np.float32),
+          "advantages": rng.normal(size=(p, g)).astype(np.float32),
+          "ref_logp": -rng.random((p, g, c)).astype(np.float32)}
+
+
+def _grouped(model, b):
+  return losses.grouped_completion_log_probs(model, b["prompt_ids"],
+                                             b["prompt_mask"],
+                                             b["completions"])
 
 
 def test_completion_log_probs_equal_the_full_forward():
   model = _tiny_decoder()
-  b = _loss_batch(np.random.default_rng(1))
-  full = losses.sequence_log_probs(
-      model, b["input_ids"], b["attention_mask"],
-      np.pad(np.ones((6, 3)), ((0, 0), (6, 0))))
-  tail = losses.completion_log_probs(model, b["input_ids"],
-                                     b["attention_mask"], 3)
+  rng = np.random.default_rng(1)
+  ids = rng.integers(5, 29, size=(6, 9)).astype(np.int32)
+  mask = np.ones((6, 9), bool)
+  mask[0, :3] = False
+  full = losses.sequence_log_probs(model, ids, mask,
+                                   np.pad(np.ones((6, 3)), ((0, 0), (6, 0))))
+  tail = losses.completion_log_probs(model, ids, mask, 3)
   np.testing.assert_allclose(tail, full[:, -3:], atol=1e-5)
+
+
+def test_grouped_log_probs_equal_one_row_per_completion():
+  model = _tiny_decoder()
+  rng = np.random.default_rng(4)
+  p, t, g, c = 3, 7, 5, 4
+  prompts = rng.integers(5, 29, size=(p, t)).astype(np.int32)
+  pmask = np.ones((p, t), bool)
+  pmask[0, :2] = pmask[2, :5] = False  # left padding
+  prompts[~pmask] = 0
+  comp = rng.integers(5, 29, size=(p, g, c)).astype(np.int32)
+  rows = np.concatenate([np.repeat(prompts, g, 0), comp.reshape(p * g, c)], 1)
+  mask = np.concatenate([np.repeat(pmask, g, 0), np.ones((p * g, c), bool)],
+                        1)
+  want = losses.completion_log_probs(model, rows, mask, c).reshape(p, g, c)
+  got = losses.grouped_completion_log_probs(model, prompts, pmask, comp)
+  np.testing.assert_allclose(got, want, atol=2e-5)
 
 
 def test_beta0_gradient_is_minus_advantage_times_grad_logp():
@@ -150,11 +189,9 @@ def test_beta0_gradient_is_minus_advantage_times_grad_logp():
     return loss_fn(nnx.merge(graphdef, p), b, None)[0]
 
   def plain(p):  # -(1/N) sum_i w_i A_i mean_t logp_it
-    m = nnx.merge(graphdef, p)
-    lp = losses.completion_log_probs(m, b["input_ids"], b["attention_mask"],
-                                     3)
+    lp = _grouped(nnx.merge(graphdef, p), b)
     w = b["weight"]
-    return -jnp.sum(w * b["advantages"] * lp.mean(1)) / w.sum()
+    return -jnp.sum(w * b["advantages"] * lp.mean(-1)) / w.sum()
 
   g1 = jax.tree.leaves(jax.grad(grpo_loss)(params))
   g2 = jax.tree.leaves(jax.grad(plain)(params))
@@ -169,8 +206,7 @@ def test_beta0_gradient_is_minus_advantage_times_grad_logp():
 def test_kl_zero_at_the_reference_and_ppo_clip():
   model = _tiny_decoder()
   b = _loss_batch(np.random.default_rng(3))
-  lp = np.asarray(losses.completion_log_probs(
-      model, b["input_ids"], b["attention_mask"], 3))
+  lp = np.asarray(_grouped(model, b))
   b = dict(b, ref_logp=lp, old_logp=lp)
   _, aux = grpo.make_grpo_loss(beta=1e-3, epsilon=0.2, mu=1)(model, b, None)
   assert float(aux["kl"]) == pytest.approx(0.0, abs=1e-6)
@@ -241,7 +277,7 @@ def test_rollouts_are_valid_and_scores_match_teacher_forcing(sft):
   assert (np.sort(items, 1) == np.arange(PLANTED_ITEMS)).all()
   assert batch["stat_groups_hit"].sum() == 7 == batch["stat_groups"].sum()
   # Beam scores = sums of teacher-forced full-vocabulary log-probs.
-  lp = src.log_probs(model, batch).reshape(7, PLANTED_ITEMS, -1).sum(-1)
+  lp = src.log_probs(model, batch).sum(-1)  # [P, G]
   np.testing.assert_allclose(lp, np.asarray(res.scores), atol=2e-4)
   # The reference is the SFT model: its log-probs are the policy's.
   np.testing.assert_allclose(batch["ref_logp"], src.log_probs(model, batch),

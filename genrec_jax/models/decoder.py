@@ -286,13 +286,47 @@ class Decoder(nnx.Module):
 
   def _head(self, h: Array) -> Array:
     """Final norm and output projection -> float32 [..., V] logits."""
-    h = layers.rms_norm(h, self.final_norm[...], self.config.rms_norm_eps)
+    return self.project(
+        layers.rms_norm(h, self.final_norm[...], self.config.rms_norm_eps))
+
+  def project(self, h: Array) -> Array:
+    """Output projection of final-normed hidden states -> float32 logits.
+
+    With `hidden`, a loss that needs logits at a few positions projects only
+    those (the projection over a large vocabulary dominates otherwise).
+    """
     if self.config.tie_word_embeddings:
       kernel = self.embed[...]  # [V, D]
       return jnp.einsum("...D,VD->...V", h, kernel.astype(h.dtype),
                         preferred_element_type=jnp.float32)
     return jnp.einsum("...D,DV->...V", h, self.lm_head[...].astype(h.dtype),
                       preferred_element_type=jnp.float32)
+
+  def hidden(self, input_ids: Array, attention_mask: Array | None = None, *,
+             positions: Array | None = None,
+             attn_mask: Array | None = None) -> Array:
+    """Final-normed hidden states [B, T, D]: `project` of them = logits.
+
+    Args:
+      input_ids: int32 [B, T].
+      attention_mask: bool [B, T] (left padding); default all True.
+      positions: int32 [B, T] RoPE positions (default: from the mask).
+      attn_mask: bool [B, T, T] who attends to whom (default: causal and
+        the padding mask); a packed layout (e.g. one prompt followed by
+        several completions that each see the prompt and themselves) sets
+        its own with `positions`.
+    """
+    if attention_mask is None:
+      attention_mask = jnp.ones(input_ids.shape, bool)
+    mask = attention_mask.astype(bool)
+    if positions is None:
+      positions = layers.positions_from_mask(mask)
+    if attn_mask is None:
+      attn_mask = layers.causal_mask(input_ids.shape[1])[None] & mask[:, None]
+    x = layers.constrain(self._embed(input_ids), ("batch", "length", "embed"))
+    attend = layers.full_attention(attn_mask, self._scale)
+    x, _, _ = self._blocks(x, positions, attend, constrain=True)
+    return layers.rms_norm(x, self.final_norm[...], self.config.rms_norm_eps)
 
   def _forward(self, input_ids: Array, attention_mask: Array):
     """Returns (logits [B,T,V], k [L,B,T,K,H], v [L,B,T,K,H])."""

@@ -21,9 +21,11 @@ Per update (METHODS.md 3.4 and its addendum):
      mean over a completion's tokens, then over the valid completions; with
      mu > 1 each rollout is used for mu updates with the PPO clip
      -min(r A, clip(r, 1 - eps, 1 + eps) A), r = exp(logp - old).
-Log-probs come from ONE teacher-forced forward of [prompt; completion]
-over the full vocabulary, projected only at the completion positions
-(generative/losses.completion_log_probs).
+Log-probs come from ONE teacher-forced forward per prompt over the full
+vocabulary: the prompt packed once with its G completions, each seeing the
+prompt and itself (generative/losses.grouped_completion_log_probs; equal to
+one [prompt; completion] row each, at ~G times fewer prompt tokens),
+projected only at the completion positions.
 
 Diagnostics flow through the loss's aux sums (per log window): groups,
 groups with a hit (non-zero advantage for `rule`/`ranking`), reward parts,
@@ -78,19 +80,24 @@ def ratios(window: dict[str, float]) -> dict[str, float]:
 def make_grpo_loss(*, beta: float, epsilon: float, mu: int):
   """The GRPO loss (model, batch, key) -> (loss, aux); see the module doc.
 
-  batch: input_ids int [N, T] (left-padded prompt + C completion tokens),
-  attention_mask bool [N, T], weight float [N] (1 = a valid completion),
-  advantages float [N], ref_logp float [N, C], old_logp [N, C] when mu > 1,
-  and stat_* [N] statistics summed into aux.
+  batch (one row per prompt, its G completions grouped):
+    prompt_ids int [P, T] left-padded, prompt_mask bool [P, T],
+    completions int [P, G, C], weight float [P, G] (1 = a valid
+    completion), advantages float [P, G], ref_logp float [P, G, C],
+    old_logp [P, G, C] when mu > 1, and stat_* [P, G] statistics summed
+    into aux.
+  The policy log-probs come from one forward per prompt row that packs the
+  prompt once with its G completions (losses.grouped_completion_log_probs).
   """
 
   def loss_fn(model, batch, key):
     del key
-    ref = batch["ref_logp"]  # [N, C]
-    c = ref.shape[1]
-    logp = losses.completion_log_probs(model, batch["input_ids"],
-                                       batch["attention_mask"], c)  # [N, C]
-    adv = batch["advantages"][:, None]  # [N, 1]
+    ref = batch["ref_logp"]  # [P, G, C]
+    c = ref.shape[-1]
+    logp = losses.grouped_completion_log_probs(
+        model, batch["prompt_ids"], batch["prompt_mask"],
+        batch["completions"])  # [P, G, C]
+    adv = batch["advantages"][..., None]  # [P, G, 1]
     if mu > 1:
       ratio = jnp.exp(logp - batch["old_logp"])
       clipped = jnp.clip(ratio, 1.0 - epsilon, 1.0 + epsilon)
@@ -101,14 +108,14 @@ def make_grpo_loss(*, beta: float, epsilon: float, mu: int):
       clip_hit = jnp.zeros_like(logp)
     d = ref - logp
     k3 = jnp.exp(d) - d - 1.0
-    per_token = pg + beta * k3  # [N, C]
-    w = batch["weight"].astype(jnp.float32)  # [N]
-    per_seq = jnp.mean(per_token, axis=1)  # every completion has C tokens
+    per_token = pg + beta * k3  # [P, G, C]
+    w = batch["weight"].astype(jnp.float32)  # [P, G]
+    per_seq = jnp.mean(per_token, axis=-1)  # every completion has C tokens
     n = jnp.sum(w)
     loss = jnp.sum(per_seq * w) / jnp.maximum(n, 1.0)
     aux = {"completions": n, "completion_tokens": n * c,
-           "kl": jnp.sum(jnp.sum(k3, axis=1) * w),
-           "clipped": jnp.sum(jnp.sum(clip_hit, axis=1) * w)}
+           "kl": jnp.sum(jnp.sum(k3, axis=-1) * w),
+           "clipped": jnp.sum(jnp.sum(clip_hit, axis=-1) * w)}
     for k, v in batch.items():
       if k.startswith(STAT_PREFIX):
         aux[k[len(STAT_PREFIX):]] = jnp.sum(v.astype(jnp.float32))
@@ -179,16 +186,17 @@ class RolloutSource:
     self.ref_step = 0
     self._perms: dict[int, np.ndarray] = {}
     self._cache: tuple[int, dict[str, np.ndarray]] | None = None
-    c = self.num_completion
 
-    def logp(params, rest, ids, mask):
+    def logp(params, rest, batch):
       model = nnx.merge(graphdef, params, rest)
-      return losses.completion_log_probs(model, ids, mask, c)
+      return losses.grouped_completion_log_probs(
+          model, batch["prompt_ids"], batch["prompt_mask"],
+          batch["completions"])
 
     self._logp = jax.jit(logp)
     logging.info("GRPO rollouts: %d training prompts, %d per step x %d beams, "
                  "reward %s, completion %d tokens", len(self.users), self.p,
-                 self.g, self.reward, c)
+                 self.g, self.reward, self.num_completion)
 
   @property
   def num_prompts(self) -> int:
@@ -261,9 +269,9 @@ class RolloutSource:
     return batch
 
   def log_probs(self, model: nnx.Module, batch) -> np.ndarray:
+    """float32 [P, G, C] completion log-probs of `model`."""
     _, params, rest = nnx.split(model, nnx.Param, ...)
-    return np.asarray(self._logp(params, rest, batch["input_ids"],
-                                 batch["attention_mask"]))
+    return np.asarray(self._logp(params, rest, batch))
 
   def search(self, model: nnx.Module, prompts) -> bs.SearchResult:
     _, params, rest = nnx.split(model, nnx.Param, ...)
@@ -290,14 +298,11 @@ class RolloutSource:
       suffix = np.broadcast_to(np.asarray(self.layout.suffix, np.int32),
                                (p, g, len(self.layout.suffix)))
       comp = np.concatenate([comp, suffix], axis=2)
-    ids = np.concatenate([np.repeat(prompts["input_ids"], g, axis=0),
-                          comp.reshape(p * g, -1)], axis=1)
-    mask = np.concatenate([np.repeat(prompts["attention_mask"], g, axis=0),
-                           np.ones((p * g, comp.shape[2]), bool)], axis=1)
-    batch = {"input_ids": ids.astype(np.int32), "attention_mask": mask,
-             "weight": valid.reshape(-1).astype(np.float32),
-             "advantages": adv.reshape(-1)}
-    batch["ref_logp"] = np.asarray(self._logp(self.ref, self.rest, ids, mask))
+    batch = {"prompt_ids": prompts["input_ids"].astype(np.int32),
+             "prompt_mask": prompts["attention_mask"].astype(bool),
+             "completions": comp.astype(np.int32),
+             "weight": valid.astype(np.float32), "advantages": adv}
+    batch["ref_logp"] = np.asarray(self._logp(self.ref, self.rest, batch))
     first = np.zeros((p, g), np.float32)
     first[:, 0] = 1.0
     hit = roll.hits.any(axis=1, keepdims=True)
@@ -308,7 +313,8 @@ class RolloutSource:
                  hit, np.argmax(roll.hits, axis=1)[:, None], 0)}
     stats.update({f"reward_{k}": v for k, v in parts.items()})
     for k, v in stats.items():
-      batch[STAT_PREFIX + k] = np.asarray(v, np.float32).reshape(-1)
+      batch[STAT_PREFIX + k] = np.broadcast_to(
+          np.asarray(v, np.float32), (p, g)).copy()
     return batch
 
   def _check_completions(self, items, codes, valid) -> None:

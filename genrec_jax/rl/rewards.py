@@ -33,6 +33,7 @@ from typing import Any, Callable
 import numpy as np
 
 from genrec_jax.data.dataset import DataError, Dataset, EvalExamples
+from genrec_jax.training import sasrec_train
 
 
 @dataclasses.dataclass
@@ -141,7 +142,6 @@ def make_context(name: str, config, workdir: pathlib.Path,
     norm = np.linalg.norm(emb, axis=1, keepdims=True)
     return {"unit_embeddings": emb / np.maximum(norm, 1e-12)}
   if name == "sasrec":
-    from genrec_jax.training import sasrec_train  # pylint: disable=g-import-not-at-top
     return {"sasrec": sasrec_train.load_ranker(
         workdir / config.sasrec_model, ds)}
   return {}

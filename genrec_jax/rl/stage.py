@@ -104,10 +104,10 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   ecfg.top_n = min(ecfg.top_n, ecfg.beam_size)
   mesh = sharding.mesh_from_config(config.mesh)
   dp = sharding.data_parallel_size(mesh)
-  n_seq = config.rollout.prompts_per_step * config.rollout.num_generations
-  if n_seq % dp:
-    raise ValueError(f"rollout.prompts_per_step x num_generations = {n_seq} "
-                     f"is not divisible by the data-parallel size {dp}")
+  if config.rollout.prompts_per_step % dp:
+    raise ValueError(f"config field 'rollout.prompts_per_step' = "
+                     f"{config.rollout.prompts_per_step} is not divisible "
+                     f"by the data-parallel size {dp}")
 
   graphdef, params, rest = nnx.split(sft.model, nnx.Param, ...)
   policy = nnx.merge(graphdef, params, rest)
