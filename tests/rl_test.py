@@ -22,7 +22,7 @@ import pytest
 from configs import generative as generative_config
 from configs import rl as rl_config
 from genrec_jax import pipeline
-from genrec_jax.data.dataset import Dataset
+from genrec_jax.data.dataset import Dataset, Ragged
 from genrec_jax.generative import losses
 from genrec_jax.generative import ranker as ranker_lib
 from genrec_jax.generative import stage as generative_stage
@@ -340,6 +340,43 @@ def test_stage_metrics_diagnostics_and_no_retrace(sft):
   # The folder serves like the SFT one.
   spec = json.loads((root / "rl" / "model.json").read_text())
   assert spec["prompt"]["format"] == "sid" and spec["kind"] == "decoder"
+
+
+def test_text_format_with_hints_runs(sft):
+  """The text format: completions carry the suffix ("\\n", EOS); hints in
+  rollout prompts never show the target."""
+  root, _ = sft
+  config = generative_config.get_config("decoder_hints,tiny")
+  config.name = "sft_text"
+  config.train.update(num_steps=3, eval_every=0, checkpoint_every=0)
+  config.eval.update(select="none", max_test_users=4)
+  config.mesh.num_devices = 1
+  generative_stage.run(config, str(root))
+  rl = _rl_config(num_steps=2, eval_every=0)
+  rl.update(init="sft_text", name="rl_text")
+  rl.eval.max_test_users = 4
+  metrics = rl_stage.run(rl, str(root))
+  spec = json.loads((root / "sft_text" / "model.json").read_text())
+  levels = len(spec["sid_tokens"]["sizes"])
+  suffix = len(spec["sid_tokens"]["suffix"])
+  assert suffix >= 1
+  assert metrics["rl/completion_length"] == levels + suffix
+  assert metrics["format"] == "text" and metrics["hints"] is True
+  # Rollout prompts clean the target out of the hint sentence: rows whose
+  # target is the last item's first neighbour (planted hints: +3, +5, ...).
+  ds = Dataset.load(root / "dataset")
+  fmt = ranker_lib.load(root / "sft_text", root, ds=ds).fmt
+  users, pos = grpo.train_prompt_rows(ds, fmt.item_tokens)
+  ex = grpo.prompt_examples(ds, users[:12], pos[:12], fmt.max_history)
+  last = np.array([h[-1] for h in ex.history.tolist()])
+  first = np.array([fmt.hints.for_item(int(i))[0] for i in last])
+  ex.targets = Ragged.from_lists([[int(t)] for t in first])
+  clean = fmt.rollout_prompts(ex)["input_ids"]
+  full = fmt.eval_prompts(ex)["input_ids"]
+  for i in range(12):
+    assert not np.array_equal(clean[i], full[i]), i
+  ex.targets = Ragged.from_lists([[int(t)] for t in (last + 1) % 13])
+  np.testing.assert_array_equal(fmt.rollout_prompts(ex)["input_ids"], full)
 
 
 def test_bad_config_and_init(sft):
