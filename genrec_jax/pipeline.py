@@ -32,6 +32,7 @@ import dataclasses
 import importlib
 import json
 import pathlib
+import shlex
 import sys
 import time
 from typing import Any, Callable, Sequence
@@ -278,7 +279,10 @@ def run(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, *,
                                    seed_groups(config))
   results = order_results(results, names)
   summary = {"stages": timings, "results": results, "seeds": seeds,
-             "seconds": round(time.time() - t_start, 2)}
+             "seconds": round(time.time() - t_start, 2),
+             # Where the figures come from (tools/front_page.py shows them).
+             "command": " ".join(shlex.quote(a) for a in sys.argv),
+             "date": time.strftime("%Y-%m-%d", time.gmtime())}
   atomic_write_json(workdir / RESULTS_FILE, summary)
   logging.info("results (test split): %s", workdir / RESULTS_FILE)
   lines = ["", format_table(results, seeds)]
