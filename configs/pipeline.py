@@ -104,7 +104,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # GRPO; 3 seeds each.
     config.stages = ("prepare_data", "train_baselines", "train_lightgcn",
                      "train_sasrec", "embed_items", "build_sids",
-                     "minionerec", "minionerec_more_sft", "minionerec_rl")
+                     "minionerec", "minionerec_rl", "minionerec_more_sft")
     more = config.minionerec.copy_and_resolve_references()
     more.update(name="minionerec_more_sft", init="minionerec")
     rl_cfg = config.minionerec_rl
@@ -114,8 +114,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.minionerec_more_sft = more
     config.stage_kinds["minionerec_more_sft"] = "train_generative"
     config.seeds = (0, 1, 2)
-    config.seeded_stages = ("minionerec", "minionerec_more_sft",
-                            "minionerec_rl")
+    config.seeded_stages = ("minionerec", "minionerec_rl",
+                            "minionerec_more_sft")
 
   if variant == "tiny":  # tests: a seq_txt file they write, seconds
     config.prepare_data = data.get_config("ml100k")

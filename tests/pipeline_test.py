@@ -393,8 +393,8 @@ def test_hint_pair_differs_only_in_the_hint_switch(variant):
 def test_rl_ablation_control_differs_only_in_init_and_budget():
   config = pipeline_config.get_config("rl_ablation")
   pipeline.check_seeds(config)
-  assert config.seeded_stages == ("minionerec", "minionerec_more_sft",
-                                  "minionerec_rl")
+  assert config.seeded_stages == ("minionerec", "minionerec_rl",
+                                  "minionerec_more_sft")
   sft = config.minionerec.to_dict()
   more = config.minionerec_more_sft.to_dict()
   assert more["init"] == "minionerec" and sft["init"] is None
