@@ -96,6 +96,37 @@ def final_eval(ranker, ds: Dataset, ecfg, out: pathlib.Path):
   return metrics, int(len(test))
 
 
+def final_metrics(ranker, ds: Dataset, ecfg, out: pathlib.Path, mesh,
+                  result: loop.TrainResult, *, t_start: float,
+                  select: str | None) -> dict[str, Any]:
+  """Test (and valid) metrics of a trained generative ranker plus the run
+  facts every generative stage reports (train_generative, train_rl)."""
+  t_eval = time.time()
+  # The same mesh context as the evaluations during training (jit cache).
+  with jax.set_mesh(mesh), nnx.logical_axis_rules(sharding.DEFAULT_RULES):
+    metrics, n_test = final_eval(ranker, ds, ecfg, out)
+  metrics.update({
+      "format": ranker.fmt.name,
+      "num_eval_users": n_test,
+      "seconds": time.time() - t_start,
+      "train_seconds": result.seconds,
+      "test_eval_seconds": time.time() - t_eval,
+      "steps": int(result.step),
+      "best_step": int(result.best_step),
+      "stop_reason": result.stop_reason,
+      "beam_size": int(ecfg.beam_size),
+      "hints": bool(ranker.fmt.settings.get("hints")),
+      "history_masked": bool(ecfg.exclude_history
+                             and ds.test.exclude is not None),
+      "final_train_loss": (result.curve[-1]["loss"] if result.curve
+                           else None),
+      # Early-stopping signal on the sampled valid users (train_log.json).
+      "select_metric": select,
+      "best_select_value": result.best,
+  })
+  return metrics
+
+
 def _init_from(model, fmt, init_dir: pathlib.Path, workdir: pathlib.Path,
                ds: Dataset):
   """`model` with the parameters of a model folder of the same format and
@@ -186,31 +217,12 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
                                        beam_size=ecfg.beam_size)
   ranker_lib.save(out, ranker, sids_dir=config.sids_dir)
 
-  t_eval = time.time()
-  # The same mesh context as the evaluations during training (jit cache).
-  with jax.set_mesh(mesh), nnx.logical_axis_rules(sharding.DEFAULT_RULES):
-    metrics, n_test = final_eval(ranker, ds, ecfg, out)
+  metrics = final_metrics(ranker, ds, ecfg, out, mesh, result,
+                          t_start=t_start, select=select)
   metrics.update({
       "kind": config.kind,
-      "format": fmt.name,
-      "num_eval_users": n_test,
-      "seconds": time.time() - t_start,
-      "train_seconds": result.seconds,
-      "test_eval_seconds": time.time() - t_eval,
-      "steps": int(result.step),
       "epochs": round(result.step / per_epoch, 3),
-      "best_step": int(result.best_step),
-      "stop_reason": result.stop_reason,
       "num_params": nparams,
-      "beam_size": int(ecfg.beam_size),
-      "hints": bool(config.hints.enabled),
-      "history_masked": bool(ecfg.exclude_history
-                             and ds.test.exclude is not None),
-      "final_train_loss": (result.curve[-1]["loss"] if result.curve
-                           else None),
-      # Early-stopping signal on the sampled valid users (train_log.json).
-      "select_metric": select,
-      "best_select_value": result.best,
   })
   atomic_write_json(out / "metrics.json", metrics)
   logging.info("%s test: hr@10 %.4f ndcg@10 %.4f invalid %g, %d steps, %.0fs",

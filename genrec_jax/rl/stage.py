@@ -158,29 +158,13 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
                                        beam_size=ecfg.beam_size)
   ranker_lib.save(out, ranker, sids_dir=spec.get("sids_dir", "sids"))
 
-  t_eval = time.time()
-  with jax.set_mesh(mesh), nnx.logical_axis_rules(sharding.DEFAULT_RULES):
-    metrics, n_test = generative_stage.final_eval(ranker, ds, ecfg, out)
+  metrics = generative_stage.final_metrics(ranker, ds, ecfg, out, mesh,
+                                           result, t_start=t_start,
+                                           select=select)
   totals = grpo.ratios(result.aux_totals)
   metrics.update({
       "kind": "decoder",
-      "format": fmt.name,
       "init": config.init,
-      "num_eval_users": n_test,
-      "seconds": time.time() - t_start,
-      "train_seconds": result.seconds,
-      "test_eval_seconds": time.time() - t_eval,
-      "steps": int(result.step),
-      "best_step": int(result.best_step),
-      "stop_reason": result.stop_reason,
-      "beam_size": int(ecfg.beam_size),
-      "hints": bool(fmt.settings.get("hints")),
-      "history_masked": bool(ecfg.exclude_history
-                             and ds.test.exclude is not None),
-      "final_train_loss": (result.curve[-1]["loss"] if result.curve
-                           else None),
-      "select_metric": select,
-      "best_select_value": result.best,
       "prompts_per_s": (result.examples / result.seconds
                         if result.seconds else None),
       "reward_type": config.reward.type,
