@@ -39,6 +39,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.rollout.num_generations = 16
   # Prompts per update (global); an update sees prompts x G completions.
   config.rollout.prompts_per_step = 64
+  # Text format only: fraction of prompts that ask for the SID of the
+  # target's title (MiniOneRec's title -> SID RL task); 0 for "sid".
+  config.rollout.title_fraction = 0.0
 
   config.reward = ml_collections.ConfigDict()
   # rule | ranking | ranking_only | semantic | sasrec (genrec_jax/rl/rewards.py).

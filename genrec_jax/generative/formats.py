@@ -195,13 +195,20 @@ class PromptFormat(abc.ABC):
   def eval_prompts(self, batch: EvalExamples) -> dict[str, np.ndarray]:
     """Left-padded search prompts of evaluation rows (full hints)."""
 
-  def rollout_prompts(self, batch: EvalExamples) -> dict[str, np.ndarray]:
+  def rollout_prompts(self, batch: EvalExamples,
+                      title_rows: np.ndarray | None = None
+                      ) -> dict[str, np.ndarray]:
     """Search prompts of training rows (one target each): as `eval_prompts`
     but hints never show the row's target (reinforcement-learning
-    rollouts). Formats without hints need not override it."""
+    rollouts). `title_rows` (bool per row): ask for the SID of the target's
+    title instead (formats with text prompts only). Formats without hints
+    or titles need not override it."""
     if self.settings.get("hints"):
       raise NotImplementedError(f"format {self.name!r} has hints but no "
                                 "rollout_prompts")
+    if title_rows is not None and np.any(title_rows):
+      raise ValueError(f"format {self.name!r} has no title prompts "
+                       "(config field 'rollout.title_fraction' must be 0)")
     return self.eval_prompts(batch)
 
   @abc.abstractmethod

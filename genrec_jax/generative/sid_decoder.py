@@ -198,7 +198,10 @@ class SidFormat(formats.PromptFormat):
     return eval_prompts(batch.history, self.item_tokens,
                         max_history=self.max_history, hints=self.hints)
 
-  def rollout_prompts(self, batch):
+  def rollout_prompts(self, batch, title_rows=None):
+    if title_rows is not None and np.any(title_rows):
+      raise ValueError("the 'sid' format has no title prompts (config field "
+                       "'rollout.title_fraction' must be 0)")
     return eval_prompts(batch.history, self.item_tokens,
                         max_history=self.max_history, hints=self.hints,
                         targets=batch.targets.values)

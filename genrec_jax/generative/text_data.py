@@ -491,32 +491,44 @@ def decoder_eval_prompts(
     buckets: Sequence[int] = DEFAULT_BUCKETS,
     encoder: SegmentEncoder | None = None,
     clean_targets: bool = False,
+    row_tasks: Sequence[str] | None = None,
 ) -> dict[str, np.ndarray]:
   """Left-padded evaluation prompts (the training prompt without answer).
 
   Full hints (no dropout, no target cleaning; `clean_targets`: each row's
-  hint is cleaned of its first target, as training prompts are). T is the smallest of
+  hint is cleaned of its first target, as training prompts are).
+  `row_tasks` (one task per row, default `task` for all) may also name
+  title_to_sid: that row asks for the SID of its first target's title
+  (reinforcement-learning rollouts). T is the smallest of
   `buckets` that fits the longest prompt (else a multiple of 64), so a
   fixed eval batch size compiles the search a few times at most.
 
   Returns:
     {"input_ids": int32 [B, T], "attention_mask": bool [B, T]}.
   """
-  if task not in P.HISTORY_TASKS:
-    raise ValueError(f"eval task {task!r} is not a history task "
-                     f"{P.HISTORY_TASKS}")
+  tasks = list(row_tasks) if row_tasks is not None else [task] * len(
+      examples)
+  for t in set(tasks):
+    if t not in P.HISTORY_TASKS + (P.TITLE_TO_SID,):
+      raise ValueError(f"eval task {t!r} is not a history task "
+                       f"{P.HISTORY_TASKS} or {P.TITLE_TO_SID!r}")
   _check_layout(sids, tokens)
   enc = encoder or SegmentEncoder(tokenizer)
   ex = _DecoderExamples(sids, titles, hints)
   bos = [] if tokens.bos_id is None else [tokens.bos_id]
   rows = []
   for i in range(len(examples)):
-    hist = examples.history[i]
-    hist = hist[(hist >= 0) & (hist < sids.num_items)][-max_history:]
-    hist = ex.history(task, hist)
-    target = int(examples.targets[i][0]) if clean_targets else None
-    hint = ex.hint_for(hist, target) if task in P.HINT_TASKS else None
-    pr = ex.segments(task, hist, None, hint)
+    row_task = tasks[i]
+    if row_task == P.TITLE_TO_SID:
+      pr = ex.segments(row_task, [], int(examples.targets[i][0]), None)
+    else:
+      hist = examples.history[i]
+      hist = hist[(hist >= 0) & (hist < sids.num_items)][-max_history:]
+      hist = ex.history(row_task, hist)
+      target = int(examples.targets[i][0]) if clean_targets else None
+      hint = (ex.hint_for(hist, target) if row_task in P.HINT_TASKS
+              else None)
+      pr = ex.segments(row_task, hist, None, hint)
     rows.append(np.concatenate([np.asarray(bos, np.int32),
                                 enc.encode(pr.prompt)]))
   t = _pad_length(max(len(r) for r in rows), buckets)

@@ -192,15 +192,18 @@ class TextFormat(formats.PromptFormat):
       data.dataset = data.dataset.map(self.remap.prompts)
     return data
 
-  def eval_prompts(self, batch, clean_targets: bool = False):
+  def eval_prompts(self, batch, clean_targets: bool = False,
+                   row_tasks=None):
     p = text_data.decoder_eval_prompts(
         batch, self.sids, self.titles, self.tokenizer, tokens=self.tokens,
         max_history=self.max_history, hints=self.hints,
-        clean_targets=clean_targets)
+        clean_targets=clean_targets, row_tasks=row_tasks)
     return self.remap.prompts(p) if self.remap is not None else p
 
-  def rollout_prompts(self, batch):
-    return self.eval_prompts(batch, clean_targets=True)
+  def rollout_prompts(self, batch, title_rows=None):
+    tasks = None if title_rows is None else [
+        P.TITLE_TO_SID if t else P.SID_HISTORY for t in title_rows]
+    return self.eval_prompts(batch, clean_targets=True, row_tasks=tasks)
 
   def scorer(self, graphdef):
     return bs.SharedPrefixDecoderScorer(

@@ -6,7 +6,9 @@
 
 Per update (METHODS.md 3.4 and its addendum):
   1. rollouts: P training prompts (seeded order, a deterministic function of
-     the step), ONE jitted trie beam search per prompt with G beams of the
+     the step; with the text format a fraction `rollout.title_fraction` ask
+     for the SID of the target's title instead, as MiniOneRec's
+     RLTitle2SidDataset), ONE jitted trie beam search per prompt with G beams of the
      current policy, sorted by beam score (beam rank = reward rank). Every
      beam is a valid item by construction; a row with fewer than G items
      has -1 beams, which get reward 0 and leave the loss.
@@ -220,6 +222,13 @@ class RolloutSource:
       out[sel] = self._perm(int(e))[idx[sel] % n]
     return out
 
+  def title_rows(self, rollout: int) -> np.ndarray:
+    """bool [local P]: rows asked for their target's SID from its title
+    (rollout.title_fraction, text formats), seeded by the rollout."""
+    frac = float(self.cfg.rollout.title_fraction)
+    draws = np.random.default_rng([self.seed, rollout, 1]).random(self.p)
+    return (draws < frac)[self.lo:self.lo + self.local]
+
   def examples(self, rollout: int) -> EvalExamples:
     rows = self.rows(rollout)[self.lo:self.lo + self.local]
     return prompt_examples(self.ds, self.users[rows], self.pos[rows],
@@ -282,7 +291,9 @@ class RolloutSource:
   def rollout(self, model: nnx.Module, index: int) -> dict[str, np.ndarray]:
     """The batch of rollout `index` of the current policy `model`."""
     ex = self.examples(index)
-    prompts = self.fmt.rollout_prompts(ex)
+    title_rows = self.title_rows(index)
+    prompts = self.fmt.rollout_prompts(
+        ex, title_rows=title_rows if title_rows.any() else None)
     res = self.search(model, prompts)
     items = np.asarray(res.items)  # [P, G]
     codes = np.asarray(res.codes)  # [P, G, L]

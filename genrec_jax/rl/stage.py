@@ -50,6 +50,7 @@ def check_config(config: ml_collections.ConfigDict) -> None:
   check_ranges([
       ("rollout.num_generations", config.rollout.num_generations, 2, None),
       ("rollout.prompts_per_step", config.rollout.prompts_per_step, 1, None),
+      ("rollout.title_fraction", config.rollout.title_fraction, 0.0, 1.0),
       ("grpo.beta", config.grpo.beta, 0.0, None),
       ("grpo.epsilon", config.grpo.epsilon, 0.0, 1.0),
       ("grpo.mu", config.grpo.mu, 1, None),
