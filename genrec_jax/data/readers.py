@@ -89,6 +89,42 @@ def read_tsv(path: str | os.PathLike, required: tuple[str, ...], delimiter: str 
   return rows
 
 
+def tsv_rows(path: str | os.PathLike, columns: tuple[str, ...],
+             encoding: str = "utf-8") -> Iterator[tuple[int, list[str]]]:
+  """(line number, fields) of a tab-separated file with a fixed header.
+
+  Stricter than read_tsv: line 1 must be exactly `columns`, every other
+  non-empty line must have exactly len(columns) fields, and bytes that do
+  not decode in `encoding` are reported with their line (a trailing CR is
+  dropped).
+  """
+  path = require_file(path)
+  try:
+    data = path.read_bytes()
+  except OSError as e:
+    raise DataError(f"{path}: unreadable ({e})") from None
+  n = len(columns)
+  for lineno, raw in enumerate(data.split(b"\n"), start=1):
+    try:
+      line = raw.decode(encoding).rstrip("\r")
+    except UnicodeDecodeError as e:
+      raise DataError(f"{path}:{lineno}: not {encoding} text (byte "
+                      f"0x{raw[e.start]:02x} at column {e.start + 1})") from None
+    if lineno == 1:
+      header = tuple(line.split("\t"))
+      if header != tuple(columns):
+        raise DataError(f"{path}:1: expected the header {list(columns)}, "
+                        f"got {list(header)}")
+      continue
+    if not line.strip():
+      continue
+    fields = line.split("\t")
+    if len(fields) != n:
+      raise DataError(f"{path}:{lineno}: expected {n} tab-separated fields "
+                      f"({', '.join(columns)}), got {len(fields)}")
+    yield lineno, fields
+
+
 def read_csv(path: str | os.PathLike, required: tuple[str, ...]) -> list[dict[str, str]]:
   text = read_text(path)
   reader = csv.DictReader(io.StringIO(text))
