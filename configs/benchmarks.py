@@ -4,10 +4,11 @@ python -m binaries.benchmark --config=configs/benchmarks.py:<name> --workdir=run
 
 `<name>` is a module `genrec_jax.benchmarks.<name>` with `run(config,
 workdir) -> dict`; its config is the function of the same name here
-(beam_search, decoder, generative, lightgcn, rq_kmeans, sasrec, serving).
-There is no default: a missing or unknown name is an error that lists them.
-The torch side of beam_search and decoder runs in `.venv-torch` (`make
-bench-venv`).
+(beam_search, decoder, generative, lightgcn, rq_kmeans, sasrec, serving,
+word2vec). There is no default: a missing or unknown name is an error that
+lists them. The torch side of beam_search and decoder runs in `.venv-torch`
+(`make bench-venv`); word2vec needs gensim in .venv (`.venv/bin/pip install
+-e .[gensim]`).
 Stage configs a benchmark uses are resolved here (override them as
 `--config.generative.model.d_model=...`, not through the variant name).
 """
@@ -15,6 +16,8 @@ import ml_collections
 
 from configs import data
 from configs import generative
+from configs import item2vec
+from configs import lastfm
 from configs import lightgcn
 from configs import sasrec
 from configs import serve
@@ -194,10 +197,61 @@ def _serving() -> ml_collections.ConfigDict:
   return config
 
 
+def _word2vec() -> ml_collections.ConfigDict:
+  config = ml_collections.ConfigDict()
+  # configs/lastfm.py: the corpus (built in memory as prepare_lastfm would).
+  config.lastfm = lastfm.get_config()
+  # configs/item2vec.py: the settings both sides train with.
+  config.word2vec = item2vec.word2vec()
+  # First seed; seeds seed, seed + 1, ... (times: medians, quality: means).
+  config.seed = 0
+  config.seeds = 3
+  # gensim worker threads to time (the machine has 2 cores).
+  config.gensim_workers = (1, 2)
+  # Hit rates reported for these K.
+  config.ks = (1, 5, 10, 20)
+  # Seconds between the JAX side's progress lines.
+  config.log_every = 60.0
+  return config
+
+
+def _rl() -> ml_collections.ConfigDict:
+  config = ml_collections.ConfigDict()
+  # Random seed of weights, prompts, catalogue and targets.
+  config.seed = 0
+  # A tiny Qwen2-like decoder (the SID decoder's scale).
+  config.hidden = 128
+  config.layers = 2
+  config.heads = 4
+  config.kv_heads = 2
+  config.intermediate = 384
+  # 1,000 ordinary tokens + 3 x 64 SID tokens.
+  config.vocab = 1192
+  config.sid_base = 1000
+  config.levels = 3
+  config.codebook = 64
+  # Items (ML-100K has 1,682).
+  config.num_items = 1682
+  # Prompts per update and their length (tokens); beams per prompt (G).
+  config.prompts = 16
+  config.prompt_len = 40
+  config.G = 16
+  # GRPO: learning rate, KL weight, gradient clip.
+  config.lr = 1e-4
+  config.beta = 1e-3
+  config.clip = 0.3
+  # Timed updates per side (best of).
+  config.repeats = 3
+  # torch threads and the torch venv's python (None: .venv-torch).
+  config.torch_threads = 2
+  config.torch_python = ml_collections.config_dict.placeholder(str)
+  return config
+
+
 _BENCHMARKS = {"beam_search": _beam_search, "decoder": _decoder,
                "generative": _generative, "lightgcn": _lightgcn,
                "rq_kmeans": _rq_kmeans, "sasrec": _sasrec,
-               "serving": _serving}
+               "serving": _serving, "word2vec": _word2vec, "rl": _rl}
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:

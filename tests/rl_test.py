@@ -354,6 +354,7 @@ def test_text_format_with_hints_runs(sft):
   generative_stage.run(config, str(root))
   rl = _rl_config(num_steps=2, eval_every=0)
   rl.update(init="sft_text", name="rl_text")
+  rl.rollout.title_fraction = 0.5  # title -> SID prompts too
   rl.eval.max_test_users = 4
   metrics = rl_stage.run(rl, str(root))
   spec = json.loads((root / "sft_text" / "model.json").read_text())
@@ -377,6 +378,14 @@ def test_text_format_with_hints_runs(sft):
     assert not np.array_equal(clean[i], full[i]), i
   ex.targets = Ragged.from_lists([[int(t)] for t in (last + 1) % 13])
   np.testing.assert_array_equal(fmt.rollout_prompts(ex)["input_ids"], full)
+  # Title -> SID rows ask for the target's title, nothing of the history.
+  titled = fmt.rollout_prompts(ex, title_rows=np.arange(12) % 2 == 0)
+  text = [fmt.tokenizer.decode(fmt.remap.keep[r[r > 0]]) if fmt.remap
+          is not None else fmt.tokenizer.decode(r) for r in
+          titled["input_ids"]]
+  for i in range(12):
+    title = ds.title(int(ex.targets[i][0]))
+    assert (f"Which item has the title: {title}?" in text[i]) == (i % 2 == 0)
 
 
 def test_bad_config_and_init(sft):
@@ -388,6 +397,10 @@ def test_bad_config_and_init(sft):
   config = _rl_config()
   config.grpo.mu = 3  # checkpoint_every 2 is not a multiple
   with pytest.raises(ValueError, match="grpo.mu"):
+    rl_stage.run(config, str(root))
+  config = _rl_config()
+  config.rollout.title_fraction = 0.5  # the "sid" format has no titles
+  with pytest.raises(ValueError, match="title_fraction"):
     rl_stage.run(config, str(root))
   config = _rl_config()
   config.reward.type = "bleu"
@@ -407,6 +420,22 @@ def test_seeded_pipeline_points_rl_at_the_same_seed():
   assert [(r.config.name, r.config.init, r.config.seed) for r in runs] == [
       ("minionerec_rl_s0", "minionerec_s0", 0),
       ("minionerec_rl_s2", "minionerec_s2", 2)]
+
+
+def test_benchmark_tiny_matches_transformers_generate(torch_python):
+  """benchmarks/rl.py at a tiny size: our rollouts from the initial weights
+  are HF generate's beams (same weights, constrained to the same trie)."""
+  from configs import benchmarks as bench_configs  # pylint: disable=g-import-not-at-top
+  from genrec_jax.benchmarks import rl as bench  # pylint: disable=g-import-not-at-top
+  config = bench_configs.get_config("rl")
+  config.update(hidden=32, layers=1, heads=2, kv_heads=1, intermediate=48,
+                vocab=227, sid_base=200, codebook=9, num_items=200,
+                prompts=3, prompt_len=7, G=5, repeats=1,
+                torch_python=str(torch_python))
+  out = bench.run(config, None)
+  assert out["valid_our_beams"] == out["valid_torch_beams"] == 1.0
+  assert out["top1_agreement"] == 1.0 and out["beam_set_overlap"] == 1.0
+  assert out["speedup"] > 0
 
 
 # ----------------------------------------------------------------------------

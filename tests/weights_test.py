@@ -4,8 +4,6 @@ import pathlib
 import shutil
 import struct
 import subprocess
-import sys
-import time
 
 from flax import nnx
 import jax
@@ -20,10 +18,6 @@ from genrec_jax.weights import gguf
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 FIX = REPO / "tests" / "fixtures" / "parity"
-# tools/torch_venv.py's exit status when the torch wheel cannot be installed.
-INSTALL_FAILED = 3
-# Seconds allowed to create .venv-torch (about 30 s from the local CPU wheel).
-TORCH_VENV_TIMEOUT = 600
 
 
 def jit_apply(model, fn, *args):
@@ -57,24 +51,6 @@ def test_save_load_round_trip(tmp_path):
     assert set(ours) <= set(ref), set(ours) - set(ref)
     for k in ours:
       np.testing.assert_array_equal(ours[k], ref[k])
-
-
-@pytest.fixture(scope="session")
-def torch_python():
-  """.venv-torch's python, created once and cached under the repo
-  (tools/torch_venv.py, as `make bench-venv`); skips only when the torch
-  wheel cannot be installed, and says why."""
-  t0 = time.time()
-  proc = subprocess.run(
-      [sys.executable, str(REPO / "tools" / "torch_venv.py"),
-       f"--timeout={TORCH_VENV_TIMEOUT}"],
-      capture_output=True, text=True, timeout=TORCH_VENV_TIMEOUT + 120)
-  if proc.returncode == INSTALL_FAILED:
-    pytest.skip("cannot create .venv-torch (torch wheel not installable): "
-                + (proc.stderr.strip() or proc.stdout.strip())[-1500:])
-  assert proc.returncode == 0, proc.stderr[-3000:]
-  print(f"{proc.stdout.strip()} ({time.time() - t0:.0f}s)")
-  return REPO / ".venv-torch" / "bin" / "python"
 
 
 def test_transformers_loads_our_folders(tmp_path, torch_python):
