@@ -95,7 +95,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # HR@1 and lower HR@10 / NDCG@10); 1e-5 barely moves this model.
     config.rollout.prompts_per_step = 32
     config.eval.update(valid_users=200, batch_size=128)
-    t.update(learning_rate=1e-4, num_steps=150, log_every=10,
+    t.update(learning_rate=1e-4, num_steps=150, log_every=50,
              checkpoint_every=50, eval_every=50, max_minutes=5.0)
   elif variant == "beauty_cpu":
     # Amazon Beauty after `decoder_beauty_cpu` (20 history items), 200
