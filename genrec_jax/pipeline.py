@@ -200,6 +200,16 @@ def seed_groups(config: ml_collections.ConfigDict) -> dict[str, list[str]]:
   return groups
 
 
+def _command_line() -> str:
+  """This process's command line, a binary's path as `python -m <module>`."""
+  argv = list(sys.argv)
+  path = pathlib.Path(argv[0]) if argv else None
+  if path is not None and path.suffix == ".py" and path.parent.name == (
+      "binaries"):
+    argv[0:1] = ["python", "-m", f"binaries.{path.stem}"]
+  return " ".join(shlex.quote(a) for a in argv)
+
+
 def _config_json(cfg: ml_collections.ConfigDict) -> str:
   return json.dumps(cfg.to_dict(), sort_keys=True, default=str)
 
@@ -281,7 +291,7 @@ def run(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, *,
   summary = {"stages": timings, "results": results, "seeds": seeds,
              "seconds": round(time.time() - t_start, 2),
              # Where the figures come from (tools/front_page.py shows them).
-             "command": " ".join(shlex.quote(a) for a in sys.argv),
+             "command": _command_line(),
              "date": time.strftime("%Y-%m-%d", time.gmtime())}
   atomic_write_json(workdir / RESULTS_FILE, summary)
   logging.info("results (test split): %s", workdir / RESULTS_FILE)
