@@ -17,18 +17,15 @@ onto `embeddings/`), in the format of embed_items so build_sids reads it:
 
 from __future__ import annotations
 
-import json
 import pathlib
-import shutil
-import tempfile
 import time
 from typing import Any
 
 from absl import logging
 import numpy as np
 
-from genrec_jax.data.dataset import replace_dir
 from genrec_jax.gar import lastfm
+from genrec_jax.semantic_ids import embed
 from genrec_jax.semantic_ids import word2vec
 
 DONE_FILE = "embeddings/meta.json"
@@ -70,20 +67,10 @@ def run(config, workdir) -> dict[str, Any]:
       "train": info,
       "warnings": {},
   }
-  out = workdir / "embeddings"
-  tmp = pathlib.Path(tempfile.mkdtemp(prefix="embeddings.tmp", dir=workdir))
-  try:
-    np.save(tmp / "items.npy", vectors.astype(np.float32))
-    metrics["seconds"] = round(time.perf_counter() - t0, 3)
-    meta["seconds"] = metrics["seconds"]
-    with open(tmp / "metrics.json", "w", encoding="utf-8") as f:
-      json.dump(metrics, f, indent=1)
-    with open(tmp / "meta.json", "w", encoding="utf-8") as f:
-      json.dump(meta, f, indent=1)
-    replace_dir(tmp, out)
-  except BaseException:
-    shutil.rmtree(tmp, ignore_errors=True)
-    raise
+  metrics["seconds"] = round(time.perf_counter() - t0, 3)
+  meta["seconds"] = metrics["seconds"]
+  out = embed.write_embeddings(workdir, vectors, meta,
+                               extra={"metrics.json": metrics})
   logging.info("item2vec: %d x %d vectors -> %s; held-out next item HR@10 "
                "%.4f (%d queries), %.0f pairs/s, %.1fs", vectors.shape[0],
                vectors.shape[1], out / "items.npy",

@@ -16,6 +16,7 @@ import pathlib
 import shutil
 import tempfile
 import time
+from typing import Any
 
 from absl import logging
 import numpy as np
@@ -49,6 +50,26 @@ def item_texts(dataset: Dataset, config) -> tuple[list[str], int]:
   return texts, len(empty)
 
 
+def write_embeddings(workdir: pathlib.Path, vectors: np.ndarray,
+                     meta: dict[str, Any],
+                     extra: dict[str, dict[str, Any]] | None = None
+                     ) -> pathlib.Path:
+  """Writes WORKDIR/embeddings/ (items.npy float32, meta.json, and
+  `extra` {file name: JSON object}) atomically; returns the folder."""
+  out = workdir / "embeddings"
+  tmp = pathlib.Path(tempfile.mkdtemp(prefix="embeddings.tmp", dir=workdir))
+  try:
+    np.save(tmp / "items.npy", np.asarray(vectors, np.float32))
+    for name, obj in {**(extra or {}), "meta.json": meta}.items():
+      with open(tmp / name, "w", encoding="utf-8") as f:
+        json.dump(obj, f, indent=1)
+    replace_dir(tmp, out)
+  except BaseException:
+    shutil.rmtree(tmp, ignore_errors=True)
+    raise
+  return out
+
+
 def run(config, workdir: str | pathlib.Path) -> dict:
   """Encodes every item's text; returns the meta written to meta.json."""
   t0 = time.perf_counter()
@@ -74,17 +95,8 @@ def run(config, workdir: str | pathlib.Path) -> dict:
       "encode_seconds": round(t_encode, 3),
       "items_per_second": round(len(texts) / max(t_encode, 1e-9), 2),
   }
-  out = workdir / "embeddings"
-  tmp = pathlib.Path(tempfile.mkdtemp(prefix="embeddings.tmp", dir=workdir))
-  try:
-    np.save(tmp / "items.npy", x.astype(np.float32))
-    meta["seconds"] = round(time.perf_counter() - t0, 3)
-    with open(tmp / "meta.json", "w", encoding="utf-8") as f:
-      json.dump(meta, f, indent=1)
-    replace_dir(tmp, out)
-  except BaseException:
-    shutil.rmtree(tmp, ignore_errors=True)
-    raise
+  meta["seconds"] = round(time.perf_counter() - t0, 3)
+  out = write_embeddings(workdir, x, meta)
   logging.info("embed_items: %d items -> %s (%.1f items/s, %d empty texts)",
                x.shape[0], out / "items.npy", meta["items_per_second"], n_empty)
   return meta
