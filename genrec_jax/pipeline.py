@@ -50,7 +50,7 @@ TABLE_KEYS = ("hr@5", "ndcg@5", "hr@10", "ndcg@10")
 # Rows that come first in the results table, in this order; the other
 # (generative) models follow in stage order.
 BASELINES = ("most_popular", "item_knn", "seq_item_knn", "lightgcn",
-             "sasrec")
+             "sasrec", "popularity", "text_similarity", "item2vec_centroid")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -65,10 +65,11 @@ class StageKind:
   # The config field naming the stage's output folder WORKDIR/<value>, or
   # None when the folder is fixed; only stages with one repeat over seeds.
   name_field: str | None = None
-  # The config field naming the model folder the stage starts from (e.g.
-  # an SFT model for RL), or None. In a seeded run whose init is the output
-  # of a seeded stage, it points at the same seed's folder.
-  init_field: str | None = None
+  # The config fields naming model folders the stage reads (the SFT model
+  # an RL run starts from, the generator a ranker re-scores). In a seeded
+  # run, a field naming the output of a seeded stage points at the same
+  # seed's folder.
+  input_fields: tuple[str, ...] = ()
 
   def function(self) -> Callable[..., Any]:
     module, name = self.run.split(":")
@@ -93,10 +94,24 @@ KINDS: dict[str, StageKind] = {
                               lambda c: ["sasrec/metrics.json"]),
     "train_generative": StageKind("genrec_jax.generative.stage:run",
                                   lambda c: [f"{c.name}/metrics.json"],
-                                  name_field="name", init_field="init"),
+                                  name_field="name", input_fields=("init",)),
     "train_rl": StageKind("genrec_jax.rl.stage:run",
                           lambda c: [f"{c.name}/metrics.json"],
-                          name_field="name", init_field="init"),
+                          name_field="name", input_fields=("init",)),
+    "prepare_lastfm": StageKind("genrec_jax.gar.lastfm:run",
+                                lambda c: ["lastfm/stats.json"]),
+    "item2vec": StageKind("genrec_jax.gar.item2vec:run",
+                          lambda c: ["embeddings/meta.json"]),
+    "gar_baselines": StageKind(
+        "genrec_jax.gar.baselines:run",
+        lambda c: [f"{m}/metrics.json" for m in c.models]),
+    "train_generator": StageKind("genrec_jax.gar.generator:run",
+                                 lambda c: [f"{c.name}/metrics.json"],
+                                 name_field="name"),
+    "train_ranker": StageKind("genrec_jax.gar.ranker:run",
+                              lambda c: [f"{c.name}/metrics.json"],
+                              name_field="name",
+                              input_fields=("generator",)),
 }
 # The stage config field a seeded run sets (every stage kind calls it so).
 SEED_FIELD = "seed"
@@ -183,8 +198,9 @@ def stage_runs(config: ml_collections.ConfigDict, name: str) -> list[StageRun]:
     cfg = config[name].copy_and_resolve_references()
     cfg[SEED_FIELD] = seed
     cfg[field] = seeded_name(config[name][field], seed)
-    if kind.init_field and cfg[kind.init_field] in seeded_outputs:
-      cfg[kind.init_field] = seeded_name(cfg[kind.init_field], seed)
+    for f in kind.input_fields:
+      if cfg[f] in seeded_outputs:
+        cfg[f] = seeded_name(cfg[f], seed)
     runs.append(StageRun(name, seeded_name(name, seed), seed, cfg))
   return runs
 
@@ -295,8 +311,10 @@ def run(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, *,
              "date": time.strftime("%Y-%m-%d", time.gmtime())}
   atomic_write_json(workdir / RESULTS_FILE, summary)
   logging.info("results (test split): %s", workdir / RESULTS_FILE)
-  lines = ["", format_table(results, seeds)]
+  lines = ["", format_table(results, seeds,
+                            tuple(config.get("table_keys") or TABLE_KEYS))]
   examples = format_examples(workdir, config.get("num_examples", 3))
+  examples += format_query_examples(workdir, config.get("num_examples", 3))
   if examples:
     lines += ["", *examples]
   sys.stdout.write("\n".join(lines) + "\n")
@@ -389,25 +407,27 @@ def _cell(mean: float | None, std: float | None, n: int | None) -> str:
 
 
 def format_table(results: dict[str, dict[str, float]],
-                 seeds: dict[str, dict[str, Any]] | None = None) -> str:
-  """The results table: test HR/NDCG@5,10, invalid rate and seconds.
+                 seeds: dict[str, dict[str, Any]] | None = None,
+                 keys: Sequence[str] = TABLE_KEYS) -> str:
+  """The results table: test metrics, invalid rate and seconds.
 
   Args:
     results: {model: metrics}, in row order.
     seeds: {model: {"std", "num_seeds", ...}} of the rows that are means
       over seeds (aggregate_seeds); their metric cells read
       "mean +- std (number of seeds)", invalid rate and seconds the mean.
+    keys: the metric columns (test/<key>; default HR/NDCG@5,10).
 
   Returns:
     The table as plain text.
   """
   seeds = seeds or {}
-  head = ["model", *(f"test/{k}" for k in TABLE_KEYS), "invalid", "seconds"]
+  head = ["model", *(f"test/{k}" for k in keys), "invalid", "seconds"]
   rows = []
   for model, m in results.items():
     s = seeds.get(model)
     cells = [_cell(_value(m, k), s and _value(s["std"], k),
-                   s and s["num_seeds"]) for k in TABLE_KEYS]
+                   s and s["num_seeds"]) for k in keys]
     rows.append([model, *cells,
                  ("-" if "invalid_rate" not in m
                   else f"{m['invalid_rate']:.3f}"),
@@ -438,4 +458,20 @@ def format_examples(workdir: pathlib.Path, num_users: int) -> list[str]:
     lines.append(f"  held-out next item: {target}")
     for model, r in recs.items():
       lines.append(f"  {model} top-5: {[ds.title(i) for i in r[user]['top10'][:5]]}")
+  return lines
+
+
+def format_query_examples(workdir: pathlib.Path, num: int) -> list[str]:
+  """A few test queries and their top-5 items, for every model that wrote
+  `<model>/examples.json` (a list of {"query", "top10": [[name, score]],
+  "generator_top10": [name]} records; generate-and-rank); of a seeded
+  stage, only the first seed's."""
+  files = sorted(pathlib.Path(workdir).glob("*/examples.json"))[:1]
+  lines = []
+  for f in files:  # one model: the reranker's file also has the generator's
+    for ex in json.loads(f.read_text())[:max(num, 0)]:
+      lines.append(f"query {ex['query']!r} ({f.parent.name}):")
+      if ex.get("generator_top10"):
+        lines.append(f"  generator top-5: {ex['generator_top10'][:5]}")
+      lines.append(f"  reranked top-5: {[n for n, _ in ex['top10'][:5]]}")
   return lines

@@ -221,7 +221,7 @@ def test_reassign_nearest_free_code():
     collisions.reassign_last_level(np.zeros((5, 2), int), 4, None)
 
 
-@pytest.mark.parametrize("strategy", collisions.STRATEGIES)
+@pytest.mark.parametrize("strategy", collisions.COLLISION_FREE)
 def test_collision_free_random_codes(strategy):
   rng = np.random.default_rng(0)
   codes = rng.integers(0, 3, size=(40, 3))
@@ -248,8 +248,10 @@ def test_build_run_writes_artifacts(tmp_path):
   saved = json.loads((out / "report.json").read_text())
   for key in ("levels", "codebook_sizes", "collisions_before", "collisions_after",
               "utilization", "entropy_bits", "perplexity", "max_items_per_prefix",
-              "quantization_error", "silhouette", "calinski_harabasz",
-              "davies_bouldin", "timings"):
+              "quantization_error", "level1/silhouette",
+              "level1/calinski_harabasz", "level1/davies_bouldin",
+              "full/silhouette", "coverage_before", "coverage_after",
+              "max_items_per_path_before", "timings"):
     assert key in saved, key
   # Same seed, same codes.
   first = np.load(out / "codes.npy")

@@ -33,7 +33,8 @@ Writes, atomically (a temp folder renamed onto WORKDIR/lastfm/):
   queries.json  {"train"|"valid"|"test": [{"text", "kind", "user",
                 "tag_ids", "items", "counts"}]}; counts = taggers per item
   corpus.npz    sentences_offsets/values (Ragged), sentence_kind (0 user,
-                1 tag, 2 user_tag), heldout_user/query/target
+                1 tag, 2 user_tag), sentence_user (raw user id of a user
+                list, -1 otherwise), heldout_user/query/target
   stats.json    sizes, split sizes, `filtered` counts, seconds (last)
 """
 
@@ -156,6 +157,7 @@ class Prepared:
   queries: dict[str, list[dict[str, Any]]]  # split -> queries
   sentences: Ragged
   sentence_kind: np.ndarray  # int8 [S]
+  sentence_user: np.ndarray  # int64 [S] raw user id of a user list, else -1
   heldout: dict[str, np.ndarray]  # user, query, target: int32 [H]
   stats: dict[str, Any]
 
@@ -283,7 +285,7 @@ def build(data) -> Prepared:
 
   # Item2vec sentences (+ the held-out next items).
   rng = np.random.default_rng([int(data.seed), 1])
-  sentences, kinds = [], []
+  sentences, kinds, sentence_user = [], [], []
   held_user, held_query, held_target = [], [], []
   draws = rng.random(len(users))
   for j, u in enumerate(users):
@@ -295,6 +297,7 @@ def build(data) -> Prepared:
       s = s[:-1]
     sentences.append(s)
     kinds.append(0)
+    sentence_user.append(u)
   for kind, enabled in (("tag", data.sentences.tags),
                         ("user_tag", data.sentences.user_tags)):
     if enabled:
@@ -302,6 +305,7 @@ def build(data) -> Prepared:
         if q["kind"] == kind:
           sentences.append(q["items"])
           kinds.append(KINDS.index(kind))
+          sentence_user.append(-1)
   ragged = Ragged.from_lists(sentences)
   heldout = {"user": np.asarray(held_user, np.int32),
              "query": np.asarray(held_query, np.int32),
@@ -333,7 +337,7 @@ def build(data) -> Prepared:
       "read_seconds": round(t_read, 3),
   }
   return Prepared(items, by_split, ragged, np.asarray(kinds, np.int8),
-                  heldout, stats)
+                  np.asarray(sentence_user, np.int64), heldout, stats)
 
 
 def save(prep: Prepared, path) -> None:
@@ -351,6 +355,7 @@ def save(prep: Prepared, path) -> None:
              sentences_offsets=prep.sentences.offsets,
              sentences_values=prep.sentences.values,
              sentence_kind=prep.sentence_kind,
+             sentence_user=prep.sentence_user,
              **{f"heldout_{k}": v for k, v in prep.heldout.items()})
     with open(tmp / "stats.json", "w", encoding="utf-8") as f:
       json.dump(prep.stats, f, indent=1, ensure_ascii=False)
@@ -366,8 +371,15 @@ class Corpus:
 
   sentences: Ragged
   sentence_kind: np.ndarray
+  sentence_user: np.ndarray
   heldout: dict[str, np.ndarray]
   num_items: int
+
+  def user_lists(self) -> dict[str, np.ndarray]:
+    """Raw user id (as in queries.json) -> the user's items, most played
+    first (the held-out last item, if any, is not in it)."""
+    return {str(u): self.sentences[j]
+            for j, u in enumerate(self.sentence_user) if u >= 0}
 
 
 def load_corpus(workdir) -> Corpus:
@@ -382,7 +394,8 @@ def load_corpus(workdir) -> Corpus:
   items = json.loads((root / "items.json").read_text(encoding="utf-8"))
   heldout = {k: arrays[f"heldout_{k}"] for k in ("user", "query", "target")}
   return Corpus(Ragged(arrays["sentences_offsets"], arrays["sentences_values"]),
-                arrays["sentence_kind"], heldout, len(items["artist_ids"]))
+                arrays["sentence_kind"], arrays["sentence_user"], heldout,
+                len(items["artist_ids"]))
 
 
 def load_queries(workdir) -> dict[str, list[dict[str, Any]]]:

@@ -121,13 +121,17 @@ class BertModel(nnx.Module):
       self.pooler_bias = p(rngs, layers.ZEROS, (D,), ("mlp",), dt)
 
   def __call__(self, input_ids: Array, attention_mask: Array,
-               token_type_ids: Array | None = None) -> Array:
+               token_type_ids: Array | None = None,
+               embeds: Array | None = None) -> Array:
     """Encodes a batch.
 
     Args:
       input_ids: int32 [B, T].
       attention_mask: int32/bool [B, T], 1 for real tokens.
       token_type_ids: optional int32 [B, T] (zeros by default).
+      embeds: optional [B, T, D] word embeddings used instead of the lookup
+        of `input_ids` (HF `inputs_embeds`; e.g. with an extra vector
+        spliced in); position and type embeddings are added as usual.
 
     Returns:
       float32 [B, T, D] last hidden states.
@@ -140,7 +144,9 @@ class BertModel(nnx.Module):
     if token_type_ids is None:
       token_type_ids = jnp.zeros_like(input_ids)
     dt = cfg.dtype
-    x = (self.word_emb[...][input_ids] + self.pos_emb[...][None, :T] +
+    if embeds is None:
+      embeds = self.word_emb[...][input_ids]
+    x = (embeds + self.pos_emb[...][None, :T] +
          self.type_emb[...][token_type_ids]).astype(dt)  # [B, T, D]
     x = layers.layer_norm(x, self.emb_ln_scale[...], self.emb_ln_bias[...],
                           cfg.layer_norm_eps)

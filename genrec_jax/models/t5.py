@@ -341,7 +341,21 @@ class T5Model(nnx.Module):
     Returns:
       [B, S, D] encoder output (after the final norm), in the model dtype.
     """
-    B, S = encoder_ids.shape
+    return self.encode_embeddings(self._embed(encoder_ids), encoder_mask)
+
+  def encode_embeddings(self, x: Array,
+                        encoder_mask: Array | None = None) -> Array:
+    """Encoder stack over given input vectors (`encode` without the token
+    lookup; e.g. a frozen text encoder's states mapped to d_model).
+
+    Args:
+      x: [B, S, D] input vectors.
+      encoder_mask: bool [B, S] (None: all positions real).
+
+    Returns:
+      [B, S, D] encoder output (after the final norm), in the model dtype.
+    """
+    B, S = x.shape[:2]
     if encoder_mask is None:
       encoder_mask = jnp.ones((B, S), bool)
     mask = encoder_mask.astype(bool)
@@ -349,7 +363,7 @@ class T5Model(nnx.Module):
     pos = jnp.arange(S)
     bias = self._pos_bias(self.enc_rel_bias[...], pos[None], pos, True)
     attend = layers.full_attention(attn_mask, 1.0, bias)
-    x, _ = self._blocks(self._embed(encoder_ids), self.enc_layers, attend)
+    x, _ = self._blocks(x.astype(self.config.dtype), self.enc_layers, attend)
     return layers.rms_norm(x, self.enc_final_norm[...],
                            self.config.layer_norm_epsilon)
 

@@ -1,6 +1,7 @@
-"""Collision-free semantic IDs (METHODS.md 1.5).
+"""Collision handling of semantic IDs (METHODS.md 1.5, 7).
 
-Two strategies, both deterministic:
+Three strategies, all deterministic; the first two make every item's code
+path unique:
 
 * `dedup` (TIGER): append a code 0, 1, 2, ... to the items sharing an L-code
   path, in item-id order; the extra level's size is the largest group. Decoders
@@ -9,13 +10,19 @@ Two strategies, both deterministic:
   last-level centre keeps the code, the others (in item-id order) move to the
   nearest last-level code that no item under the same prefix uses. Fails with
   a ValueError when a prefix has more items than last-level codes.
+* `keep` ("embrace collisions", the music generate-and-rank original,
+  METHODS.md 7): the codes stay as the quantizer made them; several items may
+  share one SID and a consumer maps an SID to its list of items. Consumers
+  that need one item per path (the decoding trie) refuse such SIDs.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-STRATEGIES = ("dedup", "reassign")
+# Strategies after which every item has its own code path.
+COLLISION_FREE = ("dedup", "reassign")
+STRATEGIES = COLLISION_FREE + ("keep",)
 
 
 def path_stats(codes: np.ndarray) -> dict:
@@ -130,7 +137,15 @@ def reassign_last_level(codes: np.ndarray, last_size: int,
 
 def make_collision_free(codes: np.ndarray, sizes: list[int], strategy: str,
                         last_cost: np.ndarray | None = None):
-  """Applies `strategy`; returns (codes, codebook sizes, info dict)."""
+  """Applies `strategy`; returns (codes, codebook sizes, info dict).
+
+  With `keep` the codes and sizes come back unchanged and the info says how
+  many collisions were kept (`kept_collisions`, N - distinct paths).
+  """
+  if strategy == "keep":
+    codes = np.asarray(codes, np.int32)
+    return codes, list(sizes), {
+        "kept_collisions": path_stats(codes)["collisions"]}
   if strategy == "dedup":
     out, size = add_dedup_code(codes)
     info = {"dedup_level_size": size}

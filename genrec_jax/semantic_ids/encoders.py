@@ -88,6 +88,11 @@ def _forward(graphdef, state, ids, mask, *, normalize):
   return masked_mean(hidden, mask, normalize)
 
 
+@functools.partial(jax.jit, static_argnames=("graphdef",))
+def _hidden(graphdef, state, ids, mask):
+  return nnx.merge(graphdef, state)(ids, mask)  # [B, T, D]
+
+
 class Progress:
   """Logs done/total, rate and ETA at most every `every` seconds."""
 
@@ -172,6 +177,39 @@ class BertEncoder:
 
   def tokenize(self, texts: Sequence[str]) -> list[list[int]]:
     return [e.ids for e in self.tokenizer.encode_batch(list(texts))]
+
+  def token_states(self, texts: Sequence[str], length: int,
+                   batch_size: int = 256) -> tuple[np.ndarray, np.ndarray]:
+    """Last hidden states of every token, for models that attend over them.
+
+    Args:
+      texts: N strings.
+      length: tokens kept per text ([CLS] ... [SEP], truncated; padded).
+      batch_size: texts per forward.
+
+    Returns:
+      (float32 [N, length, D] states, zero at padding; int32 [N, length]
+      mask, 1 for real tokens).
+    """
+    ids = [t[:length - 1] + t[-1:] if len(t) > length else t
+           for t in self.tokenize(texts)]  # keep the final [SEP]
+    n = len(ids)
+    tok = np.zeros((n, length), np.int32)
+    mask = np.zeros((n, length), np.int32)
+    for i, t in enumerate(ids):
+      tok[i, :len(t)] = t
+      mask[i, :len(t)] = 1
+    out = np.zeros((n, length, self.dim), np.float32)
+    for s in range(0, n, batch_size):
+      rows = slice(s, min(n, s + batch_size))
+      b = np.zeros((batch_size, length), np.int32)
+      m = np.zeros((batch_size, length), np.int32)
+      m[:, 0] = 1  # filler rows: one visible token
+      b[:rows.stop - s], m[:rows.stop - s] = tok[rows], mask[rows]
+      h = np.asarray(_hidden(self.graphdef, self.state, jnp.asarray(b),
+                             jnp.asarray(m)))
+      out[rows] = h[:rows.stop - s] * mask[rows, :, None]
+    return out, mask
 
   def encode(self, texts: Sequence[str]) -> np.ndarray:
     ids = self.tokenize(texts)

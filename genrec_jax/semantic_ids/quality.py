@@ -34,26 +34,63 @@ def max_items_per_prefix(codes: np.ndarray) -> list[int]:
   return out
 
 
-def cluster_scores(x: np.ndarray, labels: np.ndarray, sample: int,
-                   seed: int) -> dict:
-  """Silhouette / Calinski-Harabasz / Davies-Bouldin of level-1 clusters."""
+# sklearn's three cluster scores, under the report's key suffixes.
+SCORES = ("silhouette", "calinski_harabasz", "davies_bouldin")
+
+
+def cluster_scores(x: np.ndarray, labels: np.ndarray) -> dict:
+  """Silhouette / Calinski-Harabasz / Davies-Bouldin of x under labels.
+
+  Args:
+    x: float [n, D] points.
+    labels: int [n] cluster of each point.
+
+  Returns:
+    dict with the three SCORES, `num_labels`, and `skipped` (a reason, the
+    scores None) when sklearn is missing or the labels are not
+    2 <= distinct labels <= n - 1 (e.g. a full SID tuple per point).
+  """
+  num = int(len(np.unique(labels)))
+  out = {"num_labels": num}
+  reason = None
   try:
     from sklearn import metrics  # pylint: disable=g-import-not-at-top
   except ImportError:
-    return {}
+    reason = "scikit-learn is not installed"
+  if reason is None and not 2 <= num <= len(labels) - 1:
+    reason = (f"{num} distinct labels on {len(labels)} points (sklearn needs "
+              "2 <= labels <= points - 1)")
+  if reason is not None:
+    return {**out, **dict.fromkeys(SCORES), "skipped": reason}
+  return {
+      **out,
+      "silhouette": float(metrics.silhouette_score(x, labels)),
+      "calinski_harabasz": float(metrics.calinski_harabasz_score(x, labels)),
+      "davies_bouldin": float(metrics.davies_bouldin_score(x, labels)),
+  }
+
+
+def sid_cluster_scores(x: np.ndarray, codes: np.ndarray, sample: int,
+                       seed: int) -> dict:
+  """Cluster scores of level-1 codes and of the full code tuple as labels.
+
+  Both use the same `sample` random items (0 or >= N: all), as the music
+  original does with full SID tuples (METHODS.md 7 addendum).
+
+  Returns:
+    `cluster_sample` and, per labelling `level1` / `full`, the keys of
+    `cluster_scores` as `<labelling>/<key>` (e.g. `full/silhouette`).
+  """
   n = len(x)
   idx = np.arange(n)
   if sample and n > sample:
     idx = np.sort(np.random.default_rng(seed).choice(n, sample, replace=False))
-  xs, ls = x[idx], labels[idx]
-  if len(np.unique(ls)) < 2 or len(np.unique(ls)) >= len(ls):
-    return {}
-  return {
-      "cluster_sample": int(len(idx)),
-      "silhouette": float(metrics.silhouette_score(xs, ls)),
-      "calinski_harabasz": float(metrics.calinski_harabasz_score(xs, ls)),
-      "davies_bouldin": float(metrics.davies_bouldin_score(xs, ls)),
-  }
+  _, full = np.unique(codes, axis=0, return_inverse=True)
+  out = {"cluster_sample": int(len(idx))}
+  for name, labels in (("level1", codes[:, 0]), ("full", full.reshape(-1))):
+    scores = cluster_scores(x[idx], labels[idx])
+    out.update({f"{name}/{k}": v for k, v in scores.items()})
+  return out
 
 
 def quantization_error(x: np.ndarray, recon: np.ndarray) -> dict:
@@ -91,15 +128,27 @@ def plot_usage(codes: np.ndarray, sizes: list[int], path: pathlib.Path,
   return True
 
 
+def _coverage(stats: dict, n: int) -> float:
+  """Distinct paths / items from `collisions.path_stats`."""
+  return float((n - stats["collisions"]) / n) if n else 0.0
+
+
 def report(x: np.ndarray, codes_before: np.ndarray, codes: np.ndarray,
            sizes: list[int], recon: np.ndarray, *, sample: int = 5000,
            seed: int = 0) -> dict:
   """The report.json quality fields.
 
+  `coverage_*` is distinct SIDs / items (1 - collision rate), the music
+  original's "SID coverage"; `max_items_per_path_*` the largest number of
+  items sharing one SID. The cluster scores label items by their quantizer
+  codes (before collision handling): `level1/*` by the first code, `full/*`
+  by the whole tuple (the original's figures, RESULTS.md 6).
+
   Args:
     x: float32 [N, D] quantized vectors.
     codes_before: int [N, L0] the quantizer's codes.
-    codes: int [N, L] the final, collision-free codes (maybe L0 + 1).
+    codes: int [N, L] the final codes (maybe L0 + 1; collisions remain
+      only under the `keep` strategy).
     sizes: final codebook sizes (len L).
     recon: float32 [N, D] reconstruction from codes_before.
     sample: items for the cluster scores (0 = all).
@@ -117,9 +166,12 @@ def report(x: np.ndarray, codes_before: np.ndarray, codes: np.ndarray,
       "colliding_items_before": before["colliding_items"],
       "colliding_paths_before": before["colliding_paths"],
       "max_items_per_path_before": before["max_items_per_path"],
+      "max_items_per_path_after": after["max_items_per_path"],
+      "coverage_before": _coverage(before, len(codes)),
+      "coverage_after": _coverage(after, len(codes)),
       **level_usage(codes, sizes),
       "max_items_per_prefix": max_items_per_prefix(codes_before),
       **quantization_error(x, recon),
   }
-  out.update(cluster_scores(x, codes_before[:, 0], sample, seed))
+  out.update(sid_cluster_scores(x, codes_before, sample, seed))
   return out

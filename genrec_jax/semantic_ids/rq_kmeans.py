@@ -7,10 +7,16 @@
 * `hierarchical`: level l is clustered separately inside each parent cluster
   (the prefix of codes 1..l-1), on the residual; codebook sizes may differ per
   level (e.g. [128, 128, 256]). A group with at most K_l items gives each item
-  its own code.
+  its own code. `kmeans.balanced` makes every group's k-means balanced (the
+  music original's hierarchical balanced RQ-KMeans, METHODS.md 7);
+  `kmeans.last_level = "global"` fits the last level as one k-means over all
+  residuals instead (a codebook shared by every prefix, as the original's
+  level 3), so items under one prefix can share a last code: collisions that
+  the `keep` strategy keeps.
 
 Config fields read (see configs/sids.py): `codebook_sizes`, `seed`,
-`kmeans.{iters, restarts, init, init_sample, tol, epsilon, sinkhorn_iters}`.
+`kmeans.{iters, restarts, init, init_sample, tol, epsilon, sinkhorn_iters}`,
+and for `hierarchical` `kmeans.{balanced, last_level}`.
 """
 
 from __future__ import annotations
@@ -119,13 +125,52 @@ def _bucket(n: int, minimum: int) -> int:
   return max(minimum, 1 << (n - 1).bit_length())
 
 
+# Where the hierarchical quantizer fits its last level (kmeans.last_level).
+LAST_LEVELS = ("per_group", "global")
+
+
+def _fit_group(r: np.ndarray, k: int, size: int, seed: int, *,
+               balanced: bool, epsilon: float, sinkhorn_iters: int,
+               **kmeans_args) -> tuple[np.ndarray, np.ndarray]:
+  """k centres (float32 [k, D]) and codes (int32 [m]) of one group's rows.
+
+  The m rows are padded with weight-0 rows to `size` (one compilation per
+  level). Balanced: Sinkhorn k-means, then a hard capacity ceil(m / k) per
+  code over the m real rows only (padding takes no capacity), centres moved
+  to the means of their rows, as `fit_residual`.
+  """
+  m, d = r.shape
+  pad = np.zeros((size, d), np.float32)  # [size, D]
+  pad[:m] = r
+  w = np.zeros(size, np.float32)  # [size]
+  w[:m] = 1.0
+  res = km.kmeans(pad, k, seed=seed, weights=w, balanced=balanced,
+                  epsilon=epsilon, sinkhorn_iters=sinkhorn_iters,
+                  **kmeans_args)
+  c, assign = res.centroids, res.assign[:m]
+  if balanced:
+    assign = km.capacity_assign(km.sq_dists(r, c), math.ceil(m / k))
+    c = km.segment_means(r, assign, c)
+  return c, assign.astype(np.int32)
+
+
 @register("hierarchical")
 def fit_hierarchical(x: np.ndarray, config) -> Quantized:
-  """Each level clustered inside its parent cluster, on the residual."""
+  """Each level clustered inside its parent cluster, on the residual.
+
+  With `kmeans.last_level == "global"` the last level is one k-means over
+  every item's residual (one group). `kmeans.balanced` balances every
+  group's clusters (capacity ceil(m / K_l) in a group of m items).
+  """
   x = np.asarray(x, np.float32)
   n = x.shape[0]
   sizes = check_sizes(n, config.codebook_sizes)
   args = _kmeans_args(config)
+  balanced = bool(config.kmeans.balanced)
+  last_level = config.kmeans.last_level
+  if last_level not in LAST_LEVELS:
+    raise ValueError(f"kmeans.last_level must be one of {LAST_LEVELS}, got "
+                     f"{last_level!r}")
   r = x.copy()
   recon = np.zeros_like(x)
   codes = np.zeros((n, len(sizes)), np.int32)
@@ -136,7 +181,7 @@ def fit_hierarchical(x: np.ndarray, config) -> Quantized:
     is_last = level == len(sizes) - 1
     if is_last:
       last_cost = np.full((n, k), np.inf, np.float32)
-    if level == 0:
+    if level == 0 or (is_last and last_level == "global"):
       groups = [np.arange(n)]
     else:
       _, inv = np.unique(codes[:, :level], axis=0, return_inverse=True)
@@ -147,7 +192,7 @@ def fit_hierarchical(x: np.ndarray, config) -> Quantized:
     q = np.zeros_like(x)
     clustered = 0
     # One padded size per level (the largest group's bucket): one compile.
-    size = _bucket(max(len(g) for g in groups), k)
+    size = n if len(groups) == 1 else _bucket(max(len(g) for g in groups), k)
     for gi, idx in enumerate(groups):
       m = len(idx)
       if m <= k:
@@ -156,13 +201,10 @@ def fit_hierarchical(x: np.ndarray, config) -> Quantized:
         assign = np.arange(m, dtype=np.int32)
       else:
         clustered += 1
-        pad = np.zeros((size, x.shape[1]), np.float32)
-        pad[:m] = r[idx]
-        w = np.zeros(size, np.float32)
-        w[:m] = 1.0
-        res = km.kmeans(pad, k, seed=config.seed * 1000 + level * 7919 + gi,
-                        weights=w, **args)
-        c, assign = res.centroids, res.assign[:m]
+        c, assign = _fit_group(
+            r[idx], k, size, config.seed * 1000 + level * 7919 + gi,
+            balanced=balanced, epsilon=config.kmeans.epsilon,
+            sinkhorn_iters=config.kmeans.sinkhorn_iters, **args)
       codes[idx, level] = assign
       q[idx] = c[assign]
       if is_last:
@@ -177,4 +219,6 @@ def fit_hierarchical(x: np.ndarray, config) -> Quantized:
     level_info.append({"k": k, "groups": len(groups), "clustered_groups": clustered,
                        "error_after": err, "seconds": secs})
   return Quantized(codes=codes, codebook_sizes=sizes, recon=recon,
-                   last_cost=last_cost, info={"levels": level_info})
+                   last_cost=last_cost,
+                   info={"levels": level_info, "balanced": balanced,
+                         "last_level": last_level})

@@ -7,12 +7,16 @@
   sids.strings[i]       # "<a_3><b_17><c_0>" ("" without an SID)
   sids.token_strings()  # every SID token string, level by level
   sids.trie             # decoding.trie.Trie for constrained search
+  sids.collision_strategy  # report.json's; "keep": items may share an SID
   sids.token_table(layout)  # int32 [items, L] token ids in a model vocab
 
 Every consumer (trie, prompts, tokenizers, model folders) reads SIDs through
 this class; nobody else parses `item_sids.json` or `report.json` or formats
 `<a_3>` strings. Token strings use one letter per level (a, b, c, then the
-dedup level's letter), as MiniOneRec's index files.
+dedup level's letter), as MiniOneRec's index files. SIDs built with
+collisions kept (`collisions.strategy = "keep"`, generate-and-rank) load as
+usual (codes, strings, token tables); only `trie`, which needs one item per
+path, refuses them.
 """
 
 from __future__ import annotations
@@ -92,12 +96,15 @@ class SemanticIds:
     codebook_sizes: codes per level, all L levels.
     dedup: the last level is a dedup code (TIGER), not a quantizer level.
     source: where the codes came from (for error messages).
+    collision_strategy: report.json's `collision_strategy` (None: unknown);
+      "keep" means several items may share a code path.
   """
 
   codes: np.ndarray
   codebook_sizes: tuple[int, ...]
   dedup: bool = False
   source: str = "semantic ids"
+  collision_strategy: str | None = None
 
   def __post_init__(self):
     codes = self.codes
@@ -114,8 +121,8 @@ class SemanticIds:
   @classmethod
   def from_codes(cls, codes: np.ndarray,
                  codebook_sizes: Sequence[int] | None = None, *,
-                 dedup: bool = False,
-                 source: str = "semantic ids") -> SemanticIds:
+                 dedup: bool = False, source: str = "semantic ids",
+                 collision_strategy: str | None = None) -> SemanticIds:
     """From codes [items, L] (-1 rows: no SID); sizes default to max + 1."""
     codes = np.asarray(codes)
     if codes.ndim != 2:
@@ -123,7 +130,7 @@ class SemanticIds:
     if codebook_sizes is None:
       codebook_sizes = np.maximum(codes.max(0), 0) + 1
     return cls(codes.astype(np.int32), tuple(int(s) for s in codebook_sizes),
-               bool(dedup), source)
+               bool(dedup), source, collision_strategy)
 
   @classmethod
   def load(cls, sids_dir: str | os.PathLike, *,
@@ -149,7 +156,7 @@ class SemanticIds:
                       "dataset's items)")
     codes = np.full((num_items, rows.shape[1]), -1, np.int32)
     codes[ids] = rows
-    sizes, dedup = None, False
+    sizes, dedup, strategy = None, False, None
     report = sids_dir / REPORT
     if report.exists():
       try:
@@ -161,8 +168,10 @@ class SemanticIds:
         raise DataError(f"{report}: field 'codebook_sizes' has {len(sizes)} "
                         f"levels, {path} {rows.shape[1]}")
       dedup = "dedup_level_size" in rep
+      strategy = rep.get("collision_strategy")
     try:
-      return cls.from_codes(codes, sizes, dedup=dedup, source=str(path))
+      return cls.from_codes(codes, sizes, dedup=dedup, source=str(path),
+                            collision_strategy=strategy)
     except ValueError as e:
       raise DataError(str(e)) from None
 
@@ -216,6 +225,12 @@ class SemanticIds:
   @functools.cached_property
   def trie(self) -> trie_lib.Trie:
     """The trie of every item's code path (a collision is an error)."""
+    if self.collision_strategy == "keep":
+      raise DataError(
+          f"{pathlib.Path(self.source).parent / REPORT}: collision_strategy "
+          "'keep' (items may share an SID) but a trie needs one item per "
+          "path; rebuild the SIDs with collisions.strategy='dedup' or "
+          "'reassign'")
     ids = np.flatnonzero(self.has_sid)
     try:
       return trie_lib.build_trie(self.codes[ids], self.codebook_sizes,
