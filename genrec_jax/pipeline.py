@@ -50,7 +50,8 @@ TABLE_KEYS = ("hr@5", "ndcg@5", "hr@10", "ndcg@10")
 # Rows that come first in the results table, in this order; the other
 # (generative) models follow in stage order.
 BASELINES = ("most_popular", "item_knn", "seq_item_knn", "lightgcn",
-             "sasrec", "popularity", "text_similarity", "item2vec_centroid")
+             "sasrec", "popularity", "text_similarity", "text_knn",
+             "item2vec_centroid")
 
 
 @dataclasses.dataclass(frozen=True)

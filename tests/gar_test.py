@@ -81,8 +81,10 @@ def test_catalogue_keeps_collisions(tmp_path):
   assert cat.items_of_sid[1].tolist() == [5, 0, 2]
   assert cat.vocab_size == gen_lib.SID_BASE + 7
   # Items of the SIDs in order, then popular fill-up to top_n.
-  assert cat.items([3, 1], top_n=6).tolist() == [3, 5, 0, 2, 1, 4]
-  assert cat.items([1], top_n=2).tolist() == [5, 0, 2]  # the pool is kept
+  items, pool = cat.items([3, 1], top_n=6)
+  assert items.tolist() == [3, 5, 0, 2, 1, 4] and pool == 4
+  items, pool = cat.items([1], top_n=2)  # the pool is cut at top_n
+  assert items.tolist() == [5, 0] and pool == 2
   with pytest.raises(Exception, match="codes.npy"):
     gen_lib.load_catalogue(wd, "sids", popular[:5])
 
@@ -173,6 +175,20 @@ def test_cross_encoder_reads_the_item_vector_and_freezes_the_table():
   # Padding does not change the logit (mean over real positions).
   d = model(ids.at[0, 6].set(44), types, mask, v1)
   np.testing.assert_allclose(np.asarray(a), np.asarray(d), rtol=1e-6)
+
+
+def test_text_knn_votes_by_similarity_and_rank():
+  from genrec_jax.gar import baselines
+  q = np.array([[1.0, 0.0], [0.0, 1.0]])
+  train = np.array([[1.0, 0.0], [0.6, 0.8], [0.0, 1.0]])
+  lists = [[3, 1], [1, 4], [2]]
+  out = baselines.text_knn(q, train, lists, num_items=5, k=2, depth=3)
+  # Query 0: text 0 (cos 1) and text 1 (0.6): item 3: 1, item 1: 1/log2(3)
+  # + 0.6, item 4: 0.6/log2(3).
+  assert out[0].tolist() == [1, 3, 4]
+  # Query 1: text 2 (cos 1) and text 1 (0.8): item 2: 1, item 1: 0.8,
+  # item 4: 0.8/log2(3).
+  assert out[1].tolist() == [2, 1, 4]
 
 
 def test_classification_metrics():
@@ -272,7 +288,7 @@ def test_lastfm_tiny_pipeline_and_demo(tmp_path, capsys):
   wd = tmp_path / "wd"
   out = pipeline.run(cfg, wd)
   text = capsys.readouterr().out
-  for row in ("popularity", "text_similarity", "item2vec_centroid",
+  for row in ("popularity", "text_similarity", "text_knn", "item2vec_centroid",
               "generator", "generate_rank"):
     assert re.search(rf"^{row}\s", text, re.M), text
   assert "test/ndcg@20" in text and "query '" in text

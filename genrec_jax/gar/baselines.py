@@ -10,6 +10,11 @@ Each ranks the whole catalogue for a query and writes `<name>/metrics.json`
   text_similarity    cosine of the MiniLM vectors of the query text and of
                      the item name (what a text-only retriever without
                      training finds).
+  text_knn           the items of the `knn_texts` training texts nearest
+                     to the query (MiniLM cosine): an item scores the sum
+                     over those texts of cosine / log2(2 + its rank in the
+                     text's list) -- what the generator must learn to beat,
+                     without generating.
   item2vec_centroid  cosine to the centroid of the item2vec vectors of the
                      query's seed items: the user's `seed_items` most played
                      artists (a (user, tag) query); a tag query has no seed
@@ -34,7 +39,7 @@ from genrec_jax.gar import queries as queries_lib
 from genrec_jax.semantic_ids import build as sid_build
 from genrec_jax.semantic_ids import encoders
 
-MODELS = ("popularity", "text_similarity", "item2vec_centroid")
+MODELS = ("popularity", "text_similarity", "text_knn", "item2vec_centroid")
 EVAL_SPLITS = ("valid", "test")
 
 
@@ -52,6 +57,23 @@ def top_by_cosine(queries: np.ndarray, items: np.ndarray, k: int) -> np.ndarray:
                                   1e-12)
   sims = norm(queries) @ norm(items).T  # [Q, N]
   return np.argsort(-sims, axis=1, kind="stable")[:, :k]
+
+
+def text_knn(query_vecs: np.ndarray, train_vecs: np.ndarray,
+             train_items: list[list[int]], num_items: int, k: int,
+             depth: int) -> np.ndarray:
+  """int [Q, depth]: items by rank-discounted votes of the k nearest
+  training texts (cosine of unit vectors; ties: lower id)."""
+  sims = query_vecs @ train_vecs.T  # [Q, T]
+  top = np.argsort(-sims, axis=1, kind="stable")[:, :k]
+  out = np.zeros((len(query_vecs), depth), np.int64)
+  for q in range(len(query_vecs)):
+    score = np.zeros(num_items)
+    for t in top[q]:
+      its = np.asarray(train_items[t], np.int64)
+      np.add.at(score, its, sims[q, t] / np.log2(np.arange(len(its)) + 2.0))
+    out[q] = np.argsort(-score, kind="stable")[:depth]
+  return out
 
 
 def centroid_seeds(split: queries_lib.QuerySplit,
@@ -95,6 +117,16 @@ def run(config, workdir) -> dict[str, Any]:
         ranked = top_by_cosine(enc.encode(sp.texts), item_vecs, depth)
         metrics.update(queries_lib.evaluate(ranked, sp, prefix=f"{s}/"))
       metrics["encoder"] = enc.describe()
+    elif name == "text_knn":
+      enc = encoders.make(config.encoder)
+      train_vecs = enc.encode(splits["train"].texts)
+      train_items = splits["train"].text_items()
+      for s in EVAL_SPLITS:
+        sp = splits[s]
+        ranked = text_knn(enc.encode(sp.texts), train_vecs, train_items,
+                          len(listeners), config.knn_texts, depth)
+        metrics.update(queries_lib.evaluate(ranked, sp, prefix=f"{s}/"))
+      metrics["knn_texts"] = int(config.knn_texts)
     elif name == "item2vec_centroid":
       vectors, _ = sid_build.load_embeddings(workdir, len(listeners))
       user_lists = lastfm.load_corpus(workdir).user_lists()

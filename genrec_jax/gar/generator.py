@@ -109,21 +109,22 @@ class Catalogue:
     """The repeating-trie tables of the distinct SIDs."""
     return set_search.set_tables(build_trie(self.codes, self.sizes))
 
-  def items(self, sids: Sequence[int], top_n: int) -> np.ndarray:
-    """int [top_n]: the items of `sids` in order, then popular ones."""
+  def items(self, sids: Sequence[int], top_n: int) -> tuple[np.ndarray, int]:
+    """(int [top_n] the items of `sids` in order, then popular ones; how
+    many came from `sids`)."""
     out, seen = [], set()
     for s in sids:
       for i in self.items_of_sid[int(s)].tolist():
-        if i not in seen:
+        if i not in seen and len(out) < top_n:
           seen.add(i)
           out.append(i)
     pool = len(out)
     for i in self.popular.tolist():
-      if len(out) >= max(top_n, pool):
+      if len(out) >= top_n:
         break
       if i not in seen:
         out.append(i)
-    return np.asarray(out[:max(top_n, pool)], np.int64)
+    return np.asarray(out, np.int64), pool
 
 
 def load_catalogue(workdir, sids_dir: str, popular: np.ndarray) -> Catalogue:
@@ -352,10 +353,12 @@ class Generator:
   def candidates(self, states: np.ndarray, mask: np.ndarray, *,
                  batch_size: int = 32, seed: int = 0
                  ) -> tuple[list[np.ndarray], list[np.ndarray], list[int]]:
-    """Per text: (items, best first; their SID vote scores; pool size).
+    """Per text: (decode.top_n items, best first; their SID vote scores;
+    pool size).
 
-    The pool is the items of the generated SIDs; it is filled up with
-    popular items to decode.top_n (those score -inf)."""
+    The pool is the items of the generated SIDs, best vote first, cut at
+    decode.top_n; it is filled up with popular items to decode.top_n
+    (those score -inf)."""
     d = self.decode
     weighting = "beam" if d["method"] == "beam" else "count"
     out_items, out_scores, pools = [], [], []
@@ -373,12 +376,11 @@ class Generator:
       for b in range(m):
         n_sids = int((voted.sids[b] >= 0).sum())
         sids, sid_scores = voted.sids[b, :n_sids], voted.scores[b, :n_sids]
-        items = self.catalogue.items(sids, int(d["top_n"]))
+        items, pool = self.catalogue.items(sids, int(d["top_n"]))
         score_of = {}
         for sid, sc in zip(sids, sid_scores):
           for i in self.catalogue.items_of_sid[int(sid)].tolist():
             score_of.setdefault(i, float(sc))
-        pool = len(score_of)
         out_items.append(items)
         out_scores.append(np.array([score_of.get(int(i), -np.inf)
                                     for i in items], np.float32))
