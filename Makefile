@@ -3,7 +3,16 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 WORKDIR ?= runs/ml100k
-STAMP := $(VENV)/.installed
+# pyproject extras installed with the package: cuda12, cuda13 or tpu puts
+# JAX's accelerator wheels in the venv (`make demo EXTRAS=cuda12`).
+EXTRAS ?=
+# JAX platform of `make demo`: empty = JAX's choice (the accelerator when
+# one is present, else the CPU); `make demo PLATFORM=cpu` forces the CPU,
+# as JAX_PLATFORMS=cpu in the environment does.
+PLATFORM ?= $(JAX_PLATFORMS)
+STAMP := $(VENV)/.installed$(if $(EXTRAS),-$(EXTRAS))
+
+comma := ,
 
 .PHONY: setup demo test bench-venv clean
 
@@ -14,11 +23,11 @@ $(STAMP): requirements.txt requirements-nodeps.txt pyproject.toml
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -r requirements.txt
 	$(PY) -m pip install -q --no-deps -r requirements-nodeps.txt
-	$(PY) -m pip install -q --no-deps -e .
+	$(PY) -m pip install -q -e '.[test$(if $(EXTRAS),$(comma)$(EXTRAS))]'
 	touch $(STAMP)
 
 demo: setup
-	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 JAX_PLATFORMS=$${JAX_PLATFORMS:-cpu} \
+	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 JAX_PLATFORMS=$(PLATFORM) \
 	  $(PY) -m binaries.run_pipeline --config=configs/pipeline.py:ml100k --workdir=$(WORKDIR)
 
 test: setup

@@ -10,7 +10,9 @@ lists them. The torch side of beam_search and decoder runs in `.venv-torch`
 (`make bench-venv`); word2vec needs gensim in .venv (`.venv/bin/pip install
 -e .[gensim]`).
 Stage configs a benchmark uses are resolved here (override them as
-`--config.generative.model.d_model=...`, not through the variant name).
+`--config.generative.model.d_model=...`, not through the variant name);
+`generative,<variant>` resolves another configs/generative.py TIGER variant
+(`generative,tiger_paper`: the paper's sizes, tools/accelerator_check.sh).
 """
 import ml_collections
 
@@ -104,12 +106,13 @@ def _decoder() -> ml_collections.ConfigDict:
   return config
 
 
-def _generative() -> ml_collections.ConfigDict:
+def _generative(model: str = "tiger_beauty_cpu"
+                ) -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
   # Workdir holding dataset/ and sids/item_sids.json.
   config.workdir = "runs/beauty"
   # configs/generative.py variant (a TIGER one) and its config.
-  config.model = "tiger_beauty_cpu"
+  config.model = model
   config.generative = generative.get_config(config.model)
   # Timed training steps per layout (after compiling every batch shape).
   config.train_steps = 30
@@ -255,12 +258,16 @@ _BENCHMARKS = {"beam_search": _beam_search, "decoder": _decoder,
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+  arg, _, model = (arg or "").partition(",")
   if not arg or arg not in _BENCHMARKS:
     got = f"unknown benchmark {arg!r}" if arg else "no benchmark named"
     raise ValueError(f"configs/benchmarks.py: {got}; pick one with "
                      f"--config=configs/benchmarks.py:<name>, <name> in "
                      f"{sorted(_BENCHMARKS)}")
-  config = _BENCHMARKS[arg]()
+  if model and arg != "generative":
+    raise ValueError(f"configs/benchmarks.py: {arg!r} takes no variant "
+                     f"(got {model!r}); only generative,<tiger variant> does")
+  config = _BENCHMARKS[arg](model) if model else _BENCHMARKS[arg]()
   # Which genrec_jax.benchmarks module runs.
   config.benchmark = arg
   return config

@@ -357,14 +357,6 @@ def test_binary_bad_stage_is_one_line_error(tmp_path):
   assert len(err) == 1 and "train_everything" in err[0]
 
 
-def test_colab_notebook_uses_the_library():
-  nb = json.loads((REPO / "colab" / "quickstart.ipynb").read_text())
-  code = "\n".join("".join(c["source"]) for c in nb["cells"]
-                 if c["cell_type"] == "code")
-  compile(code.replace("# !", "# "), "quickstart.ipynb", "exec")
-  assert "from genrec_jax import pipeline" in code
-
-
 @pytest.mark.parametrize("variant", ["ml100k", "beauty_cpu", "beauty_paper",
                                      "hints_ablation"])
 def test_hint_pair_differs_only_in_the_hint_switch(variant):
