@@ -35,8 +35,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # song-id order) or "sid" (lexicographic).
   config.data.target_order = "relevance"
   # Training queries: "tag" (all taggers' artists) and/or "user_tag" (one
-  # user's artists for the tag).
-  config.data.kinds = ("tag", "user_tag")
+  # user's artists for the tag). Tag queries only: one example per text
+  # (757 on Last.fm 2K), 4x cheaper an epoch than with the 2,520 user-tag
+  # subsets of the same texts.
+  config.data.kinds = ("tag",)
 
   config.model = ml_collections.ConfigDict()
   # T5 width, per-head width, FFN width, heads.
@@ -76,14 +78,16 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.decode.top_n = 100
 
   config.train = common.train()
+  # Valid NDCG@20 rises late, as the cosine schedule decays: no early stop,
+  # the best evaluation is kept.
   config.train.update(learning_rate=1e-3, warmup_steps=50, weight_decay=0.01,
-                      log_every=50, checkpoint_every=200, eval_every=100,
-                      patience=3)
+                      log_every=50, checkpoint_every=200, eval_every=120,
+                      patience=0)
   # Queries per step.
   config.train.batch_size = 64
   # Total steps (0: num_epochs epochs of the training queries).
   config.train.num_steps = 0
-  config.train.num_epochs = 30
+  config.train.num_epochs = 40
   # Device mesh (data, fsdp, tensor); one -1 takes the remaining devices.
   config.mesh = ml_collections.ConfigDict({"shape": (-1, 1, 1)})
   if variant == "tiny":

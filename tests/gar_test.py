@@ -108,28 +108,37 @@ def test_target_orders_and_tokens(tmp_path):
     gen_lib.target_sids(sp, cat, "random", 3)
 
 
-def test_hard_negatives_share_the_positive_sid(tmp_path):
+def test_hard_negatives_share_the_longest_prefix(tmp_path):
   wd = _catalogue_dir(tmp_path, CODES, [2, 2, 3])
   cat = gen_lib.load_catalogue(wd, "sids", np.arange(6))
+  codes = cat.codes[cat.sid_of_item]
+  groups = rank_lib.prefix_groups(codes)
   rng = np.random.default_rng(0)
-  holds = {0, 3}
-  neg, fallback = rank_lib.hard_negatives([0, 3], holds, cat.sid_of_item,
-                                          cat.items_of_sid, 6, rng)
-  # Item 0's SID also holds items 2 and 5; item 3's SID holds only item 3.
-  assert neg[0] in (2, 5) and fallback == 1
-  assert neg[1] not in holds
-  for _ in range(20):  # the same-SID negative is never a positive
-    neg, _ = rank_lib.hard_negatives([0], {0, 2}, cat.sid_of_item,
-                                     cat.items_of_sid, 6, rng)
-    assert neg[0] == 5
+  # Item 0 (0,1,2) shares its SID with items 2 and 5; item 3 (1,0,1) shares
+  # (1,0) with item 1 only; item 4 (0,0,1) shares (0,) with 0, 2, 5.
+  neg, counts = rank_lib.hard_negatives([0, 3, 4], {0, 3, 4}, codes, groups,
+                                        rng)
+  assert neg[0] in (2, 5) and neg[1] == 1 and neg[2] in (2, 5)
+  assert counts == [1, 1, 1, 0]
+  for _ in range(20):  # a same-SID negative is never one of the text's items
+    neg, counts = rank_lib.hard_negatives([0], {0, 2}, codes, groups, rng)
+    assert neg[0] == 5 and counts[0] == 1
+  # Item 1 (1,0,0): nothing else has its SID, item 3 shares (1, 0).
+  neg, counts = rank_lib.hard_negatives([1], {0, 1, 2, 5}, codes, groups, rng)
+  assert neg[0] == 3 and counts == [0, 1, 0, 0]
+  # Its whole first-code group held: uniform over the items not held.
+  neg, counts = rank_lib.hard_negatives([1], {1, 3}, codes, groups, rng)
+  assert neg[0] in (0, 2, 4, 5) and counts == [0, 0, 0, 1]
   sp = _split(["x", "y"], [0, 1], [[0, 3], [1]])
-  pairs = rank_lib.labelled_pairs(sp, cat, max_positives=1, seed=0)
+  pairs = rank_lib.labelled_pairs(sp, codes, max_positives=1, seed=0)
   assert pairs["label"].tolist() == [1, 0, 1, 0]
   assert pairs["item"][0] == 0 and pairs["item"][2] == 1
+  assert pairs["item"][1] in (2, 5)  # same SID as item 0
   for t, i, y in zip(pairs["text"], pairs["item"], pairs["label"]):
     if y == 0:
       assert i not in sp.text_items()[t]
-  assert pairs["item"][1] in (2, 5)  # same SID as item 0
+  assert pairs["negatives_by_shared_codes"] == {"3": 1, "2": 1, "1": 0,
+                                                "0": 0}
 
 
 def test_pair_rows_layout():

@@ -11,8 +11,9 @@ where <item vector> is the item's embeddings/items.npy row (L2-normalised,
 a linear map to the model width) in place of a word embedding; mean
 pooling over all real positions, a linear layer to one logit, BCE. Each
 positive (a training text's item) gets one hard negative: an item with the
-same SID that the text does not hold (random among them), else a random
-item the text does not hold. The word-embedding table stays frozen by
+same SID that the text does not hold (random among them), else one sharing
+the longest SID prefix (with 87 % unique SIDs most positives have no
+same-SID item outside the text), else a random item the text does not hold. The word-embedding table stays frozen by
 default (`model.train_word_embeddings`): the pairs are short and the
 table's gradient would cost more than the layers'.
 
@@ -148,47 +149,78 @@ def bare_tokens(tok, texts: Sequence[str]) -> list[list[int]]:
   return [e.ids[1:-1] for e in tok.encode_batch(list(texts))]
 
 
+def prefix_groups(item_codes: np.ndarray) -> list[dict[tuple, list[int]]]:
+  """Per depth d = L..1: SID prefix of length d -> its items (in id order)."""
+  groups = []
+  for d in range(item_codes.shape[1], 0, -1):
+    g: dict[tuple, list[int]] = {}
+    for i, row in enumerate(item_codes[:, :d].tolist()):
+      g.setdefault(tuple(row), []).append(i)
+    groups.append(g)
+  return groups
+
+
 def hard_negatives(positives: Sequence[int], holds: set[int],
-                   sid_of_item: np.ndarray, items_of_sid, num_items: int,
-                   rng: np.random.Generator) -> tuple[np.ndarray, int]:
-  """One negative per positive: same SID and not in `holds` when one
-  exists, else uniform over the items not in `holds`; returns (negatives,
-  how many fell back)."""
-  out, fallback = [], 0
+                   item_codes: np.ndarray, groups, rng: np.random.Generator
+                   ) -> tuple[np.ndarray, list[int]]:
+  """One negative per positive, the hardest available: an item with the
+  positive's SID that the text does not hold (random among them), else one
+  sharing the longest SID prefix, else a uniform item the text does not
+  hold.
+
+  Args:
+    positives: the text's positive items.
+    holds: every item of the text (never a negative).
+    item_codes: int [N, L] each item's SID.
+    groups: prefix_groups(item_codes).
+    rng: the draws.
+
+  Returns:
+    (negatives, counts [L + 1]: how many shared the full SID, L-1 codes,
+    ..., none).
+  """
+  L = item_codes.shape[1]
+  out, counts = [], [0] * (L + 1)
   for p in positives:
-    same = [i for i in items_of_sid[int(sid_of_item[p])].tolist()
-            if i not in holds]
-    if same:
-      out.append(int(same[rng.integers(len(same))]))
-      continue
-    fallback += 1
-    while True:
-      i = int(rng.integers(num_items))
-      if i not in holds:
-        out.append(i)
+    for depth, g in enumerate(groups):
+      same = [i for i in g[tuple(item_codes[p, :L - depth].tolist())]
+              if i not in holds]
+      if same:
+        out.append(int(same[rng.integers(len(same))]))
+        counts[depth] += 1
         break
-  return np.asarray(out, np.int64), fallback
+    else:
+      counts[L] += 1
+      while True:
+        i = int(rng.integers(len(item_codes)))
+        if i not in holds:
+          out.append(i)
+          break
+  return np.asarray(out, np.int64), counts
 
 
-def labelled_pairs(split: queries_lib.QuerySplit, cat, max_positives: int,
-                   seed: int) -> dict[str, np.ndarray]:
+def labelled_pairs(split: queries_lib.QuerySplit, item_codes: np.ndarray,
+                   max_positives: int, seed: int) -> dict[str, Any]:
   """(text, item, label) arrays: each text's first max_positives items (by
-  taggers) and one hard negative each."""
+  taggers) and one hard negative each; `negatives_by_shared_codes`."""
   rng = np.random.default_rng([seed, 7])
+  groups = prefix_groups(item_codes)
   texts, items, labels = [], [], []
-  fallback = 0
+  counts = np.zeros(item_codes.shape[1] + 1, np.int64)
   for t, its in enumerate(split.text_items()):
     pos = its[:max_positives] if max_positives else its
-    neg, fb = hard_negatives(pos, set(its), cat.sid_of_item, cat.items_of_sid,
-                             len(cat.sid_of_item), rng)
-    fallback += fb
+    neg, c = hard_negatives(pos, set(its), item_codes, groups, rng)
+    counts += c
     texts += [t] * (2 * len(pos))
     items += [*pos, *neg.tolist()]
     labels += [1] * len(pos) + [0] * len(pos)
+  L = item_codes.shape[1]
   return {"text": np.asarray(texts, np.int64),
           "item": np.asarray(items, np.int64),
           "label": np.asarray(labels, np.float32),
-          "fallback_negatives": fallback}
+          # Negatives sharing L, L-1, ..., 0 leading codes with their positive.
+          "negatives_by_shared_codes": {str(L - d): int(n)
+                                        for d, n in enumerate(counts)}}
 
 
 @dataclasses.dataclass
@@ -374,7 +406,8 @@ def run(config, workdir) -> dict[str, Any]:
   tok = make_tokenizer(mdir)
   item_tokens = bare_tokens(tok, items["names"])
 
-  pairs = {s: labelled_pairs(splits[s], cat, config.data.max_positives,
+  item_codes = cat.codes[cat.sid_of_item]  # [N, L]
+  pairs = {s: labelled_pairs(splits[s], item_codes, config.data.max_positives,
                              config.seed + (s == "valid"))
            for s in ("train", "valid")}
   model = _build(mdir, vectors.shape[1], config.model.train_word_embeddings,
@@ -393,10 +426,11 @@ def run(config, workdir) -> dict[str, Any]:
   num_steps = int(tcfg.num_steps or data.batches_per_epoch * tcfg.num_epochs)
   nparams = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(
       nnx.state(model, nnx.Param)))
-  logging.info("%s: %.1fM trained params; %d train pairs (%d hard-negative "
-               "fallbacks), %d valid pairs; %d steps (%d per epoch)",
+  logging.info("%s: %.1fM trained params; %d train pairs (negatives by "
+               "SID codes shared with their positive: %s), %d valid pairs; "
+               "%d steps (%d per epoch)",
                config.name, nparams / 1e6, len(pairs["train"]["label"]),
-               pairs["train"]["fallback_negatives"],
+               pairs["train"]["negatives_by_shared_codes"],
                len(pairs["valid"]["label"]), num_steps,
                data.batches_per_epoch)
 
@@ -467,7 +501,7 @@ def run(config, workdir) -> dict[str, Any]:
       "kind": KIND, "generator": config.generator, "steps": result.step,
       "best_step": result.best_step, "stop_reason": result.stop_reason,
       "train_pairs": int(len(pairs["train"]["label"])),
-      "fallback_negatives": int(pairs["train"]["fallback_negatives"]),
+      "negatives_by_shared_codes": pairs["train"]["negatives_by_shared_codes"],
       "num_params": nparams, "train_seconds": round(result.seconds, 1),
       "eval_seconds": round(time.time() - t_eval, 1),
       "seconds": round(time.time() - t_start, 1)})
