@@ -224,7 +224,164 @@ def test_published_figures_are_copied_from_the_reference():
   if not REFERENCE.is_file():
     pytest.skip(f"reference notes not found: {REFERENCE}")
   lines = REFERENCE.read_text().splitlines()
-  for p in front_page.PUBLISHED:
+  for p in (*front_page.PUBLISHED, *front_page.PUBLISHED_SIDS):
     values = [v for _, v in p.values]
     assert any(all(re.search(rf"(?<![\d.]){re.escape(v)}(?!\d)", line)
                    for v in values) for line in lines), p
+
+
+def _set_metrics(r10, n10, r20, n20, r50, n50, mrr, **extra):
+  return {"test/recall@10": r10, "test/ndcg@10": n10, "test/recall@20": r20,
+          "test/ndcg@20": n20, "test/recall@50": r50, "test/ndcg@50": n50,
+          "test/mrr": mrr, "valid/recall@20": 0.5, "valid/ndcg@20": 0.4,
+          **extra}
+
+
+@pytest.fixture
+def lastfm_files(tmp_path):
+  """A fake lastfm workdir: set retrieval rows, lastfm/stats.json, the
+  prepare_lastfm config and a SID report; no dataset/ folder."""
+  wd = tmp_path / "runs" / "lastfm"
+  _write(wd / "lastfm" / "stats.json", {
+      "name": "lastfm", "artists": 17632, "items": 2828, "users": 1881,
+      "queries": {
+          "train": {"queries": 3277, "texts": 757, "mean_items": 27.68},
+          "valid": {"queries": 363, "texts": 95, "mean_items": 27.34},
+          "test": {"queries": 547, "texts": 94, "tag_queries": 94,
+                   "user_tag_queries": 453, "mean_items": 29.45}},
+      "filtered": {"tag_rows_unknown_artist": 1538}})
+  _write(wd / "pipeline" / "prepare_lastfm.json", {"config": json.dumps(
+      {"data": {"min_listeners": 5, "split_fractions": [0.8, 0.1, 0.1],
+                "seed": 0}}), "seconds": 5.2})
+  _write(wd / "sids" / "report.json", {
+      "num_items": 2828, "codebook_sizes": [16, 16, 32],
+      "coverage_before": 0.8741159830268741, "max_items_per_path_before": 3,
+      "full/calinski_harabasz": 2.1482877850200444,
+      "full/davies_bouldin": 0.7242439925046856,
+      "full/silhouette": -0.02485857903957367,
+      "level1/calinski_harabasz": 34.53680231532302,
+      "level1/davies_bouldin": 3.8121209352068672,
+      "level1/silhouette": 0.0035470426082611084})
+  pool = {"test/pool_recall": 0.3125, "test/pool_size": 301.5}
+  std = {"test/recall@10": 0.002, "test/ndcg@10": 0.003,
+         "test/recall@20": 0.004, "test/ndcg@20": 0.005,
+         "test/recall@50": 0.006, "test/ndcg@50": 0.007, "test/mrr": 0.008,
+         "test/pool_recall": 0.0101, "test/pool_size": 3.0}
+  seeds = lambda row: {"runs": [f"{row}_s{i}" for i in range(3)],
+                       "per_seed": {}, "mean": {}, "std": std,
+                       "num_seeds": 3}
+  results = {
+      "results": {
+          "popularity": _set_metrics(0.0396, 0.0927, 0.0647, 0.0907, 0.1163,
+                                     0.1066, 0.1984, num_test_queries=547,
+                                     seconds=0.207),
+          "text_similarity": _set_metrics(0.01, 0.02, 0.03, 0.04, 0.05,
+                                          0.06, 0.07),
+          "text_knn": _set_metrics(0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7),
+          "item2vec_centroid": _set_metrics(0.05, 0.06, 0.07, 0.08, 0.09,
+                                            0.1, 0.11),
+          "generator": _set_metrics(0.0812, 0.1421, 0.1203, 0.1388, 0.1911,
+                                    0.1512, 0.2456, num_params=1234567,
+                                    seconds=412.0, **pool),
+          "generate_rank": _set_metrics(0.0905, 0.1533, 0.1301, 0.1467,
+                                        0.2002, 0.1598, 0.2601,
+                                        **{"valid/f1": 0.61},
+                                        num_params=22700000, seconds=95.4,
+                                        **pool),
+      },
+      "seeds": {"generator": seeds("generator"),
+                "generate_rank": seeds("generate_rank")},
+      "command": "python -m binaries.run_pipeline "
+                 "--config=configs/pipeline.py:lastfm --workdir=runs/lastfm",
+      "date": "2026-12-02",
+  }
+  res = _write(wd / "pipeline" / "results.json", results)
+  readme = tmp_path / "README.md"
+  readme.write_text(README)
+  return {"tmp": tmp_path, "results": res, "readme": readme,
+          "docs": tmp_path / "docs" / "front_page"}
+
+
+def _section(text, name):
+  return re.search(rf"<!-- front-page:{name}:start -->\n(.*?)"
+                   rf"<!-- front-page:{name}:end -->", text, re.S).group(1)
+
+
+def test_lastfm_set_retrieval_table(lastfm_files):
+  f = lastfm_files
+  assert front_page.main(["--results", str(f["results"]), "--readme",
+                          str(f["readme"]), "--docs_dir",
+                          str(f["docs"])]) == 0
+  results = _section(f["readme"].read_text(), "results")
+  lines = results.splitlines()
+  # Recall/NDCG@10,20,50 (no HR: sets), pool recall (some rows have it), no
+  # invalid column (no row has an invalid rate).
+  head = ("| model | system | Recall@10 | NDCG@10 | Recall@20 | NDCG@20 | "
+          "Recall@50 | NDCG@50 | MRR | pool recall | params | seconds |")
+  i = lines.index(head)
+  assert lines[i + 2:i + 8] == [
+      "| `popularity` | baseline | 0.0396 | 0.0927 | 0.0647 | 0.0907 | "
+      "0.1163 | 0.1066 | 0.1984 | - | - | 0 |",
+      "| `text_similarity` | baseline | 0.0100 | 0.0200 | 0.0300 | 0.0400 | "
+      "0.0500 | 0.0600 | 0.0700 | - | - | - |",
+      "| `text_knn` | baseline | 0.1000 | 0.2000 | 0.3000 | 0.4000 | "
+      "0.5000 | 0.6000 | 0.7000 | - | - | - |",
+      "| `item2vec_centroid` | baseline | 0.0500 | 0.0600 | 0.0700 | "
+      "0.0800 | 0.0900 | 0.1000 | 0.1100 | - | - | - |",
+      "| `generator` | generate-and-rank: generator (MiniLM + T5 decoder, "
+      "repeating-trie sampling) | 0.0812 +- 0.0020 (3) | "
+      "0.1421 +- 0.0030 (3) | 0.1203 +- 0.0040 (3) | 0.1388 +- 0.0050 (3) | "
+      "0.1911 +- 0.0060 (3) | 0.1512 +- 0.0070 (3) | 0.2456 +- 0.0080 (3) | "
+      "0.3125 +- 0.0101 (3) | 1.2M | 412 |",
+      "| `generate_rank` | generate-and-rank: generator + cross-encoder "
+      "ranker | 0.0905 +- 0.0020 (3) | 0.1533 +- 0.0030 (3) | "
+      "0.1301 +- 0.0040 (3) | 0.1467 +- 0.0050 (3) | 0.2002 +- 0.0060 (3) | "
+      "0.1598 +- 0.0070 (3) | 0.2601 +- 0.0080 (3) | 0.3125 +- 0.0101 (3) | "
+      "22.7M | 95 |",
+  ]
+  assert "#### Last.fm 2K (HetRec 2011), `runs/lastfm`" in results
+  assert ("File `runs/lastfm/pipeline/results.json` (2026-12-02); command: "
+          "`python -m binaries.run_pipeline --config=configs/pipeline.py:"
+          "lastfm --workdir=runs/lastfm`.") in results
+  assert ("Dataset: Last.fm 2K (HetRec 2011) (`lastfm`); 1,881 users, 2,828 "
+          "items (artists with >= 5 listeners); tags as queries (a tag's "
+          "text -> the artists tagged with it, by anyone or by one user), "
+          "split by query text 80/10/10: 547 test "
+          "queries over 94 texts unseen in training, 29.45 items each on "
+          "average; set retrieval: Recall/NDCG@K of the query's item set "
+          "over all items, means over queries.") in lines
+  # No published ranking figures: said once, no row called unmatched.
+  assert ("No published ranking figures on this dataset: the music "
+          "generate-and-rank repository (zeehu/generative_ranking_"
+          "recommender, `Note.md`; RESULTS.md section 6) reports no ranking "
+          "metrics, only SID clustering diagnostics.") in lines
+  assert "No published figure on this dataset for" not in results
+  # The SID diagnostics beside the published ones.
+  i = lines.index("| SID build | labels | CH | DB | silhouette | coverage | "
+                  "max items per SID | source |")
+  assert lines[i + 2:i + 5] == [
+      "| ours, [16, 16, 32] | full SID | 2.1483 | 0.7242 | -0.0249 | "
+      "87.41 % | 3 | `runs/lastfm/sids/report.json` |",
+      "| ours, [16, 16, 32] | first code | 34.5368 | 3.8121 | 0.0035 | - | "
+      "- | `runs/lastfm/sids/report.json` |",
+      "| refactored `train_semantic_ids.py`, [128, 128, 256] | full SID | "
+      "2.9885 | 0.5215 | 0.0013 | 83.62 % | 45 | "
+      "zeehu/generative_ranking_recommender `Note.md` (theirs: songs and "
+      "512-d skip-gram vectors, a different catalogue from ours, so "
+      "indicative only; the only figures published for this system) |",
+  ]
+  # The generate-and-rank system is implemented (generator and ranker
+  # modules exist).
+  systems = _section(f["readme"].read_text(), "systems")
+  row = next(l for l in systems.splitlines()
+             if l.startswith("| **generate-and-rank (music)** |"))
+  assert "| implemented |" in row
+  assert "`genrec_jax/gar/*generat*.py`, `genrec_jax/gar/*rank*.py`" in row
+
+
+def test_columns_rule():
+  hr = {"m": {"test/hr@10": 0.1, "test/recall@20": 0.2}}
+  sets = {"m": {"test/recall@20": 0.2, "test/ndcg@20": 0.1}}
+  assert front_page.columns(hr) == front_page.COLUMNS
+  assert front_page.columns(sets) == front_page.SET_COLUMNS
+  assert front_page.columns({"m": {"seconds": 1}}) == front_page.COLUMNS

@@ -14,7 +14,11 @@ original repositories; the status is read from the code: a system is
 implemented when the modules that make it exist), `results` (our measured
 tables, one per distinct `pipeline/results.json`, with the file, command and
 date, and the published figures for the same dataset beside them, saying when
-the protocols differ), `benchmarks` (the ratios against the reference in the
+the protocols differ; next-item results show HR/NDCG@5,10, set retrieval
+results (no `test/hr@K`, e.g. the lastfm pipeline's) Recall/NDCG@10,20,50;
+the dataset is read from `<workdir>/dataset/` or `<workdir>/lastfm/stats.json`,
+and a workdir's `sids/report.json` stands beside published SID diagnostics
+where there are some), `benchmarks` (the ratios against the reference in the
 same run, with command and machine), `pictures` (the stage graph as a mermaid
 block, the training curves and the SID code usage of the first results
 file's workdir, written under --docs_dir) and `cite`. Everything between a
@@ -23,11 +27,11 @@ markers are absent is not generated. The README is written to a temporary
 file and renamed; running twice on the same inputs gives the same README.
 
 Published figures are copied from `../shared/reference/RESULTS.md` (each
-with its source) into PUBLISHED below: never type a number there that is not
-in that file. A pipeline results file does not record the command that made
-it: pass it with `--command FILE=COMMAND` (a `command` field in the file is
-used when present); the date is the file's `date` field, else its
-modification time (UTC).
+with its source) into PUBLISHED and PUBLISHED_SIDS below: never type a
+number there that is not in that file. A pipeline results file does not
+record the command that made it: pass it with `--command FILE=COMMAND` (a
+`command` field in the file is used when present); the date is the file's
+`date` field, else its modification time (UTC).
 
 Input formats: genrec_jax/pipeline.py (`results`: model -> metrics; optional
 `seeds`: model -> per_seed / mean / std / num_seeds) and
@@ -58,13 +62,28 @@ SECTIONS = ("systems", "results", "benchmarks", "pictures", "cite")
 MARKER = re.compile(r"<!-- front-page:([A-Za-z_]+):(start|end) -->")
 # Images above this size are not copied or kept (the README stays light).
 MAX_IMAGE_BYTES = 200_000
-# Columns of the measured tables: (metric key, header).
+# Columns of the measured tables: (metric key, header). Next-item results
+# (one target per test row, so HR@K, the hit rate, equals Recall@K):
 COLUMNS = (("hr@5", "HR@5"), ("ndcg@5", "NDCG@5"), ("hr@10", "HR@10"),
            ("ndcg@10", "NDCG@10"), ("mrr", "MRR"))
+# Set retrieval results (a query's item set: Recall@K is the fraction of the
+# set in the top K; HR@K, any hit, says little and is not reported). A table
+# gets these when no row has a `test/hr@K` and some row has a
+# `test/recall@K` (see `columns`).
+SET_COLUMNS = (("recall@10", "Recall@10"), ("ndcg@10", "NDCG@10"),
+               ("recall@20", "Recall@20"), ("ndcg@20", "NDCG@20"),
+               ("recall@50", "Recall@50"), ("ndcg@50", "NDCG@50"),
+               ("mrr", "MRR"))
+# Columns shown only when some row has the key: (key, header). invalid: the
+# share of generated IDs that name no item; pool recall: the mean share of a
+# query's items in the generator's candidate pool (the ranker's ceiling).
+EXTRA_COLUMNS = (("invalid_rate", "invalid"),
+                 ("test/pool_recall", "pool recall"))
 METRIC_NAMES = {"hr@3": "HR@3", "ndcg@3": "NDCG@3", "hr@5": "HR@5",
                 "ndcg@5": "NDCG@5", "hr@10": "HR@10", "ndcg@10": "NDCG@10",
                 "hr@20": "HR@20", "ndcg@20": "NDCG@20", "mrr": "MRR",
-                "recall@20": "Recall@20"}
+                "recall@20": "Recall@20", "ndcg@50": "NDCG@50",
+                "recall@10": "Recall@10", "recall@50": "Recall@50"}
 
 
 class FrontPageError(Exception):
@@ -178,6 +197,14 @@ ROW_SYSTEMS = (
     ("most_popular", "baseline"),
     ("seq_item_knn", "baseline"),
     ("item_knn", "baseline"),
+    # The lastfm pipeline (set retrieval).
+    ("generate_rank", "generate-and-rank: generator + cross-encoder ranker"),
+    ("generator", "generate-and-rank: generator (MiniLM + T5 decoder, "
+                  "repeating-trie sampling)"),
+    ("popularity", "baseline"),
+    ("text_similarity", "baseline"),
+    ("text_knn", "baseline"),
+    ("item2vec_centroid", "baseline"),
 )
 
 # Protocol ids -> what they mean.
@@ -191,6 +218,8 @@ PROTOCOLS = {
     "ur4rec": "ratings >= 4, each user's last 5 interactions held out, up to "
               "5 positives + 80 negatives as candidates, random 80/10/10 user "
               "split",
+    "set_full": "set retrieval: Recall/NDCG@K of the query's item set over "
+                "all items, means over queries",
 }
 
 DATASET_NAMES = {
@@ -203,6 +232,15 @@ DATASET_NAMES = {
     "industrial": "Amazon Industrial_and_Scientific (MiniOneRec's files)",
     "office": "Amazon Office_Products (MiniOneRec's files)",
     "amazon2018": "Amazon 2018 (window)",
+    "lastfm": "Last.fm 2K (HetRec 2011)",
+}
+
+# Datasets on which the reference notes publish no ranking figure -> why.
+NOT_PUBLISHED = {
+    "lastfm": "the music generate-and-rank repository "
+              "(zeehu/generative_ranking_recommender, `Note.md`; "
+              "RESULTS.md section 6) reports no ranking metrics, only SID "
+              "clustering diagnostics",
 }
 
 
@@ -284,6 +322,40 @@ PUBLISHED = (
     Published("office", "given_full", "sasrec",
               "MiniOneRec paper, Table 1 (SASRec)",
               _vals(_MINI, "0.0861 0.0769 0.0949 0.0805 0.1120 0.0858")),
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class PublishedSids:
+  """Published SID clustering diagnostics, copied from RESULTS.md."""
+
+  # Our dataset name whose `<workdir>/sids/report.json` they stand beside.
+  dataset: str
+  # The SID build, as published.
+  build: str
+  # Where the figures come from.
+  source: str
+  # sids/report.json key -> the figure exactly as published.
+  values: tuple[tuple[str, str], ...]
+  note: str = ""
+
+
+# SID diagnostics columns: (sids/report.json key, header).
+SID_COLUMNS = (("full/calinski_harabasz", "CH"),
+               ("full/davies_bouldin", "DB"), ("full/silhouette", "silhouette"),
+               ("coverage_before", "coverage"),
+               ("max_items_per_path_before", "max items per SID"))
+PUBLISHED_SIDS = (
+    PublishedSids(
+        "lastfm", "refactored `train_semantic_ids.py`, [128, 128, 256]",
+        "zeehu/generative_ranking_recommender `Note.md`",
+        (("full/calinski_harabasz", "2.9885"),
+         ("full/davies_bouldin", "0.5215"), ("full/silhouette", "0.0013"),
+         ("coverage_before", "83.62 %"),
+         ("max_items_per_path_before", "45")),
+        "theirs: songs and 512-d skip-gram vectors, a different catalogue "
+        "from ours, so indicative only; the only figures published for "
+        "this system"),
 )
 
 CITATIONS = (
@@ -382,6 +454,10 @@ def _is_number(v: Any) -> bool:
           and math.isfinite(v))
 
 
+def _number(v: Any) -> float | None:
+  return v if _is_number(v) else None
+
+
 def _date(path: pathlib.Path, record: dict[str, Any]) -> str:
   if isinstance(record.get("date"), str) and record["date"]:
     return record["date"]
@@ -465,14 +541,28 @@ def _dataset_info(path: pathlib.Path, record: dict[str, Any]
       if isinstance(data, dict):
         info.update({k: v for k, v in data.items()
                      if not isinstance(v, (list, dict)) or k == "filtered"})
-  f = workdir / "pipeline" / "prepare_data.json"
-  if f.is_file():
+  f = workdir / "lastfm" / "stats.json"
+  if "name" not in info and f.is_file():
+    # prepare_lastfm: items, users and query split sizes; the queries are
+    # split by their text.
     try:
-      cfg = json.loads(json.loads(f.read_text())["config"])["data"]
-      info["num_negatives"] = cfg.get("num_negatives")
-      info["mask_history"] = cfg.get("mask_history")
-    except (json.JSONDecodeError, KeyError, TypeError):
-      pass
+      data = json.loads(f.read_text(encoding="utf-8"))
+    except json.JSONDecodeError:
+      data = None
+    if isinstance(data, dict):
+      info.update({k: data[k] for k in ("name", "items", "users", "queries")
+                   if k in data})
+      info["split"] = "query_text"
+  for f, keys in (("prepare_data.json", ("num_negatives", "mask_history")),
+                  ("prepare_lastfm.json", ("split_fractions",
+                                           "min_listeners"))):
+    f = workdir / "pipeline" / f
+    if f.is_file():
+      try:
+        cfg = json.loads(json.loads(f.read_text())["config"])["data"]
+        info.update({k: cfg.get(k) for k in keys})
+      except (json.JSONDecodeError, KeyError, TypeError):
+        pass
   if isinstance(record.get("dataset"), str):
     info.setdefault("name", record["dataset"])
   return info
@@ -575,6 +665,8 @@ def our_protocols(info: dict[str, Any]) -> dict[str, bool]:
     return {"given_full": False}
   if split == "sliding_window":
     return {"window_full": False}
+  if split == "query_text":
+    return {"set_full": False}
   return {}
 
 
@@ -617,13 +709,18 @@ def systems_section() -> str:
 def _dataset_line(info: dict[str, Any]) -> str:
   name = info.get("name")
   if not name:
-    return ("Dataset unknown (no `dataset/meta.json` beside the pipeline "
-            "folder): no published figures compared.")
+    return ("Dataset unknown (no `dataset/meta.json` or `lastfm/stats.json` "
+            "beside the pipeline folder): no published figures compared.")
   parts = [f"{DATASET_NAMES.get(name, name)} (`{name}`)"]
   counts = [f"{info[k]:,} {k}" for k in ("users", "items", "interactions")
             if _is_number(info.get(k))]
+  if _is_number(info.get("items")) and _is_number(info.get("min_listeners")):
+    counts = [c + (f" (artists with >= {info['min_listeners']} listeners)"
+                   if c.endswith(" items") else "") for c in counts]
   if counts:
     parts.append(", ".join(counts))
+  if isinstance(info.get("queries"), dict):
+    parts.append(_queries_text(info))
   protocols = our_protocols(info)
   if protocols:
     parts.append("; ".join(_protocol_text(p) for p in protocols))
@@ -636,17 +733,55 @@ def _dataset_line(info: dict[str, Any]) -> str:
   return "Dataset: " + "; ".join(parts) + "."
 
 
+def _queries_text(info: dict[str, Any]) -> str:
+  """How a query dataset (lastfm/stats.json) is split, and its test size."""
+  q = info["queries"]
+  test = q.get("test") if isinstance(q.get("test"), dict) else {}
+  fractions = info.get("split_fractions")
+  split = "split by query text"
+  if (isinstance(fractions, list) and fractions
+      and all(_is_number(x) for x in fractions)):
+    split += " " + "/".join(f"{100 * x:.0f}" for x in fractions)
+  text = ("tags as queries (a tag's text -> the artists tagged with it, by "
+          f"anyone or by one user), {split}")
+  if _is_number(test.get("queries")) and _is_number(test.get("texts")):
+    text += (f": {test['queries']:,} test queries over {test['texts']:,} "
+             "texts unseen in training")
+    if _is_number(test.get("mean_items")):
+      text += f", {_fmt(test['mean_items'], 2)} items each on average"
+  return text
+
+
+def columns(results: dict[str, dict[str, Any]]
+            ) -> tuple[tuple[str, str], ...]:
+  """The metric columns: COLUMNS, or SET_COLUMNS for set retrieval results
+  (no row with a `test/hr@K`, some row with a `test/recall@K`)."""
+  keys = {k for m in results.values() for k in m}
+  if (not any(k.startswith("test/hr@") for k in keys)
+      and any(k.startswith("test/recall@") for k in keys)):
+    return SET_COLUMNS
+  return COLUMNS
+
+
 def _measured_table(r: PipelineResults) -> list[str]:
-  head = ["model", "system", *(h for _, h in COLUMNS), "invalid", "params",
-          "seconds"]
+  metric_columns = columns(r.results)
+  extra = [(k, h) for k, h in EXTRA_COLUMNS
+           if any(_is_number(m.get(k)) for m in r.results.values())]
+  head = ["model", "system", *(h for _, h in metric_columns),
+          *(h for _, h in extra), "params", "seconds"]
   rows = []
   for model, m in r.results.items():
     s = r.seeds.get(model)
     cells = [cell(_metric(m, k), s and _metric(s["std"], k),
-                  s and s["num_seeds"]) for k, _ in COLUMNS]
+                  s and s["num_seeds"]) for k, _ in metric_columns]
+    for k, _ in extra:
+      if k == "invalid_rate":
+        cells.append(f"{m[k]:.3f}" if _is_number(m.get(k)) else "-")
+      else:
+        cells.append(cell(_number(m.get(k)),
+                          s and _number(s["std"].get(k)),
+                          s and s["num_seeds"]))
     rows.append([f"`{model}`", row_system(model)[1], *cells,
-                 (f"{m['invalid_rate']:.3f}"
-                  if _is_number(m.get("invalid_rate")) else "-"),
                  _params(m.get("num_params")),
                  (f"{m['seconds']:.0f}" if _is_number(m.get("seconds"))
                   else "-")])
@@ -657,14 +792,16 @@ def _published_table(r: PipelineResults) -> list[str]:
   name = r.dataset.get("name")
   if not name:
     return []
+  if not any(p.dataset == name for p in PUBLISHED):
+    why = NOT_PUBLISHED.get(name, "our reference notes hold none")
+    return ["", f"No published ranking figures on this dataset: {why}."]
   protocols = our_protocols(r.dataset)
   rows, unmatched = [], []
   for model, m in r.results.items():
-    prefix, _ = row_system(model)
+    prefix, shown = row_system(model)
     pubs = [p for p in PUBLISHED if p.dataset == name and p.row == prefix]
     if not pubs:
-      if prefix and prefix not in ("most_popular", "item_knn",
-                                   "seq_item_knn"):
+      if prefix and shown != "baseline":
         unmatched.append(model)
       continue
     s = r.seeds.get(model)
@@ -697,6 +834,52 @@ def _published_table(r: PipelineResults) -> list[str]:
   return lines
 
 
+def _sid_table(r: PipelineResults, readme_dir: pathlib.Path) -> list[str]:
+  """Our SID diagnostics (<workdir>/sids/report.json) beside the published
+  ones for the dataset; [] when either is missing."""
+  pubs = [p for p in PUBLISHED_SIDS if p.dataset == r.dataset.get("name")]
+  f = r.dataset["workdir"] / "sids" / "report.json"
+  if not pubs or not f.is_file():
+    return []
+  try:
+    rep = json.loads(f.read_text(encoding="utf-8"))
+  except (json.JSONDecodeError, UnicodeDecodeError):
+    return []
+  if not isinstance(rep, dict):
+    return []
+
+  def ours(key: str) -> str:
+    v = rep.get(key)
+    if not _is_number(v):
+      return "-"
+    if key.startswith("coverage"):
+      return f"{100 * v:.2f} %"
+    return f"{v:,}" if isinstance(v, int) else f"{v:.4f}"
+
+  sizes = rep.get("codebook_sizes")
+  build = "ours" + (f", {sizes}" if isinstance(sizes, list) else "")
+  source = f"`{_display_path(f, readme_dir)}`"
+  rows = [
+      [build, "full SID", *(ours(k) for k, _ in SID_COLUMNS), source],
+      # The cluster scores again with the first code as the label.
+      [build, "first code",
+       *(ours("level1/" + k[len("full/"):]) if k.startswith("full/") else "-"
+         for k, _ in SID_COLUMNS), source]]
+  for p in pubs:
+    values = dict(p.values)
+    rows.append([p.build, "full SID", *(values.get(k, "-")
+                                        for k, _ in SID_COLUMNS),
+                 p.source + (f" ({p.note})" if p.note else "")])
+  lines = ["", "Semantic-ID clustering diagnostics beside the published ones "
+           "(CH: Calinski-Harabasz, higher is better; DB: Davies-Bouldin, "
+           "lower is better; points labelled by their full SID or its first "
+           "code; coverage: distinct SIDs / items, and the most items "
+           "sharing one SID, both before collision handling):", ""]
+  lines += _table(["SID build", "labels", *(h for _, h in SID_COLUMNS),
+                   "source"], rows)
+  return lines
+
+
 def _same_values(a: PipelineResults, b: PipelineResults) -> bool:
   strip = lambda rs: {m: {k: v for k, v in ms.items()
                           if k.startswith(("test/", "valid/"))}
@@ -706,7 +889,7 @@ def _same_values(a: PipelineResults, b: PipelineResults) -> bool:
 
 
 def results_section(results: Sequence[PipelineResults],
-                    regenerate: str) -> str:
+                    regenerate: str, readme_dir: pathlib.Path = REPO) -> str:
   if not results:
     return "No pipeline results files given (`--results`)."
   groups: list[list[PipelineResults]] = []
@@ -736,6 +919,7 @@ def results_section(results: Sequence[PipelineResults],
     lines += ["", _dataset_line(first.dataset), ""]
     lines += _measured_table(first)
     lines += _published_table(first)
+    lines += _sid_table(first, readme_dir)
     lines += [""]
   return "\n".join(lines).rstrip()
 
@@ -1081,7 +1265,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     present = {m.group(1) for m in MARKER.finditer(text)}
     builders = {
         "systems": systems_section,
-        "results": lambda: results_section(results, regenerate),
+        "results": lambda: results_section(results, regenerate, base),
         "benchmarks": lambda: benchmarks_section(benches),
         "pictures": lambda: pictures_section(results, docs_dir, base),
         "cite": cite_section,
