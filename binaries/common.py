@@ -16,6 +16,7 @@ from absl import logging
 
 import genrec_jax
 from genrec_jax.data.dataset import DataError
+from genrec_jax.training import sharding
 
 _LOG_ALL = flags.DEFINE_bool(
     "log_all", False, "Show every library's INFO log lines (Orbax, grain, "
@@ -67,9 +68,15 @@ def setup_logging() -> None:
 
 
 def run_stage(fn, config, workdir):
-  """Runs fn(config, workdir); DataError/ValueError/FileNotFoundError exit 1."""
+  """Runs fn(config, workdir); DataError/ValueError/FileNotFoundError exit 1.
+
+  A multi-process run (binaries/launch_local.py, a TPU pod slice, a GPU
+  cluster: the GENREC_* environment, see training/sharding.py) joins its
+  processes here, before any JAX computation.
+  """
   setup_logging()
   try:
+    sharding.maybe_initialize_distributed(config)
     return fn(config, workdir)
   except (DataError, ValueError, FileNotFoundError) as e:
     logging.error("%s", e)

@@ -82,21 +82,33 @@ def save(model_dir: str | os.PathLike, spec: dict[str, Any],
   if "kind" not in spec:
     raise ValueError("model folder spec: missing field 'kind'")
   model_dir = pathlib.Path(model_dir).resolve()  # Orbax: absolute paths
-  model_dir.mkdir(parents=True, exist_ok=True)
   tmp = model_dir / ".model.tmp"
-  if tmp.exists():
-    shutil.rmtree(tmp)
-  tmp.mkdir()
+  # Several processes: each saves its shards, process 0 does the files.
+  lead = jax.process_index() == 0
+  if lead:
+    model_dir.mkdir(parents=True, exist_ok=True)
+    if tmp.exists():
+      shutil.rmtree(tmp)
+    tmp.mkdir()
+  _sync("model_folder.save:tmp")
   with ocp.StandardCheckpointer() as ckptr:
     ckptr.save(tmp / PARAMS_DIR, params, force=True)
-  atomic_write_json(tmp / MODEL_JSON, spec)
-  # model.json is the done-marker: remove it first, put it back last.
-  (model_dir / MODEL_JSON).unlink(missing_ok=True)
-  if (model_dir / PARAMS_DIR).exists():
-    shutil.rmtree(model_dir / PARAMS_DIR)
-  (tmp / PARAMS_DIR).rename(model_dir / PARAMS_DIR)
-  (tmp / MODEL_JSON).rename(model_dir / MODEL_JSON)
-  shutil.rmtree(tmp)
+  if lead:
+    atomic_write_json(tmp / MODEL_JSON, spec)
+    # model.json is the done-marker: remove it first, put it back last.
+    (model_dir / MODEL_JSON).unlink(missing_ok=True)
+    if (model_dir / PARAMS_DIR).exists():
+      shutil.rmtree(model_dir / PARAMS_DIR)
+    (tmp / PARAMS_DIR).rename(model_dir / PARAMS_DIR)
+    (tmp / MODEL_JSON).rename(model_dir / MODEL_JSON)
+    shutil.rmtree(tmp)
+  _sync("model_folder.save:done")
+
+
+def _sync(name: str) -> None:
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+    multihost_utils.sync_global_devices(name)
 
 
 def read_spec(model_dir: str | os.PathLike, *, kind: str | None = None,
@@ -144,7 +156,7 @@ def restore_params(model_dir: str | os.PathLike, abstract: Any) -> Any:
   path = pathlib.Path(model_dir).resolve() / PARAMS_DIR
   if not path.exists():
     raise FileNotFoundError(f"{path}: missing (an incomplete model folder)")
-  device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+  device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
   abstract = jax.tree.map(
       lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device),
       abstract)

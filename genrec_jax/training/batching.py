@@ -10,7 +10,8 @@ reproducible) -> to_iter_dataset, whose get_state/set_state (or
 grain.checkpoint) restores it exactly. `batch_size` is global; process
 `shard_index` of `shard_count` keeps rows [i * B / n, (i + 1) * B / n) of
 every global batch (`check_shards`), random draws made for the whole global
-batch, so the shards partition exactly the batch one process would see.
+batch, so the shards partition exactly the batch one process would see;
+`shard_batches` does the same to a dataset of whole global batches.
 """
 
 from __future__ import annotations
@@ -121,6 +122,39 @@ def batch_pipeline(planner: EpochPlanner, make_batch: Callable, *, seed: int,
   ds = ds.random_map(make_batch, seed=seed)
   return ds.to_iter_dataset(grain.ReadOptions(
       num_threads=num_threads, prefetch_buffer_size=prefetch))
+
+
+class ProcessRows:
+  """Rows [i * B / n, (i + 1) * B / n) of every field of a global batch."""
+
+  def __init__(self, shard_index: int, shard_count: int):
+    if shard_count < 1 or not 0 <= shard_index < shard_count:
+      raise ValueError(f"shard_index {shard_index} not in [0, {shard_count})")
+    self.index, self.count = shard_index, shard_count
+
+  def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    sizes = {k: np.shape(v)[0] for k, v in batch.items()}
+    size = next(iter(sizes.values()), 0)
+    if any(b != size for b in sizes.values()) or size % self.count:
+      raise ValueError(f"global batch of {sizes} rows: not divisible into "
+                       f"{self.count} process shards")
+    per = size // self.count
+    return {k: v[self.index * per:(self.index + 1) * per]
+            for k, v in batch.items()}
+
+
+def shard_batches(ds, shard_index: int, shard_count: int):
+  """A grain dataset of global batches -> process `shard_index`'s rows.
+
+  For pipelines that build whole global batches (SASRec's): every process
+  makes the same global batch and keeps its slice, so `shard_count`
+  processes see together exactly the batch one process would (the loop
+  reassembles it with `sharding.global_batch`). Grain state is unchanged
+  (checkpoints resume as before).
+  """
+  if shard_count == 1:
+    return ds
+  return ds.map(ProcessRows(shard_index, shard_count))
 
 
 def prefixes(train: Ragged, min_history: int = 1

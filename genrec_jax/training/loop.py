@@ -32,9 +32,7 @@ transfer, nothing large closed over by jit, not checkpointed).
   linear warm-up then cosine / linear / constant decay, global-norm clipping.
 * Optional bfloat16 compute: f32 master params cast to bf16 in the loss.
 * One mesh (data / fsdp / tensor); params placed by the logical-axis rules
-  (training/sharding.py), the batch sharded over data + fsdp. Multi-host:
-  `maybe_initialize_distributed`, per-process datasets, the global batch
-  assembled with `jax.make_array_from_process_local_data`.
+  (training/sharding.py), the batch sharded over data + fsdp.
 * Orbax CheckpointManagers `latest/` (params, optimizer, step, early-stopping
   state, curves, grain iterator) and `best/` (selected params). Per-step keys
   are `fold_in(key(seed), step)`: a run killed anywhere and restarted
@@ -46,6 +44,13 @@ transfer, nothing large closed over by jit, not checkpointed).
   the log window into the curve and TensorBoard (tensorboardX), and a
   non-zero "dropped" (e.g. answer tokens cut by a loss budget) is logged as
   a warning. `write_train_log` writes train_log.json.
+* Multi-process (one per host, or binaries/launch_local.py; joined by
+  `sharding.maybe_initialize_distributed`): every process runs `train` with
+  its own rows of each global batch, assembled into global arrays with
+  `jax.make_array_from_process_local_data`; the mesh spans every process's
+  devices; every process saves and restores its shards of the Orbax
+  checkpoints (and its grain state); stop decisions agree (time budget:
+  process 0's clock); process 0 alone writes TensorBoard and train_log.json.
 """
 
 from __future__ import annotations
@@ -62,6 +67,7 @@ from absl import logging
 from flax import nnx
 import grain
 import jax
+from jax.experimental import multihost_utils
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
@@ -116,17 +122,20 @@ def reset_stale_checkpoints(ckpt_dir: str | pathlib.Path,
 
   Resuming needs the same model, data order and optimizer; the caller
   passes what determines them (JSON-able). A folder without the
-  fingerprint file (an older format) is deleted too.
+  fingerprint file (an older format) is deleted too. With several
+  processes, process 0 does it and the others wait.
   """
   ckpt_dir = pathlib.Path(ckpt_dir)
   text = json.dumps(fingerprint, sort_keys=True, default=str)
   path = ckpt_dir / "config.json"
-  if ckpt_dir.exists() and (not path.exists() or path.read_text() != text):
-    logging.warning("%s: written by another configuration; starting afresh",
-                    ckpt_dir)
-    shutil.rmtree(ckpt_dir)
-  ckpt_dir.mkdir(parents=True, exist_ok=True)
-  path.write_text(text)
+  if jax.process_index() == 0:
+    if ckpt_dir.exists() and (not path.exists() or path.read_text() != text):
+      logging.warning("%s: written by another configuration; starting "
+                      "afresh", ckpt_dir)
+      shutil.rmtree(ckpt_dir)
+    ckpt_dir.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+  sharding.sync("reset_stale_checkpoints")
 
 
 # ----------------------------------------------------------------------------
@@ -337,6 +346,13 @@ class _Trainer:
   def elapsed(self) -> float:
     return self.p.elapsed + time.time() - self.t_loop
 
+  def _over_budget(self) -> bool:
+    """Past max_minutes (process 0's clock: every process stops alike)."""
+    over = self.elapsed() > self.cfg.max_minutes * 60.0
+    if jax.process_count() > 1:
+      over = bool(multihost_utils.broadcast_one_to_all(np.int32(over)))
+    return over
+
   # -- checkpoints -----------------------------------------------------------
 
   def restore(self) -> None:
@@ -357,6 +373,9 @@ class _Trainer:
                  self.ckpt_dir / "latest", self.p.step)
 
   def save(self) -> None:
+    # The best checkpoint this one's meta refers to is on disk first (a
+    # kill between the two must not leave best_step without its params).
+    self.best_mngr.wait_until_finished()
     meta = dataclasses.asdict(self.p)
     meta["elapsed"] = self.elapsed()
     for k, v in self._window_sums().items():  # not yet logged
@@ -467,6 +486,12 @@ class _Trainer:
     except StopIteration:
       return False
     batch = sharding.global_batch(local, self.mesh)
+    if jax.process_count() > 1 and self.p.step == self.start_step and batch:
+      key = next(iter(batch))
+      logging.info("%s: process %d of %d feeds %d of the %d rows of each "
+                   "global batch", self.name, jax.process_index(),
+                   jax.process_count(), np.shape(local[key])[0],
+                   batch[key].shape[0])
     self.params, self.opt_state, metrics = self.step_fn(
         self.params, self.opt_state, self.rest, batch, self.base_key,
         np.asarray(self.p.step, np.int32))
@@ -496,7 +521,7 @@ class _Trainer:
                      "better %s)", self.name, step, self.p.bad_evals,
                      self.select)
         return "patience"
-    if cfg.max_minutes and self.elapsed() > cfg.max_minutes * 60.0:
+    if cfg.max_minutes and self._over_budget():
       logging.info("%s: time budget of %.1f min reached at step %d",
                    self.name, cfg.max_minutes, step)
       return "budget"
@@ -608,7 +633,9 @@ def train(model: nnx.Module, loss_fn: LossFn,
 
 
 def write_train_log(path: str | pathlib.Path, result: TrainResult) -> None:
-  """train_log.json: the loss curve and the evaluations."""
+  """train_log.json: the loss curve and the evaluations (process 0)."""
+  if jax.process_index() != 0:
+    return
   atomic_write_json(path, {"curve": result.curve, "evals": result.evals,
                            "step": result.step, "best": result.best,
                            "best_step": result.best_step,

@@ -39,6 +39,7 @@ from genrec_jax.data.dataset import (Dataset, DataError, EvalExamples,
                                      atomic_write_json)
 from genrec_jax.evaluation import metrics as metrics_lib
 from genrec_jax.models.sasrec import SASRec, sasrec_loss
+from genrec_jax.training import batching
 from genrec_jax.training import loop
 from genrec_jax.training import optimizer
 from genrec_jax.training import sharding
@@ -118,6 +119,8 @@ def train_model(config: ml_collections.ConfigDict, ds: Dataset,
     pipe = train_pipeline(ds.train, ds.num_items, max_len=mcfg.max_len,
                           batch_size=tcfg.batch_size, seed=config.seed)
   spe = pipe.steps_per_epoch
+  dataset = batching.shard_batches(pipe.dataset, jax.process_index(),
+                                   jax.process_count())
   logging.info("SASRec: %d train users, %d target positions per epoch, "
                "%d steps per epoch", len(pipe.source),
                pipe.source.num_positions, spe)
@@ -135,7 +138,7 @@ def train_model(config: ml_collections.ConfigDict, ds: Dataset,
   ckpt_dir = out / "checkpoints"
   loop.reset_stale_checkpoints(ckpt_dir, _fingerprint(config, ds))
   result = loop.train(
-      model, make_loss(tcfg.loss, max_positions), pipe.dataset,
+      model, make_loss(tcfg.loss, max_positions), dataset,
       optimizer.epochs_to_steps(tcfg, spe), mesh=sharding.mesh_from_config(
           config.get("mesh")), ckpt_dir=ckpt_dir,
       num_steps=tcfg.num_epochs * spe, seed=config.seed,

@@ -17,6 +17,7 @@ parameter's spec (it is replicated on them).
 from __future__ import annotations
 
 import math
+import os
 from typing import Any, Callable, Sequence
 
 from absl import logging
@@ -24,6 +25,7 @@ from flax import nnx
 import ml_collections
 import jax
 import numpy as np
+from jax.experimental import multihost_utils
 from jax.sharding import AxisType, NamedSharding, PartitionSpec as P
 
 from genrec_jax.models import layers
@@ -161,16 +163,55 @@ def batch_sharding(mesh: jax.sharding.Mesh, ndim: int,
 MESH_AXES = ("data", "fsdp", "tensor")
 
 
-def maybe_initialize_distributed(config: ml_collections.ConfigDict) -> None:
-  """`jax.distributed.initialize()` when config.distributed is set (once)."""
-  if not config.get("distributed", False):
-    return
+# Environment of a multi-process run (binaries/launch_local.py sets the
+# first three; on a TPU pod slice or a SLURM / Open MPI cluster set only
+# GENREC_DISTRIBUTED=1 and JAX detects the rest).
+ENV_COORDINATOR = "GENREC_COORDINATOR_ADDRESS"  # host:port of process 0
+ENV_NUM_PROCESSES = "GENREC_NUM_PROCESSES"
+ENV_PROCESS_ID = "GENREC_PROCESS_ID"
+ENV_DISTRIBUTED = "GENREC_DISTRIBUTED"  # "1": auto-detected initialize()
+
+
+def maybe_initialize_distributed(
+    config: ml_collections.ConfigDict | None = None) -> bool:
+  """`jax.distributed.initialize` once, when the environment asks for it.
+
+  Explicit: GENREC_NUM_PROCESSES, GENREC_PROCESS_ID and
+  GENREC_COORDINATOR_ADDRESS (every process the same address, process 0's
+  host). Auto-detected (TPU pod slices, SLURM, Open MPI): GENREC_DISTRIBUTED=1
+  or `config.distributed`. Must run before any JAX computation;
+  `binaries/common.run_stage` calls it for every binary.
+
+  Returns:
+    True when this process is part of a multi-process run.
+  """
   if jax.distributed.is_initialized():
-    return
-  jax.distributed.initialize()
+    return True
+  num = os.environ.get(ENV_NUM_PROCESSES)
+  auto = os.environ.get(ENV_DISTRIBUTED, "").lower() in ("1", "true") or (
+      config is not None and config.get("distributed", False))
+  if num is not None:
+    address = os.environ.get(ENV_COORDINATOR)
+    pid = os.environ.get(ENV_PROCESS_ID)
+    if not address or pid is None:
+      raise ValueError(f"{ENV_NUM_PROCESSES}={num} needs {ENV_COORDINATOR} "
+                       f"(host:port of process 0) and {ENV_PROCESS_ID}")
+    jax.distributed.initialize(coordinator_address=address,
+                               num_processes=int(num), process_id=int(pid))
+  elif auto:
+    jax.distributed.initialize()
+  else:
+    return False
   logging.info("jax.distributed: process %d of %d, %d local / %d devices",
                jax.process_index(), jax.process_count(),
                jax.local_device_count(), jax.device_count())
+  return True
+
+
+def sync(name: str) -> None:
+  """A barrier of all processes (nothing with one process)."""
+  if jax.process_count() > 1:
+    multihost_utils.sync_global_devices(name)
 
 
 def mesh_from_config(mesh_cfg) -> jax.sharding.Mesh:
@@ -187,6 +228,10 @@ def mesh_from_config(mesh_cfg) -> jax.sharding.Mesh:
   n = int(mesh_cfg.get("num_devices", 0) or 0)
   if not n or n == jax.device_count():
     return make_mesh(shape, axes)
+  if jax.process_count() > 1:
+    raise ValueError(f"config field 'mesh.num_devices' = {n}: a run of "
+                     f"{jax.process_count()} processes uses all "
+                     f"{jax.device_count()} devices (set it to 0)")
   if -1 in shape:
     shape[shape.index(-1)] = n // math.prod(s for s in shape if s != -1)
   if math.prod(shape) != n:
