@@ -6,8 +6,9 @@ python -m binaries.generate_rank --workdir=runs/lastfm --query="songs for a rain
 Loads WORKDIR/<generator> and WORKDIR/<ranker> (run_pipeline
 --config=configs/pipeline.py:lastfm builds them) once. Interactive without
 --query: one query per line, `exit` or `quit` (or end of input) ends it.
-Each answer: rank, artist name and score (the ranker's logit; `*` marks a
-popular item added when the generated SIDs held too few).
+Each answer: rank, artist name and score (the generator's and the ranker's
+ranks fused with the ranker folder's weight; `*` marks a popular item added
+when the generated SIDs held too few).
 """
 import sys
 

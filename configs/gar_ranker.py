@@ -50,6 +50,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # of a 150-step run at lr 5e-5).
   config.train.num_steps = 250
   config.train.num_epochs = 1
+  # Weights of the generator's order in the rank fusion with the ranker's
+  # (genrec_jax.gar.ranker.fuse: 0 = the ranker's order alone, the
+  # original's; 1 = the generator's); the best on valid NDCG@20 is used.
+  config.fusion_weights = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9,
+                           1.0)
   # Pairs per forward when scoring.
   config.eval_batch_size = 256
   # Test queries written to examples.json.

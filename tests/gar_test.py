@@ -200,6 +200,23 @@ def test_text_knn_votes_by_similarity_and_rank():
   assert out[1].tolist() == [2, 1, 4]
 
 
+def test_fuse_reciprocal_ranks():
+  cands = [np.array([7, 8, 9])]
+  logits = [np.array([0.1, 2.0, -1.0])]  # ranker order: 8, 7, 9
+  k = rank_lib.FUSION_K
+  items, scores = rank_lib.fuse(cands, logits, 0.0)
+  assert items[0].tolist() == [8, 7, 9]
+  items, _ = rank_lib.fuse(cands, logits, 1.0)
+  assert items[0].tolist() == [7, 8, 9]
+  items, scores = rank_lib.fuse(cands, logits, 0.3)
+  want = {7: 0.3 / k + 0.7 / (k + 1), 8: 0.3 / (k + 1) + 0.7 / k,
+          9: 0.3 / (k + 2) + 0.7 / (k + 2)}
+  assert items[0].tolist() == [8, 7, 9]
+  np.testing.assert_allclose(scores[0], [want[i] for i in (8, 7, 9)])
+  with pytest.raises(ValueError, match="outside"):
+    rank_lib.fuse(cands, logits, 1.5)
+
+
 def test_classification_metrics():
   m = rank_lib.classification(np.array([1.0, -1.0, 2.0, 0.5]),
                               np.array([1, 1, 0, 0]), "v/")
@@ -306,7 +323,9 @@ def test_lastfm_tiny_pipeline_and_demo(tmp_path, capsys):
   gm = json.loads((wd / "generator_s0" / "metrics.json").read_text())
   assert gm["test/pool_size"] > 0 and 0 <= gm["test/pool_recall"] <= 1
   rm = json.loads((wd / "generate_rank_s0" / "metrics.json").read_text())
-  assert {"valid/f1", "valid/precision", "test/ndcg@50"} <= set(rm)
+  assert {"valid/f1", "valid/precision", "test/ndcg@50",
+          "ranker_only/test/ndcg@20", "fusion_weight"} <= set(rm)
+  assert rm["valid/ndcg@20"] >= max(rm["fusion_valid_ndcg@20"].values()) - 1e-5
   # Candidates: only real items, no repeats, every generated SID's items.
   cands = json.loads((wd / "generator_s0" / "candidates.json").read_text())
   n_items = len(json.loads((wd / "lastfm/items.json").read_text())["names"])

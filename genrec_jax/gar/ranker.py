@@ -20,8 +20,10 @@ table's gradient would cost more than the layers'.
 Validation: precision / recall / F1 (logit > 0) on the valid texts' pairs
 built the same way; the best F1 is kept (the original's selection). The
 ranker then re-scores the candidates of a generator folder
-(`<generator>/candidates.json`): the final list is the candidates sorted by
-the ranker's logit. Writes WORKDIR/<name>/: model folder (kind
+(`<generator>/candidates.json`): the original sorts them by the ranker's
+logit alone (`ranker_only/*` metrics); the final list fuses the ranker's
+order with the generator's (`fuse`: weighted reciprocal ranks, the weight
+chosen on valid NDCG@20 from `fusion_weights` and kept in model.json). Writes WORKDIR/<name>/: model folder (kind
 "gar_ranker": model.json + params/ without the frozen table, which comes
 back from the MiniLM folder), metrics.json (test/valid Recall/NDCG@K of
 generate + rank, the generator's own figures under `generator/`, P/R/F1),
@@ -61,6 +63,8 @@ KIND = "gar_ranker"
 SELECT = "valid/f1"
 # The <item vector> slot (right after [CLS]).
 VEC_POS = 1
+# Rank offset of the reciprocal-rank fusion (candidate lists of ~100).
+FUSION_K = 10
 
 
 class Frozen(nnx.Variable):
@@ -300,22 +304,42 @@ class Ranker:
       out[s:s + m] = np.asarray(logits)[:m]
     return out
 
-  def rerank(self, texts: Sequence[str], candidates: Sequence[np.ndarray]
-             ) -> tuple[list[np.ndarray], list[np.ndarray]]:
-    """Per text: its candidates sorted by logit (ties: candidate order)."""
+  def logits(self, texts: Sequence[str], candidates: Sequence[np.ndarray]
+             ) -> list[np.ndarray]:
+    """Per text: the logit of each of its candidates (candidate order)."""
     pe = self.pair_encoder(bare_tokens(self.tokenizer, texts))
     t = np.concatenate([np.full(len(c), j) for j, c in enumerate(candidates)]
                        ).astype(np.int64)
     i = np.concatenate([np.asarray(c, np.int64) for c in candidates])
     scores = self.score_pairs(pe, t, i)
-    out_items, out_scores, s = [], [], 0
-    for c in candidates:
-      sc = scores[s:s + len(c)]
-      s += len(c)
-      order = np.argsort(-sc, kind="stable")
-      out_items.append(np.asarray(c)[order])
-      out_scores.append(sc[order])
-    return out_items, out_scores
+    bounds = np.cumsum([0] + [len(c) for c in candidates])
+    return [scores[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
+
+
+def fuse(candidates: Sequence[np.ndarray], logits: Sequence[np.ndarray],
+         weight: float) -> tuple[list[np.ndarray], list[np.ndarray]]:
+  """Per text: candidates by weighted reciprocal-rank fusion of the
+  generator's order and the ranker's logits,
+
+    score = weight / (FUSION_K + generator rank)
+            + (1 - weight) / (FUSION_K + ranker rank)
+
+  (0-based ranks; weight 0 = the ranker's order alone, as the original
+  sorts; 1 = the generator's). Ties keep the generator's order.
+  """
+  if not 0.0 <= weight <= 1.0:
+    raise ValueError(f"fusion weight {weight} outside [0, 1]")
+  out_items, out_scores = [], []
+  for c, lg in zip(candidates, logits):
+    n = len(c)
+    r_rank = np.empty(n, np.int64)
+    r_rank[np.argsort(-lg, kind="stable")] = np.arange(n)
+    score = (weight / (FUSION_K + np.arange(n))
+             + (1.0 - weight) / (FUSION_K + r_rank))
+    order = np.argsort(-score, kind="stable")
+    out_items.append(np.asarray(c)[order])
+    out_scores.append(score[order])
+  return out_items, out_scores
 
 
 @functools.partial(jax.jit, static_argnums=0)
@@ -465,25 +489,40 @@ def run(config, workdir) -> dict[str, Any]:
       ranker.score_pairs(pe["valid"], v["text"], v["item"]), v["label"],
       "valid/"))
   depth = max(queries_lib.KS)
-  examples = []
+  cands, logits = {}, {}
   for s in ("valid", "test"):
-    cands = candidates[s]
-    if [c["text"] for c in cands] != splits[s].texts:
+    if [c["text"] for c in candidates[s]] != splits[s].texts:
       raise DataError(f"{cand_path}: its {s} texts differ from "
                       f"{workdir / 'lastfm/queries.json'} (re-run the "
                       "generator)")
-    ranked, scores = ranker.rerank(splits[s].texts,
-                                   [np.asarray(c["items"]) for c in cands])
-    metrics.update(queries_lib.evaluate(
-        generator_lib.ranked_matrix(ranked, depth), splits[s], prefix=f"{s}/"))
-    if s == "test":
-      for t in range(min(config.num_examples, len(ranked))):
-        examples.append({
-            "query": splits[s].texts[t],
-            "top10": [[items["names"][i], round(float(x), 3)]
-                      for i, x in zip(ranked[t][:10], scores[t][:10])],
-            "generator_top10": [items["names"][i]
-                                for i in cands[t]["items"][:10]]})
+    cands[s] = [np.asarray(c["items"], np.int64) for c in candidates[s]]
+    logits[s] = ranker.logits(splits[s].texts, cands[s])
+
+  def evaluate_fused(s, weight, prefix):
+    ranked, _ = fuse(cands[s], logits[s], weight)
+    return queries_lib.evaluate(generator_lib.ranked_matrix(ranked, depth),
+                                splits[s], prefix=prefix)
+
+  # The fusion weight: the best valid NDCG@20 over the grid (ties: the
+  # smaller weight, i.e. more of the ranker).
+  grid = [round(float(w), 3) for w in config.fusion_weights]
+  valid_ndcg = {w: evaluate_fused("valid", w, "valid/")["valid/ndcg@20"]
+                for w in grid}
+  weight = max(grid, key=lambda w: (valid_ndcg[w], -w))
+  for s in ("valid", "test"):
+    metrics.update(evaluate_fused(s, weight, f"{s}/"))
+    # The original's list: the candidates by the ranker's logit alone.
+    metrics.update(evaluate_fused(s, 0.0, f"ranker_only/{s}/"))
+  metrics["fusion_weight"] = weight
+  metrics["fusion_valid_ndcg@20"] = {str(w): round(v, 5)
+                                     for w, v in valid_ndcg.items()}
+  ranked, scores = fuse(cands["test"], logits["test"], weight)
+  examples = [{
+      "query": splits["test"].texts[t],
+      "top10": [[items["names"][i], round(float(x), 4)]
+                for i, x in zip(ranked[t][:10], scores[t][:10])],
+      "generator_top10": [items["names"][i] for i in cands["test"][t][:10]]}
+              for t in range(min(config.num_examples, len(ranked)))]
   gen_metrics = json.loads((gen_dir / "metrics.json").read_text())
   for k in ("valid/pool_recall", "test/pool_recall", "valid/pool_size",
             "test/pool_size"):
@@ -494,7 +533,8 @@ def run(config, workdir) -> dict[str, Any]:
       "kind": KIND, "model_dir": str(mdir), "length": config.model.length,
       "item_dim": int(vectors.shape[1]),
       "train_word_embeddings": bool(config.model.train_word_embeddings),
-      "num_items": len(popular), "generator": config.generator},
+      "num_items": len(popular), "generator": config.generator,
+      "fusion_weight": weight},
       nnx.state(result.model, nnx.Param))
   atomic_write_json(out / "examples.json", examples)
   metrics.update({
@@ -506,9 +546,12 @@ def run(config, workdir) -> dict[str, Any]:
       "eval_seconds": round(time.time() - t_eval, 1),
       "seconds": round(time.time() - t_start, 1)})
   atomic_write_json(out / "metrics.json", metrics)
-  logging.info("%s test: recall@20 %.4f ndcg@20 %.4f (generator alone "
+  logging.info("%s test: recall@20 %.4f ndcg@20 %.4f with fusion weight "
+               "%g (ranker order alone %.4f / %.4f, generator alone "
                "%.4f / %.4f); valid F1 %.3f; %.0fs", config.name,
-               metrics["test/recall@20"], metrics["test/ndcg@20"],
+               metrics["test/recall@20"], metrics["test/ndcg@20"], weight,
+               metrics["ranker_only/test/recall@20"],
+               metrics["ranker_only/test/ndcg@20"],
                gen_metrics["test/recall@20"], gen_metrics["test/ndcg@20"],
                metrics["valid/f1"], metrics["seconds"])
   return metrics

@@ -31,7 +31,8 @@ class Hit:
   rank: int
   item: int
   name: str
-  # The ranker's logit (or the generator's SID vote without a ranker).
+  # The fused score (the ranker's model.json fusion weight), or the
+  # generator's SID vote without a ranker.
   score: float
   # The item came from a generated SID (False: popularity fill-up).
   generated: bool
@@ -48,7 +49,10 @@ class GenerateAndRank:
     enc_cfg = ml_collections.ConfigDict(spec["encoder"])
     self.encoder = encoders.make(enc_cfg)
     self.length = int(enc_cfg.max_length)
-    self.ranker = ranker_lib.load(workdir, ranker)[0] if ranker else None
+    self.ranker, self.fusion_weight = None, 1.0
+    if ranker:
+      self.ranker, rspec = ranker_lib.load(workdir, ranker)
+      self.fusion_weight = float(rspec.get("fusion_weight", 0.0))
 
   def query(self, text: str, top_n: int = 10) -> list[Hit]:
     """The top_n items for a query text (ValueError for an empty one)."""
@@ -61,8 +65,9 @@ class GenerateAndRank:
     items, scores, pool = items[0], scores[0], pools[0]
     generated = set(items[:pool].tolist())
     if self.ranker is not None:
-      ranked, rscores = self.ranker.rerank([norm], [items])
-      items, scores = ranked[0], rscores[0]
+      logits = self.ranker.logits([norm], [items])
+      ranked, fused = ranker_lib.fuse([items], logits, self.fusion_weight)
+      items, scores = ranked[0], fused[0]
     return [Hit(r + 1, int(i), self.names[int(i)], float(s),
                 int(i) in generated)
             for r, (i, s) in enumerate(zip(items[:top_n], scores[:top_n]))]
