@@ -248,15 +248,12 @@ class StatesScorer(beam_search.T5Scorer):
   def check_prompts(self, prompts, num_new):
     x = np.asarray(prompts["input_ids"])
     mask = np.asarray(prompts["attention_mask"]).astype(bool)
-    if x.ndim != 3 or mask.shape != x.shape[:2] or x.size == 0:
+    if x.ndim != 3 or mask.shape != x.shape[:2]:
       raise ValueError(f"prompts must be [batch, length, dim] states with a "
                        f"[batch, length] mask, got {x.shape} / {mask.shape}")
-    empty = np.flatnonzero(~mask.any(1))
-    if len(empty):
-      raise ValueError(f"prompt row {empty[0]} is all padding")
-    if self.max_decode_len is not None and num_new > self.max_decode_len:
-      raise ValueError(f"{num_new} decoder steps exceed the decoder cache "
-                       f"length {self.max_decode_len}")
+    # The mask and cache checks of token prompts (token ids are not used).
+    super().check_prompts({"input_ids": np.zeros(mask.shape, np.int32),
+                           "attention_mask": mask}, num_new)
 
 
 def loss_fn(model: SetGenerator, batch, key):
@@ -411,11 +408,7 @@ def save(model_dir, gen: Generator, *, spec_extra: dict[str, Any]) -> None:
 
 def load(workdir, name: str) -> tuple[Generator, dict[str, Any]]:
   """A generator model folder of `workdir` (and its model.json)."""
-  workdir = pathlib.Path(workdir)
-  model_dir = workdir / name
-  items = lastfm.load_items(workdir)
-  spec = model_folder.read_spec(model_dir, kind=KIND,
-                                num_items=len(items["artist_ids"]))
+  model_dir, _, spec = lastfm.read_model_spec(workdir, name, KIND)
   popular = np.asarray(spec["popular"], np.int64)
   cat = load_catalogue(workdir, spec["sids_dir"], popular)
   mc = dict(spec["model_config"])
@@ -482,10 +475,7 @@ def run(config, workdir) -> dict[str, Any]:
   model = SetGenerator(mcfg, text_dim, rngs=nnx.Rngs(config.seed))
   tcfg = config.train
   mesh = sharding.mesh_from_config(config.mesh)
-  dp = sharding.data_parallel_size(mesh)
-  if tcfg.batch_size % dp:
-    raise ValueError(f"config field 'train.batch_size' = {tcfg.batch_size} "
-                     f"is not divisible by the data-parallel size {dp}")
+  sharding.check_batch_size(tcfg.batch_size, mesh)
   data = QueryBatches(*states["train"], train.text_of[keep], targets,
                       tcfg.batch_size, config.seed)
   num_steps = int(tcfg.num_steps or data.batches_per_epoch * tcfg.num_epochs)

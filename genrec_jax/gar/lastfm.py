@@ -52,6 +52,7 @@ from typing import Any
 from absl import logging
 import numpy as np
 
+from genrec_jax import model_folder
 from genrec_jax.data import readers
 from genrec_jax.data.dataset import DataError, Ragged, replace_dir
 
@@ -412,6 +413,17 @@ def load_items(workdir) -> dict[str, list]:
   if not path.exists():
     raise DataError(f"{path}: missing; run binaries.prepare_lastfm first")
   return json.loads(path.read_text(encoding="utf-8"))
+
+
+def read_model_spec(workdir, name: str, kind: str
+                    ) -> tuple[pathlib.Path, dict[str, list], dict[str, Any]]:
+  """(WORKDIR/<name>, items.json, its model.json checked for `kind` and
+  this catalogue) of a generate-and-rank model folder."""
+  model_dir = pathlib.Path(workdir) / name
+  items = load_items(workdir)
+  spec = model_folder.read_spec(model_dir, kind=kind,
+                                num_items=len(items["artist_ids"]))
+  return model_dir, items, spec
 
 
 def run(config, workdir) -> dict[str, Any]:

@@ -386,11 +386,7 @@ def _build(model_dir, item_dim: int, train_word_embeddings: bool,
 
 def load(workdir, name: str) -> tuple[Ranker, dict[str, Any]]:
   """A ranker model folder of `workdir` (and its model.json)."""
-  workdir = pathlib.Path(workdir)
-  model_dir = workdir / name
-  items = lastfm.load_items(workdir)
-  spec = model_folder.read_spec(model_dir, kind=KIND,
-                                num_items=len(items["artist_ids"]))
+  model_dir, items, spec = lastfm.read_model_spec(workdir, name, KIND)
   vectors, _ = sid_build.load_embeddings(workdir, len(items["artist_ids"]))
   mdir = pathlib.Path(spec["model_dir"])
   model = _build(mdir, vectors.shape[1], bool(spec["train_word_embeddings"]),
@@ -438,10 +434,7 @@ def run(config, workdir) -> dict[str, Any]:
                  config.seed)
   tcfg = config.train
   mesh = sharding.mesh_from_config(config.mesh)
-  dp = sharding.data_parallel_size(mesh)
-  if tcfg.batch_size % dp:
-    raise ValueError(f"config field 'train.batch_size' = {tcfg.batch_size} "
-                     f"is not divisible by the data-parallel size {dp}")
+  sharding.check_batch_size(tcfg.batch_size, mesh)
   cls, sep = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
   pe = {s: PairEncoder(bare_tokens(tok, splits[s].texts), item_tokens, cls,
                        sep, config.model.length) for s in splits}

@@ -168,10 +168,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   out.mkdir(parents=True, exist_ok=True)
   tcfg, ecfg = config.train, config.eval
   mesh = sharding.mesh_from_config(config.mesh)
-  dp = sharding.data_parallel_size(mesh)
-  if tcfg.batch_size % dp:
-    raise ValueError(f"config field 'train.batch_size' = {tcfg.batch_size} "
-                     f"is not divisible by the data-parallel size {dp}")
+  sharding.check_batch_size(tcfg.batch_size, mesh)
   data = fmt.train_batches(batch_size=tcfg.batch_size, num_epochs=None,
                            seed=config.seed, shard_index=jax.process_index(),
                            shard_count=jax.process_count())

@@ -246,6 +246,16 @@ def data_parallel_size(mesh: jax.sharding.Mesh) -> int:
   return math.prod(mesh.shape.get(a, 1) for a in ("data", "fsdp"))
 
 
+def check_batch_size(batch_size: int, mesh: jax.sharding.Mesh,
+                     field: str = "train.batch_size") -> None:
+  """ValueError naming the config field unless the batch splits evenly
+  over the data-parallel devices."""
+  dp = data_parallel_size(mesh)
+  if batch_size % dp:
+    raise ValueError(f"config field '{field}' = {batch_size} is not "
+                     f"divisible by the data-parallel size {dp}")
+
+
 def global_batch(batch: dict[str, np.ndarray], mesh) -> dict[str, jax.Array]:
   """Host-local numpy batch -> global arrays sharded over data + fsdp."""
   out = {}
