@@ -198,6 +198,9 @@ def test_text_knn_votes_by_similarity_and_rank():
   # Query 1: text 2 (cos 1) and text 1 (0.8): item 2: 1, item 1: 0.8,
   # item 4: 0.8/log2(3).
   assert out[1].tolist() == [2, 1, 4]
+  # A catalogue smaller than the depth: every item once.
+  out = baselines.text_knn(q, train, lists, num_items=5, k=2, depth=50)
+  assert out.shape == (2, 5) and sorted(out[0].tolist()) == [0, 1, 2, 3, 4]
 
 
 def test_fuse_reciprocal_ranks():

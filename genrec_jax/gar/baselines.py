@@ -66,13 +66,13 @@ def text_knn(query_vecs: np.ndarray, train_vecs: np.ndarray,
   training texts (cosine of unit vectors; ties: lower id)."""
   sims = query_vecs @ train_vecs.T  # [Q, T]
   top = np.argsort(-sims, axis=1, kind="stable")[:, :k]
-  out = np.zeros((len(query_vecs), depth), np.int64)
+  out = np.zeros((len(query_vecs), min(depth, num_items)), np.int64)
   for q in range(len(query_vecs)):
     score = np.zeros(num_items)
     for t in top[q]:
       its = np.asarray(train_items[t], np.int64)
       np.add.at(score, its, sims[q, t] / np.log2(np.arange(len(its)) + 2.0))
-    out[q] = np.argsort(-score, kind="stable")[:depth]
+    out[q] = np.argsort(-score, kind="stable")[:out.shape[1]]
   return out
 
 
