@@ -124,6 +124,14 @@ class SearchResult(NamedTuple):
   codes: jax.Array
 
 
+def expand_state(scorer, state, width: int):
+  """A prefilled batch-1 scorer state -> `width` rows: the scorer's
+  `expand` when it has one, else every leaf repeated."""
+  if hasattr(scorer, "expand"):
+    return scorer.expand(state, width)
+  return jax.tree.map(lambda x: jnp.repeat(x, width, axis=0), state)
+
+
 def gather_beams(state, beam):
   """Reorders every leaf's leading (beam) axis."""
   return jax.tree.map(lambda x: x[beam], state)
@@ -395,10 +403,7 @@ def _search_one(scorer, params, prompt, tables: TrieTables, *,
     raise ValueError(
         f"SID tokens {sid_tokens.offsets} + sizes {sid_tokens.sizes} reach "
         f"token {sid_tokens.end - 1}, beyond the model vocabulary of {vocab}")
-  if hasattr(scorer, "expand"):
-    sstate = scorer.expand(sstate, w)
-  else:  # every leaf copied to the W beams
-    sstate = jax.tree.map(lambda x: jnp.repeat(x, w, axis=0), sstate)
+  sstate = expand_state(scorer, sstate, w)
   logits = jnp.broadcast_to(logits, (w, vocab))  # [W, V]
   scores = jnp.where(jnp.arange(w) == 0, 0.0, NEG_INF)  # [W]
   tstate = jnp.zeros((w,), jnp.int32)  # [W] all at the root

@@ -64,7 +64,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from genrec_jax.decoding.beam_search import NEG_INF, SidTokens, gather_beams
+from genrec_jax.decoding.beam_search import (NEG_INF, SidTokens, expand_state,
+                                             gather_beams)
 from genrec_jax.decoding.trie import Trie
 
 
@@ -294,10 +295,7 @@ def _start(scorer, params, prompt, spec: SetSpec, tables: SetTables,
   if top > vocab:
     raise ValueError(f"SID / EOS / pad tokens reach token {top - 1}, beyond "
                      f"the model vocabulary of {vocab}")
-  if hasattr(scorer, "expand"):
-    sstate = scorer.expand(sstate, width)
-  else:  # every leaf copied to the W rows
-    sstate = jax.tree.map(lambda x: jnp.repeat(x, width, axis=0), sstate)
+  sstate = expand_state(scorer, sstate, width)
   logits = jnp.broadcast_to(logits, (width, vocab))  # [W, V]
   one = init_state(spec, tables)
   cstate = jax.tree.map(lambda x: jnp.broadcast_to(x, (width,) + x.shape),

@@ -43,14 +43,6 @@ MODELS = ("popularity", "text_similarity", "text_knn", "item2vec_centroid")
 EVAL_SPLITS = ("valid", "test")
 
 
-def popularity(splits: dict[str, queries_lib.QuerySplit],
-               listeners: np.ndarray) -> np.ndarray:
-  """Items best first: training-query frequency, then listeners, then id."""
-  counts = np.bincount(splits["train"].targets.values,
-                       minlength=len(listeners))
-  return np.lexsort((np.arange(len(listeners)), -listeners, -counts))
-
-
 def top_by_cosine(queries: np.ndarray, items: np.ndarray, k: int) -> np.ndarray:
   """int [Q, k]: items by cosine to each query vector (ties: lower id)."""
   norm = lambda x: x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True),
@@ -99,7 +91,7 @@ def run(config, workdir) -> dict[str, Any]:
   splits = queries_lib.load_splits(workdir)
   listeners = np.asarray(items["listeners"])
   depth = max(queries_lib.KS)
-  pop = popularity(splits, listeners)[:depth]
+  pop = queries_lib.popularity_order(splits, listeners)[:depth]
   out = {}
   for name in config.models:
     t1 = time.perf_counter()

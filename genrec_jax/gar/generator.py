@@ -149,14 +149,6 @@ def load_catalogue(workdir, sids_dir: str, popular: np.ndarray) -> Catalogue:
                    Ragged.from_lengths(lengths, order), np.asarray(popular))
 
 
-def popularity_order(splits, listeners: np.ndarray) -> np.ndarray:
-  """Items by training-query frequency, then listeners, then id."""
-  counts = np.bincount(splits["train"].targets.values,
-                       minlength=len(listeners))
-  return np.lexsort((np.arange(len(listeners)), -np.asarray(listeners),
-                     -counts))
-
-
 def target_sids(split: queries_lib.QuerySplit, cat: Catalogue, order: str,
                 max_sids: int) -> list[list[int]]:
   """Per query, its items' SIDs (each once) in `order`, at most max_sids."""
@@ -456,7 +448,7 @@ def run(config, workdir) -> dict[str, Any]:
   workdir = pathlib.Path(workdir).resolve()
   items = lastfm.load_items(workdir)
   splits = queries_lib.load_splits(workdir)
-  popular = popularity_order(splits, np.asarray(items["listeners"]))
+  popular = queries_lib.popularity_order(splits, items["listeners"])
   cat = load_catalogue(workdir, config.sids_dir, popular)
   dcfg = config.data
   train = splits["train"]

@@ -74,6 +74,16 @@ def load_splits(workdir) -> dict[str, QuerySplit]:
   return {s: split_of(qs) for s, qs in lastfm.load_queries(workdir).items()}
 
 
+def popularity_order(splits: dict[str, QuerySplit],
+                     listeners: np.ndarray) -> np.ndarray:
+  """Every item, best first: training-query frequency, then listeners,
+  then id (the popularity baseline; the generator's fill-up order)."""
+  listeners = np.asarray(listeners)
+  counts = np.bincount(splits["train"].targets.values,
+                       minlength=len(listeners))
+  return np.lexsort((np.arange(len(listeners)), -listeners, -counts))
+
+
 def evaluate(ranked: np.ndarray, split: QuerySplit, *, prefix: str,
              ks: Sequence[int] = KS, per_text: bool = True
              ) -> dict[str, float]:
