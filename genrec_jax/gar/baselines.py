@@ -93,6 +93,7 @@ def run(config, workdir) -> dict[str, Any]:
   depth = max(queries_lib.KS)
   pop = queries_lib.popularity_order(splits, listeners)[:depth]
   out = {}
+  enc = None  # the sentence encoder, loaded once when a model needs it
   for name in config.models:
     t1 = time.perf_counter()
     metrics: dict[str, Any] = {}
@@ -102,7 +103,7 @@ def run(config, workdir) -> dict[str, Any]:
         metrics.update(queries_lib.evaluate(
             np.tile(pop, (len(sp.texts), 1)), sp, prefix=f"{s}/"))
     elif name == "text_similarity":
-      enc = encoders.make(config.encoder)
+      enc = enc or encoders.make(config.encoder)
       item_vecs = enc.encode(items["names"])
       for s in EVAL_SPLITS:
         sp = splits[s]
@@ -110,7 +111,7 @@ def run(config, workdir) -> dict[str, Any]:
         metrics.update(queries_lib.evaluate(ranked, sp, prefix=f"{s}/"))
       metrics["encoder"] = enc.describe()
     elif name == "text_knn":
-      enc = encoders.make(config.encoder)
+      enc = enc or encoders.make(config.encoder)
       train_vecs = enc.encode(splits["train"].texts)
       train_items = splits["train"].text_items()
       for s in EVAL_SPLITS:

@@ -420,10 +420,12 @@ def load(workdir, name: str) -> tuple[Generator, dict[str, Any]]:
 # The stage.
 
 
-def text_states(encoder_cfg, texts: Sequence[str]):
-  """MiniLM token states of `texts`: (float32 [T, S, D], int32 [T, S])."""
+def text_states(encoder_cfg, texts: dict[str, Sequence[str]]):
+  """MiniLM token states of each group of texts (the encoder loaded once):
+  name -> (float32 [T, S, D], int32 [T, S])."""
   enc = encoders.make(encoder_cfg)
-  return enc.token_states(list(texts), int(encoder_cfg.max_length))
+  return {k: enc.token_states(list(t), int(encoder_cfg.max_length))
+          for k, t in texts.items()}
 
 
 def _evaluate_split(gen: Generator, states, mask, split, prefix: str,
@@ -458,7 +460,7 @@ def run(config, workdir) -> dict[str, Any]:
   targets = target_tokens(sid_lists, cat, dcfg.max_sids)[keep]
   t0 = time.time()
   texts = {s: splits[s].texts for s in ("train", "valid", "test")}
-  states = {s: text_states(config.encoder, t) for s, t in texts.items()}
+  states = text_states(config.encoder, texts)
   logging.info("%s: text states of %s texts in %.1fs", config.name,
                {s: len(t) for s, t in texts.items()}, time.time() - t0)
 
