@@ -4,11 +4,11 @@ python -m binaries.benchmark --config=configs/benchmarks.py:<name> --workdir=run
 
 `<name>` is a module `genrec_jax.benchmarks.<name>` with `run(config,
 workdir) -> dict`; its config is the function of the same name here
-(beam_search, decoder, generative, lightgcn, rq_kmeans, sasrec, serving,
-word2vec). There is no default: a missing or unknown name is an error that
-lists them. The torch side of beam_search and decoder runs in `.venv-torch`
-(`make bench-venv`); word2vec needs gensim in .venv (`.venv/bin/pip install
--e .[gensim]`).
+(beam_search, decoder, generative, lightgcn, rq_kmeans, rl, sasrec,
+serving, train_step, word2vec). There is no default: a missing or unknown
+name is an error that lists them. The torch side of beam_search, decoder,
+rl and train_step runs in `.venv-torch` (`make bench-venv`); word2vec needs
+gensim in .venv (`.venv/bin/pip install -e .[gensim]`).
 Stage configs a benchmark uses are resolved here (override them as
 `--config.generative.model.d_model=...`, not through the variant name);
 `generative,<variant>` resolves another configs/generative.py TIGER variant
@@ -251,7 +251,29 @@ def _rl() -> ml_collections.ConfigDict:
   return config
 
 
-_BENCHMARKS = {"beam_search": _beam_search, "decoder": _decoder,
+def _train_step() -> ml_collections.ConfigDict:
+  config = ml_collections.ConfigDict()
+  # Seed of the batch order (the models' init: their configs' seeds).
+  config.seed = 0
+  # Workdir holding Beauty's dataset/ and sids/.
+  config.workdir = "runs/beauty"
+  # configs/generative.py variants timed (TIGER at two sizes, SID decoder)
+  # and their configs (override as --config.generative.tiger_paper....).
+  config.models = ("tiger_beauty_cpu", "tiger_paper", "decoder_beauty_cpu")
+  config.generative = ml_collections.ConfigDict(
+      {m: generative.get_config(m) for m in config.models})
+  # Batches timed per model (each side runs the same ones).
+  config.steps = 8
+  # Timed passes over the batches (the fastest counts, on both sides).
+  config.repeats = 2
+  # torch threads (the machine has 2 cores) and the torch venv's python
+  # (None: .venv-torch; "" = skip the torch side).
+  config.torch_threads = 2
+  config.torch_python = ml_collections.config_dict.placeholder(str)
+  return config
+
+
+_BENCHMARKS = {"beam_search": _beam_search, "train_step": _train_step, "decoder": _decoder,
                "generative": _generative, "lightgcn": _lightgcn,
                "rq_kmeans": _rq_kmeans, "sasrec": _sasrec,
                "serving": _serving, "word2vec": _word2vec, "rl": _rl}

@@ -82,7 +82,7 @@ def _t5_config(m, vocab: int) -> t5.T5Config:
       num_heads=m.num_heads, feed_forward_proj=m.feed_forward_proj,
       relative_attention_num_buckets=m.relative_attention_num_buckets,
       relative_attention_max_distance=m.relative_attention_max_distance,
-      tie_word_embeddings=True, decoder_start_token_id=PAD, pad_token_id=PAD,
+      scan_layers=m.get("scan_layers", True), tie_word_embeddings=True, decoder_start_token_id=PAD, pad_token_id=PAD,
       eos_token_id=EOS)
 
 

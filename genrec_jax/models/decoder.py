@@ -74,6 +74,10 @@ class DecoderConfig:
   pad_token_id: int | None = None
   # Parameter / compute dtype.
   dtype: Any = jnp.float32
+  # Run the blocks as a lax.scan loop (compile time flat in depth) or
+  # unrolled (False: straight-line code, faster backward on CPU for a few
+  # small blocks; benchmarks/train_step.py).
+  scan_layers: bool = True
 
   def __post_init__(self):
     if self.head_dim is None:
@@ -281,7 +285,8 @@ class Decoder(nnx.Module):
       return (h, c), ys
 
     xs = (layers.stacked(self.layers), jnp.arange(self.config.num_layers))
-    (x, cache), ys = jax.lax.scan(body, (x, cache), xs)
+    (x, cache), ys = jax.lax.scan(body, (x, cache), xs,
+                                  unroll=not self.config.scan_layers)
     return x, cache, ys
 
   def _head(self, h: Array) -> Array:
