@@ -75,8 +75,8 @@ class DecoderConfig:
   # Parameter / compute dtype.
   dtype: Any = jnp.float32
   # Run the blocks as a lax.scan loop (compile time flat in depth) or
-  # unrolled (False: straight-line code, faster backward on CPU for a few
-  # small blocks; benchmarks/train_step.py).
+  # unrolled (False: straight-line code; a few % faster forward + backward
+  # of small from-scratch decoders on CPU).
   scan_layers: bool = True
 
   def __post_init__(self):

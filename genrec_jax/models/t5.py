@@ -71,8 +71,8 @@ class T5Config:
   # Parameter / compute dtype.
   dtype: Any = jnp.float32
   # Run the blocks as a lax.scan loop (compile time flat in depth) or
-  # unrolled (False: XLA sees straight-line code; on CPU the backward of a
-  # few small blocks is ~1.5x faster, benchmarks/train_step.py).
+  # unrolled (False: straight-line code; on 2 CPU cores forward + backward
+  # of tiger_beauty_cpu: 341 vs 376 ms a batch of 256).
   scan_layers: bool = True
 
   def __post_init__(self):
