@@ -113,6 +113,13 @@ KINDS: dict[str, StageKind] = {
                               lambda c: [f"{c.name}/metrics.json"],
                               name_field="name",
                               input_fields=("generator",)),
+    "generate_texts": StageKind("genrec_jax.ur4rec.texts:run",
+                                lambda c: [f"{c.name}/report.json"]),
+    "build_features": StageKind("genrec_jax.ur4rec.features:run",
+                                lambda c: ["features/meta.json"]),
+    "train_ur4rec": StageKind("genrec_jax.ur4rec.stage:run",
+                              lambda c: [f"{c.name}/metrics.json"],
+                              name_field="name"),
 }
 # The stage config field a seeded run sets (every stage kind calls it so).
 SEED_FIELD = "seed"
@@ -312,8 +319,10 @@ def run(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, *,
              "date": time.strftime("%Y-%m-%d", time.gmtime())}
   atomic_write_json(workdir / RESULTS_FILE, summary)
   logging.info("results (test split): %s", workdir / RESULTS_FILE)
-  lines = ["", format_table(results, seeds,
-                            tuple(config.get("table_keys") or TABLE_KEYS))]
+  keys = tuple(config.get("table_keys") or TABLE_KEYS)
+  lines = ["", format_table(results, seeds, keys)]
+  if config.get("breakdown"):
+    lines += ["", format_breakdown(results, seeds, keys)]
   examples = format_examples(workdir, config.get("num_examples", 3))
   examples += format_query_examples(workdir, config.get("num_examples", 3))
   if examples:
@@ -437,6 +446,33 @@ def format_table(results: dict[str, dict[str, float]],
   fmt = lambda r: "  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip()
   lines = [fmt(head), "  ".join("-" * w for w in widths)]
   return "\n".join(lines + [fmt(r) for r in rows])
+
+
+def format_breakdown(results: dict[str, dict[str, float]],
+                     seeds: dict[str, dict[str, Any]] | None = None,
+                     keys: Sequence[str] = TABLE_KEYS) -> str:
+  """One row per `<prefix>/test/<key>` group of each model's metrics.
+
+  E.g. UR4Rec's `full/rank/test/ndcg@10` -> row "ur4rec full/rank" (each
+  scorer and fusion under each protocol); cells as in `format_table`.
+  """
+  seeds = seeds or {}
+  sub: dict[str, dict[str, float]] = {}
+  sub_seeds: dict[str, dict[str, Any]] = {}
+  for model, m in results.items():
+    # In the order they first appear.
+    prefixes = dict.fromkeys(k.split("/test/")[0] for k in m
+                             if "/test/" in k and not k.startswith("test/"))
+    for p in prefixes:
+      row = f"{model} {p}"
+      sub[row] = {f"test/{k.split('/test/')[1]}": v for k, v in m.items()
+                  if k.startswith(f"{p}/test/")}
+      s = seeds.get(model)
+      if s:
+        sub_seeds[row] = {"num_seeds": s["num_seeds"], "std": {
+            f"test/{k.split('/test/')[1]}": v for k, v in s["std"].items()
+            if k.startswith(f"{p}/test/")}}
+  return format_table(sub, sub_seeds, keys)
 
 
 def format_examples(workdir: pathlib.Path, num_users: int) -> list[str]:

@@ -308,13 +308,14 @@ class _Trainer:
 
   def __init__(self, model, loss_fn, dataset, cfg, *, mesh, ckpt_dir,
                num_steps, seed, evaluate, select, summary_dir, examples_key,
-               examples_per_step, name, derived=None):
+               examples_per_step, name, derived=None, optimizer=None):
     self.cfg, self.mesh, self.num_steps, self.name = cfg, mesh, num_steps, name
     self.derived = derived
     self.evaluate, self.select = evaluate, select
     model = sharding.shard_model(model, mesh)
     self.graphdef, self.params, self.rest = nnx.split(model, nnx.Param, ...)
-    tx = optimizer_lib.make_optimizer(cfg, num_steps)
+    tx = (optimizer_lib.make_optimizer(cfg, num_steps) if optimizer is None
+          else optimizer)
     with jax.set_mesh(mesh):
       self.opt_state = jax.jit(tx.init)(self.params)
     self.traces = 0
@@ -572,7 +573,9 @@ def train(model: nnx.Module, loss_fn: LossFn,
           examples_per_step: int | None = None,
           derived: Callable[[dict[str, float]], dict[str, float]]
           | None = None,
-          name: str = "train") -> TrainResult:
+          name: str = "train",
+          optimizer: optax.GradientTransformation | None = None
+          ) -> TrainResult:
   """Trains `model` for up to `num_steps` steps (resumable).
 
   Args:
@@ -599,6 +602,9 @@ def train(model: nnx.Module, loss_fn: LossFn,
     derived: window aux sums -> more curve values (e.g. rates such as
       hits / groups); added to each log point, TensorBoard and the log line.
     name: prefix of log lines.
+    optimizer: replaces the config's AdamW (e.g. per-part learning rates,
+      frozen parts: ur4rec/stage.py); None = `make_optimizer(cfg,
+      num_steps)`. The log's learning_rate is still the config's schedule.
 
   Returns:
     TrainResult.
@@ -613,7 +619,7 @@ def train(model: nnx.Module, loss_fn: LossFn,
                      evaluate=evaluate, select=select,
                      summary_dir=summary_dir, examples_key=examples_key,
                      examples_per_step=examples_per_step,
-                     derived=derived, name=name)
+                     derived=derived, name=name, optimizer=optimizer)
   try:
     stop_reason = trainer.run()
     params = trainer.selected_params()
