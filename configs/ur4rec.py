@@ -59,8 +59,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
   t = config.train = common.train()
   t.update(weight_decay=1e-5, warmup_steps=100, schedule="cosine",
-           grad_clip=1.0, log_every=100, eval_every=200, patience=3,
-           checkpoint_every=200)
+           grad_clip=1.0, log_every=100, eval_every=500, patience=3,
+           checkpoint_every=500)
   # Nominal peak (the log's schedule); the parts use their own below.
   t.learning_rate = 1e-4
   # Learning rate of the SASRec part and of the retriever part.
@@ -78,7 +78,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # Steps of each training stage (0 = skipped): retriever alone, joint
   # (alternating parts), end to end (+ the fused-score loss).
   t.steps = ml_collections.ConfigDict(
-      dict(retriever=1500, joint=400, end_to_end=400))
+      dict(retriever=1500, joint=100, end_to_end=150))
 
   config.eval = ml_collections.ConfigDict()
   # Sampled protocol: negatives per row and their seed (fixed across

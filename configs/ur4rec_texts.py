@@ -112,6 +112,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # ~190 prompt tokens a user on ML-100K (20 items: ~300; prefill of the
     # prompts is a third of the time on 2 CPU cores).
     config.history = 10
+    # Two or three sentences a user, one an item (~15 min for ML-100K).
+    config.lm.user_max_new_tokens = 48
+    config.lm.item_max_new_tokens = 32
   elif variant == "tiny":  # tests: seconds on 2 cores
     config.name = "texts_tiny"
     config.backend = "lm"

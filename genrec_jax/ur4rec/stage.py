@@ -40,7 +40,9 @@ Fusions (genrec_jax/ur4rec/fusion.py): weighted, rank, cascade (their
 weights / shortlist chosen on valid NDCG@10 of each protocol) and a gate
 fitted on the valid rows. Keys `<protocol>/<method>/<split>/<metric>`;
 `test/*` and `valid/*` are the fusion picked by valid NDCG@10 under the
-full protocol (`selected`).
+full protocol (`selected`). `sasrec_pretrained` is the SASRec folder as
+loaded (the baseline every fusion is compared with); `sasrec` is the SASRec
+part after the joint stages.
 """
 
 from __future__ import annotations
@@ -85,8 +87,13 @@ STAGES = ("retriever", "joint", "end_to_end")
 SELECT = "valid/ndcg@10"
 # Evaluation protocols.
 PROTOCOLS = ("sampled", "full")
-# Scorers and fusions reported ("sasrec" and "retriever" alone first).
-METHODS = ("sasrec", "retriever", "weighted", "rank", "cascade", "gate")
+# Scorers and fusions reported: the SASRec folder as loaded (stage 1, the
+# baseline), the SASRec and retriever parts after the training stages, and
+# their fusions.
+METHODS = ("sasrec_pretrained", "sasrec", "retriever", "weighted", "rank",
+           "cascade", "gate")
+# The fusions (the others are single scorers).
+FUSIONS = ("weighted", "rank", "cascade", "gate")
 
 
 class UserText(nnx.Variable):
@@ -375,11 +382,13 @@ def protocol_arrays(a_full, b_full, ex: EvalExamples, protocol: str):
 
 def evaluate_fusions(scores: dict[str, tuple[np.ndarray, np.ndarray]],
                      valid: EvalExamples, test: EvalExamples, *,
-                     seed: int) -> tuple[dict[str, float], dict[str, Any]]:
+                     seed: int, pretrained: dict[str, np.ndarray]
+                     ) -> tuple[dict[str, float], dict[str, Any]]:
   """Every scorer and fusion under both protocols; weights fit on valid.
 
   Args:
     scores: {"valid": (A, B), "test": (A, B)} full score arrays.
+    pretrained: {"valid": A0, "test": A0}: the loaded SASRec's scores.
     valid, test: the rows (with sampled candidates).
     seed: the gate's seed.
 
@@ -395,7 +404,13 @@ def evaluate_fusions(scores: dict[str, tuple[np.ndarray, np.ndarray]],
     hist_t = test.history.lengths()
     chosen[protocol] = {}
     for method in METHODS:
-      if method == "sasrec":
+      if method == "sasrec_pretrained":
+        fv = protocol_arrays(pretrained["valid"], scores["valid"][1], valid,
+                             protocol)[0]
+        ft = protocol_arrays(pretrained["test"], scores["test"][1], test,
+                             protocol)[0]
+        params = {}
+      elif method == "sasrec":
         fv, ft = va[0], te[0]
         params = {}
       elif method == "retriever":
@@ -534,6 +549,11 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
       ex_take(ds.test, np.arange(len(ds.test))), seqs, ds.num_items,
       config.eval.num_negatives, config.eval.candidate_seed + 1)
 
+  # The baseline: stage 1's SASRec before any UR4Rec training.
+  pretrained = {"valid": all_scores(model, valid, max_len=max_len,
+                                    history_len=hl)[0],
+                "test": all_scores(model, test, max_len=max_len,
+                                   history_len=hl)[0]}
   tcfg = config.train
   mesh = sharding.mesh_from_config(config.get("mesh"))
   logs = {}
@@ -572,10 +592,10 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
                                 history_len=hl),
             "test": all_scores(model, test, max_len=max_len,
                                history_len=hl)}
-  metrics, chosen = evaluate_fusions(scores, valid, test, seed=config.seed)
-  fused = [m for m in METHODS if m not in ("sasrec", "retriever")]
-  best = max(fused, key=lambda m: (metrics[f"full/{m}/valid/ndcg@10"],
-                                   -fused.index(m)))
+  metrics, chosen = evaluate_fusions(scores, valid, test, seed=config.seed,
+                                     pretrained=pretrained)
+  best = max(FUSIONS, key=lambda m: (metrics[f"full/{m}/valid/ndcg@10"],
+                                     -FUSIONS.index(m)))
   for k, v in list(metrics.items()):
     protocol, method, rest = k.split("/", 2)
     if method == best:
