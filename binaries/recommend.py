@@ -30,6 +30,9 @@ def _show(rec: Recommender, history: list[int], user: int = -1) -> None:
   sys.stdout.write("history (last 10):\n")
   for line in rec.describe(history[-10:]):
     sys.stdout.write(f"  {line}\n")
+  why = rec.explain(user)
+  if why:
+    sys.stdout.write(f"preference text (what the retriever read):\n  {why}\n")
   sys.stdout.write(f"top {_TOP_N.value}:\n")
   for rank, line in enumerate(rec.describe(rec.recommend(history, user=user, top_n=_TOP_N.value)), 1):
     sys.stdout.write(f"  {rank:2d}. {line}\n")

@@ -24,6 +24,7 @@ from genrec_jax.data.dataset import DataError, Dataset, EvalExamples, Ragged
 from genrec_jax.generative import ranker as generative_ranker
 from genrec_jax.graph import lightgcn_train
 from genrec_jax.training import sasrec_train
+from genrec_jax.ur4rec import stage as ur4rec_stage
 
 
 def _generative(model_dir, workdir, spec, ds):
@@ -37,6 +38,7 @@ _LOADERS = {
     "lightgcn": lambda d, w, spec, ds: lightgcn_train.load_ranker(d, ds),
     "t5": _generative,
     "decoder": _generative,
+    "ur4rec": ur4rec_stage.load_ranker,
 }
 
 
@@ -97,6 +99,11 @@ class Recommender:
     items = self.model.rank(batch, top_n=top_n,
                             exclude_history=exclude_history)
     return [int(i) for i in items[0] if i >= 0]
+
+  def explain(self, user: int) -> str | None:
+    """Why: the user's preference text, for models that read one."""
+    explain = getattr(self.model, "explain", None)
+    return None if explain is None else explain(user)
 
   def describe(self, items: Sequence[int]) -> list[str]:
     """'raw id: title' lines of internal item ids."""

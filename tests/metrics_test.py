@@ -25,6 +25,29 @@ def _fixed_scores(table):
   return score
 
 
+def test_ranks_from_candidate_scores_matches_brute_force():
+  rng = np.random.default_rng(0)
+  B, C = 64, 7
+  scores = rng.integers(0, 4, (B, C)).astype(np.float32)  # many ties
+  mask = rng.random((B, C)) < 0.7
+  target = rng.integers(-1, C, B)  # -1: absent
+  want = []
+  for b in range(B):
+    t = target[b]
+    if t < 0:
+      want.append(metrics.NOT_FOUND)
+      continue
+    others = [c for c in range(C) if c != t and mask[b, c]]
+    if not mask[b, t]:  # masked target: after every valid candidate
+      want.append(len(others))
+    else:  # ties count against the target
+      want.append(sum(scores[b, c] >= scores[b, t] for c in others))
+  got = metrics.ranks_from_candidate_scores(scores, mask, target)
+  assert got.dtype == np.int32 and got.shape == (B,)
+  np.testing.assert_array_equal(np.asarray(got), want)
+  assert (~mask[np.arange(B), np.maximum(target, 0)] & (target >= 0)).any()
+
+
 def test_ranks_full_with_mask_and_pessimistic_ties():
   # 5 items. Row 0: target 2; scores 0.9 (item 0, masked history), 0.5, 0.7,
   # 0.7, 0.1 -> items ranked above-or-equal to 2: item 3 (tie) -> rank 1.

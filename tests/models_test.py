@@ -141,6 +141,24 @@ def test_cache_matches_full_forward_with_left_padding(model_type):
                                  atol=1e-5)
 
 
+def test_prefill_last_only_equals_last_position_of_full_prefill():
+  model = _tiny_decoder()
+  rng = np.random.default_rng(5)
+  ids = jnp.asarray(rng.integers(0, 37, (3, 6)), jnp.int32)
+  mask = jnp.asarray(np.array([[1] * 6, [0] * 2 + [1] * 4, [0] * 5 + [1]],
+                              bool))
+  full, want_cache = jit_apply(
+      model, lambda m, x, k, c: m.prefill(x, k, c), ids, mask,
+      model.init_cache(3, 9))
+  last, got_cache = jit_apply(
+      model, lambda m, x, k, c: m.prefill(x, k, c, last_only=True), ids, mask,
+      model.init_cache(3, 9))
+  assert full.shape == (3, 6, 37) and last.shape == (3, 37)
+  np.testing.assert_allclose(np.asarray(last), np.asarray(full)[:, -1],
+                             atol=1e-6)
+  jax.tree.map(np.testing.assert_array_equal, got_cache, want_cache)
+
+
 def test_cache_beam_gather_and_scan():
   model = _tiny_decoder()
   graphdef, state = nnx.split(model)

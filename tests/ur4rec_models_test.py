@@ -230,7 +230,7 @@ def test_split_bert_top_layers_equal_full_model():
   bottom, top = retriever_lib.split_bert(full, 2)
   assert bottom.config.num_hidden_layers == 1
   below = bottom(ids, mask)  # [B, S, E]
-  got = retriever_lib.run_bert_layers(below, mask, layers.stacked(top),
+  got = bert.bert_layers(below, mask, layers.stacked(top),
                                       TINY_BERT)
   m = np.asarray(mask)[..., None]
   np.testing.assert_allclose(np.asarray(got) * m, want * m, rtol=1e-4,

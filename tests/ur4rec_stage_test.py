@@ -10,9 +10,11 @@ import pytest
 
 from configs import sasrec as sasrec_config
 from configs import ur4rec as ur4rec_config
+from genrec_jax import recommend
 from genrec_jax.data.dataset import Dataset, EvalExamples, Ragged
 from genrec_jax.semantic_ids import encoders
 from genrec_jax.training import sasrec_train
+from genrec_jax.ur4rec import fusion
 from genrec_jax.ur4rec import stage
 
 NUM_USERS, NUM_ITEMS, PER_USER = 41, 24, 9
@@ -151,6 +153,19 @@ def test_stage_learns_and_reports_both_protocols(workdir):
   spec = json.loads((workdir / "ur4rec" / "model.json").read_text())
   assert spec["kind"] == "ur4rec" and spec["fusion"]["method"] == m[
       "selected"]
+  # The folder reloaded (recommend / evaluate / serve) reproduces the
+  # selected fusion's full-ranking test metric.
+  ds = Dataset.load(workdir / "dataset")
+  ranker = recommend.load_model(workdir, "ur4rec", ds=ds)
+  scores, mask = fusion.candidate_scores(ranker, ds.test)
+  got = fusion.evaluate(scores, mask, fusion.target_columns(ds.test, None),
+                        prefix="test/")
+  assert got["test/ndcg@10"] == pytest.approx(m["test/ndcg@10"], abs=1e-6)
+  rec = recommend.Recommender(workdir, "ur4rec")
+  assert rec.explain(3) == f"likes {WORDS[1]} fan"
+  assert rec.explain(-1) is None
+  top = rec.recommend(list(ds.sequences[3]), user=3, top_n=3)
+  assert len(top) == 3 and not set(top) & set(ds.sequences[3].tolist())
 
 
 def test_sampled_candidates_do_not_depend_on_the_seed(workdir):

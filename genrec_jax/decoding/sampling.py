@@ -13,9 +13,9 @@ key, settings): prefill of the prompts into a fresh cache (only the last
 position goes through the output projection), then a `lax.while_loop` of
 `decode_step`s that stops when every row has produced an EOS or after
 `max_new_tokens` tokens. Works with any model exposing the
-`genrec_jax.models.decoder.Decoder` cache API (`init_cache`, `decode_step`;
-the prefill uses its `_embed` / `_blocks` / `_head` so that the [B, T, V]
-logits of the whole prompt are never built).
+`genrec_jax.models.decoder.Decoder` cache API (`init_cache`, `decode_step`,
+`prefill(..., last_only=True)`, so that the [B, T, V] logits of the whole
+prompt are never built).
 
 Prompts may be left-padded or carry any mask: the real tokens of every row
 are moved to the right end (stable) before the prefill, so right padding
@@ -40,8 +40,6 @@ from typing import Any, NamedTuple
 from flax import nnx
 import jax
 import jax.numpy as jnp
-
-from genrec_jax.models import layers
 
 Array = jax.Array
 
@@ -165,40 +163,6 @@ def _left_align(ids: Array, mask: Array) -> tuple[Array, Array]:
           jnp.take_along_axis(mask, order, axis=1))
 
 
-def _prefill_last(model, ids: Array, mask: Array, cache: dict[str, Array]
-                  ) -> tuple[Array, dict[str, Array]]:
-  """`Decoder.prefill` that projects only the last position.
-
-  Args:
-    model: a `Decoder`.
-    ids: int32 [B, T] left-padded.
-    mask: bool [B, T].
-    cache: from `init_cache(B, S)`, S >= T.
-
-  Returns:
-    (logits float32 [B, V] of the next token, cache).
-  """
-  B, T = ids.shape
-  positions = layers.positions_from_mask(mask)  # [B, T]
-  attn_mask = layers.causal_mask(T)[None] & mask[:, None, :]  # [B, T, T]
-  x = model._embed(ids)  # [B, T, D]
-  attend = layers.full_attention(attn_mask, model._scale, keep_kv=True)
-  x, _, (ks, vs) = model._blocks(x, positions, attend)  # k: [L, B, T, K, H]
-  logits = model._head(x[:, -1])  # [B, V]
-  dt = cache["k"].dtype
-  ks = jnp.moveaxis(ks, 0, 1).astype(dt)  # [B, L, T, K, H]
-  vs = jnp.moveaxis(vs, 0, 1).astype(dt)
-  new = {
-      "k": jax.lax.dynamic_update_slice_in_dim(cache["k"], ks, 0, axis=2),
-      "v": jax.lax.dynamic_update_slice_in_dim(cache["v"], vs, 0, axis=2),
-      "mask": jax.lax.dynamic_update_slice_in_dim(
-          jnp.zeros_like(cache["mask"]), mask, 0, axis=1),
-      "index": jnp.full((B,), T, jnp.int32),
-      "pos": jnp.sum(mask, axis=1, dtype=jnp.int32),
-  }
-  return logits, new
-
-
 @functools.partial(jax.jit, static_argnames=("graphdef", "settings"))
 def _sample(graphdef, state, ids, mask, key, settings):
   model = nnx.merge(graphdef, state)
@@ -211,7 +175,7 @@ def _sample(graphdef, state, ids, mask, key, settings):
     keys = key  # [B]
   dtype = settings.cache_dtype or model.config.dtype
   cache = model.init_cache(B, T + M, dtype=dtype)
-  logits, cache = _prefill_last(model, ids, mask, cache)  # [B, V]
+  logits, cache = model.prefill(ids, mask, cache, last_only=True)  # [B, V]
   eos = jnp.asarray(settings.eos_ids or (-1,), jnp.int32)  # [E]
 
   def cond(carry):

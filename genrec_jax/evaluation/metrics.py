@@ -37,6 +37,36 @@ NEG_INF = -1e30
 NOT_FOUND = np.iinfo(np.int32).max // 2
 
 
+@jax.jit
+def ranks_from_candidate_scores(scores, mask, target_col):
+  """Pessimistic 0-based rank of each row's target column among candidates.
+
+  The rank is the number of OTHER valid candidates whose score is >= the
+  target's (ties count against the target); invalid candidates never count.
+
+  Args:
+    scores: float [B, C] candidate scores (compared in their own dtype).
+    mask: bool [B, C], True for valid candidates.
+    target_col: int [B] column of each row's target; < 0: the target is not
+      among the candidates.
+
+  Returns:
+    int32 [B] ranks: NOT_FOUND where target_col < 0; C' = the number of other
+    valid candidates (last) where the target's column is masked.
+  """
+  B, C = scores.shape
+  mask = mask.astype(bool)  # [B, C]
+  found = target_col >= 0  # [B]
+  t = jnp.clip(target_col, 0, C - 1).astype(jnp.int32)[:, None]  # [B, 1]
+  t_score = jnp.take_along_axis(scores, t, axis=1)  # [B, 1]
+  t_valid = jnp.take_along_axis(mask, t, axis=1)[:, 0]  # [B]
+  others = mask & (jnp.arange(C)[None, :] != t)  # [B, C]
+  ge = jnp.sum(others & (scores >= t_score), axis=1)  # [B]
+  last = jnp.sum(others, axis=1)  # [B]
+  ranks = jnp.where(t_valid, ge, last)  # [B]
+  return jnp.where(found, ranks, NOT_FOUND).astype(jnp.int32)
+
+
 @functools.partial(jax.jit, static_argnames=("chunk",))
 def _ranks_full(scores, targets, exclude_mask, chunk: int = 8):
   """Pessimistic 0-based ranks of `targets` among all items.
@@ -55,23 +85,22 @@ def _ranks_full(scores, targets, exclude_mask, chunk: int = 8):
   # Targets are never excluded.
   is_target = jnp.zeros_like(exclude_mask).at[
       jnp.arange(scores.shape[0])[:, None], safe_t].max(valid)
-  exclude_mask = exclude_mask & ~is_target
-  scores = jnp.where(exclude_mask, NEG_INF, scores.astype(jnp.float32))
-  t_scores = jnp.take_along_axis(scores, safe_t, axis=1)  # [B, T]
+  keep = ~(exclude_mask & ~is_target)  # [B, N]
+  scores = scores.astype(jnp.float32)
 
-  def rank_of(ts):  # ts: [B]
-    ge = (scores >= ts[:, None]) & ~exclude_mask  # [B, N]
-    return ge.sum(axis=1) - 1  # minus the target itself
+  def rank_of(t):  # t: [B] item ids (= columns), -1 padding
+    return ranks_from_candidate_scores(scores, keep, t)  # [B]
 
-  ranks = jax.lax.map(rank_of, t_scores.T, batch_size=chunk).T  # [B, T]
-  return jnp.where(valid, ranks, NOT_FOUND).astype(jnp.int32)
+  return jax.lax.map(rank_of, targets.T, batch_size=chunk).T  # [B, T]
 
 
 @jax.jit
 def _ranks_sampled(cand_scores):
-  """Pessimistic rank of column 0 among int [B, C] candidate scores."""
-  t = cand_scores[:, :1]
-  return ((cand_scores >= t).sum(axis=1) - 1)[:, None].astype(jnp.int32)
+  """Pessimistic rank of column 0 among float [B, C] candidate scores."""
+  B, C = cand_scores.shape
+  ranks = ranks_from_candidate_scores(
+      cand_scores, jnp.ones((B, C), bool), jnp.zeros((B,), jnp.int32))  # [B]
+  return ranks[:, None]  # [B, 1]
 
 
 def ranks_from_scores(

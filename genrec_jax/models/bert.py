@@ -68,6 +68,60 @@ class BertConfig:
     return d
 
 
+def block(h: Array, w: dict[str, Array], attn_mask: Array,
+          cfg: BertConfig) -> Array:
+  """One post-LN BERT block.
+
+  Args:
+    h: [B, T, D] hidden states (cfg.dtype).
+    w: one block's weights (`BertLayers` names, no leading layers axis).
+    attn_mask: bool [B, T, S], True where query t may attend key s.
+    cfg: heads, activation, LayerNorm epsilon.
+
+  Returns:
+    [B, T, D] hidden states.
+  """
+  H = cfg.hidden_size // cfg.num_attention_heads
+  act = layers.activation(cfg.hidden_act)
+  eps = cfg.layer_norm_eps
+  q = layers.project_heads(h, w["q"], w["q_bias"])  # [B, T, N, H]
+  k = layers.project_heads(h, w["k"], w["k_bias"])  # [B, S, N, H]
+  v = layers.project_heads(h, w["v"], w["v_bias"])  # [B, S, N, H]
+  a = layers.attention(q, k, v, attn_mask, layers.inv_sqrt(H))  # [B, T, N, H]
+  a = layers.merge_heads(a, w["o"], w["o_bias"])  # [B, T, D]
+  h = layers.layer_norm(h + a, w["attn_ln_scale"], w["attn_ln_bias"], eps)
+  f = layers.dense(act(layers.dense(h, w["wi"], w["wi_bias"])), w["wo"],
+                   w["wo_bias"])  # [B, T, D]
+  return layers.layer_norm(h + f, w["out_ln_scale"], w["out_ln_bias"], eps)
+
+
+def bert_layers(x: Array, mask: Array, stacked: dict[str, Array],
+                cfg: BertConfig) -> Array:
+  """Stacked BERT blocks (a scan over the layers axis) on hidden states.
+
+  Used by `BertModel.__call__` and by a retriever training the top blocks on
+  cached states below them.
+
+  Args:
+    x: float [B, T, D] hidden states entering the first of these blocks.
+    mask: int/bool [B, T], 1 for real tokens (keys attended to).
+    stacked: `layers.stacked(BertLayers)`, arrays with a leading [L] axis.
+    cfg: the encoder config (heads, activation, epsilon, dtype).
+
+  Returns:
+    float32 [B, T, D] states after the L blocks.
+  """
+  B, T = mask.shape
+  m = mask.astype(bool)  # [B, S=T]
+  attn_mask = jnp.broadcast_to(m[:, None, :], (B, T, T))  # [B, T, S]
+
+  def step(h, w):
+    return block(h, w, attn_mask, cfg), None
+
+  x, _ = jax.lax.scan(step, x.astype(cfg.dtype), stacked)  # [B, T, D]
+  return x.astype(jnp.float32)
+
+
 class BertLayers(nnx.Module):
   """All blocks' weights stacked on a leading layers axis."""
 
@@ -137,7 +191,7 @@ class BertModel(nnx.Module):
       float32 [B, T, D] last hidden states.
     """
     cfg = self.config
-    B, T = input_ids.shape
+    T = input_ids.shape[1]
     if T > cfg.max_position_embeddings:
       raise ValueError(f"sequence length {T} > max_position_embeddings "
                        f"{cfg.max_position_embeddings}")
@@ -150,26 +204,7 @@ class BertModel(nnx.Module):
          self.type_emb[...][token_type_ids]).astype(dt)  # [B, T, D]
     x = layers.layer_norm(x, self.emb_ln_scale[...], self.emb_ln_bias[...],
                           cfg.layer_norm_eps)
-    mask = attention_mask.astype(bool)  # [B, T]
-    attn_mask = jnp.broadcast_to(mask[:, None, :], (B, T, T))  # [B, T, S]
-    H = cfg.hidden_size // cfg.num_attention_heads
-    act = layers.activation(cfg.hidden_act)
-    eps = cfg.layer_norm_eps
-
-    def block(h, w):
-      q = layers.project_heads(h, w["q"], w["q_bias"])  # [B, T, N, H]
-      k = layers.project_heads(h, w["k"], w["k_bias"])
-      v = layers.project_heads(h, w["v"], w["v_bias"])
-      a = layers.attention(q, k, v, attn_mask, layers.inv_sqrt(H))
-      a = layers.merge_heads(a, w["o"], w["o_bias"])  # [B, T, D]
-      h = layers.layer_norm(h + a, w["attn_ln_scale"], w["attn_ln_bias"], eps)
-      f = layers.dense(act(layers.dense(h, w["wi"], w["wi_bias"])), w["wo"],
-                       w["wo_bias"])
-      h = layers.layer_norm(h + f, w["out_ln_scale"], w["out_ln_bias"], eps)
-      return h, None
-
-    x, _ = jax.lax.scan(block, x, layers.stacked(self.layers))
-    return x.astype(jnp.float32)
+    return bert_layers(x, attention_mask, layers.stacked(self.layers), cfg)
 
   def pooled(self, last_hidden: Array) -> Array:
     """HF pooler output: tanh(dense(h[:, 0])) -> float32 [B, D]."""

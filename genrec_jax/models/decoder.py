@@ -333,8 +333,10 @@ class Decoder(nnx.Module):
     x, _, _ = self._blocks(x, positions, attend, constrain=True)
     return layers.rms_norm(x, self.final_norm[...], self.config.rms_norm_eps)
 
-  def _forward(self, input_ids: Array, attention_mask: Array):
-    """Returns (logits [B,T,V], k [L,B,T,K,H], v [L,B,T,K,H])."""
+  def _forward(self, input_ids: Array, attention_mask: Array,
+               last_only: bool = False):
+    """Returns (logits [B,T,V] ([B,V] if last_only), k [L,B,T,K,H],
+    v [L,B,T,K,H])."""
     T = input_ids.shape[1]
     mask = attention_mask.astype(bool)  # [B, T]
     positions = layers.positions_from_mask(mask)  # [B, T]
@@ -342,7 +344,9 @@ class Decoder(nnx.Module):
     x = layers.constrain(self._embed(input_ids), ("batch", "length", "embed"))
     attend = layers.full_attention(attn_mask, self._scale, keep_kv=True)
     x, _, (ks, vs) = self._blocks(x, positions, attend, constrain=True)
-    return self._head(x), ks, vs
+    if last_only:
+      x = x[:, -1]  # [B, D]
+    return self._head(x), ks, vs  # [B, T, V] or [B, V]
 
   # -- public API -----------------------------------------------------------
 
@@ -376,25 +380,28 @@ class Decoder(nnx.Module):
         "pos": jnp.zeros((batch_size,), jnp.int32),  # [B]
     }
 
-  def prefill(self, input_ids: Array, attention_mask: Array,
-              cache: Cache) -> tuple[Array, Cache]:
+  def prefill(self, input_ids: Array, attention_mask: Array, cache: Cache,
+              last_only: bool = False) -> tuple[Array, Cache]:
     """Runs the (left-padded) prompt and fills slots [0, T) of a fresh cache.
 
     Args:
       input_ids: int32 [B, T].
       attention_mask: bool [B, T], False on left padding.
       cache: from `init_cache` (S >= T).
+      last_only: project only the last position (the next-token logits;
+        saves the [B, T, V] head with a large vocabulary, e.g. sampling).
 
     Returns:
       (logits float32 [B, T, V], cache); logits[:, -1] is the next-token
-      distribution.
+      distribution. With last_only: (logits float32 [B, V] of the last
+      position, cache).
     """
     B, T = input_ids.shape
     S = cache["mask"].shape[1]
     if T > S:
       raise ValueError(f"prompt length {T} > cache length {S}")
     mask = attention_mask.astype(bool)
-    logits, ks, vs = self._forward(input_ids, mask)
+    logits, ks, vs = self._forward(input_ids, mask, last_only)
     dt = cache["k"].dtype
     ks = jnp.moveaxis(ks, 0, 1).astype(dt)  # [B, L, T, K, H]
     vs = jnp.moveaxis(vs, 0, 1).astype(dt)

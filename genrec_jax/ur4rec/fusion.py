@@ -203,21 +203,14 @@ def order(fused, mask) -> np.ndarray:
 def target_ranks(fused, mask, target_col) -> np.ndarray:
   """int32 [B] pessimistic 0-based rank of each row's target column.
 
-  The number of OTHER valid candidates whose fused score is >= the
-  target's (evaluation.metrics' rule, restricted to valid candidates); a
-  masked target ranks after every valid candidate; target_col < 0 (target
-  not among the candidates) gives metrics.NOT_FOUND.
+  `metrics.ranks_from_candidate_scores` on float32 scores: the number of
+  OTHER valid candidates whose fused score is >= the target's; a masked
+  target ranks after every valid candidate; target_col < 0 (target not among
+  the candidates) gives metrics.NOT_FOUND.
   """
-  fused = np.asarray(fused, np.float32)  # [B, C]
-  mask = np.asarray(mask, bool)
-  target_col = np.asarray(target_col, np.int64)  # [B]
-  b, c = fused.shape
-  t = np.clip(target_col, 0, c - 1)
-  t_score = np.where(mask[np.arange(b), t], fused[np.arange(b), t],
-                     -np.inf)  # [B]
-  others = mask & (np.arange(c)[None, :] != t[:, None])  # [B, C]
-  r = (others & (fused >= t_score[:, None])).sum(axis=1)  # [B]
-  return np.where(target_col >= 0, r, metrics.NOT_FOUND).astype(np.int32)
+  return np.asarray(metrics.ranks_from_candidate_scores(
+      np.asarray(fused, np.float32), np.asarray(mask, bool),
+      np.asarray(target_col, np.int32)))
 
 
 def evaluate(fused, mask, target_col, *, ks=metrics.KS,

@@ -115,46 +115,6 @@ def cosine_scores(user_vecs: Array, item_vecs: Array, item_ids: Array | None,
   return jnp.where(valid, s, NEG_INF)
 
 
-# ----------------------------------------------------------------------------
-# The top BERT blocks.
-
-
-def run_bert_layers(x: Array, mask: Array, stacked: dict[str, Array],
-                    cfg: bert.BertConfig) -> Array:
-  """BERT blocks on hidden states (the block of `bert.BertModel.__call__`).
-
-  Args:
-    x: float [B, S, D] hidden states entering the first of these blocks.
-    mask: int/bool [B, S], 1 for real tokens.
-    stacked: `layers.stacked(BertLayers)`, arrays with a leading [L] axis.
-    cfg: the encoder config (heads, activation, LayerNorm epsilon).
-
-  Returns:
-    float32 [B, S, D] states after the L blocks.
-  """
-  B, S = mask.shape
-  m = mask.astype(bool)  # [B, S]
-  attn_mask = jnp.broadcast_to(m[:, None, :], (B, S, S))  # [B, T=S, S]
-  H = cfg.hidden_size // cfg.num_attention_heads
-  act = layers.activation(cfg.hidden_act)
-  eps = cfg.layer_norm_eps
-
-  def block(h, w):
-    q = layers.project_heads(h, w["q"], w["q_bias"])  # [B, S, N, H]
-    k = layers.project_heads(h, w["k"], w["k_bias"])
-    v = layers.project_heads(h, w["v"], w["v_bias"])
-    a = layers.attention(q, k, v, attn_mask, layers.inv_sqrt(H))
-    a = layers.merge_heads(a, w["o"], w["o_bias"])  # [B, S, D]
-    h = layers.layer_norm(h + a, w["attn_ln_scale"], w["attn_ln_bias"], eps)
-    f = layers.dense(act(layers.dense(h, w["wi"], w["wi_bias"])), w["wo"],
-                     w["wo_bias"])  # [B, S, D]
-    h = layers.layer_norm(h + f, w["out_ln_scale"], w["out_ln_bias"], eps)
-    return h, None
-
-  x, _ = jax.lax.scan(block, x.astype(cfg.dtype), stacked)
-  return x.astype(jnp.float32)
-
-
 def _copy_layers(dst: bert.BertLayers, src: bert.BertLayers, start: int,
                  stop: int) -> None:
   """dst's stacked params <- src's blocks [start, stop)."""
@@ -169,7 +129,7 @@ def split_bert(model: bert.BertModel,
 
   The bottom model (embeddings + first L - n blocks) caches the token states
   a retriever with `trainable_layers=n` takes as input (once, offline);
-  `run_bert_layers` of the top blocks on them equals the full model.
+  `bert.bert_layers` of the top blocks on them equals the full model.
 
   Args:
     model: a loaded `BertModel` (e.g. all-MiniLM-L6-v2).
@@ -289,7 +249,7 @@ class PreferenceRetriever(nnx.Module):
       raise ValueError("trainable_layers > 0 takes token states [B, S, "
                        f"{cfg.in_dim}] and their mask, got {text.shape}")
     bcfg = dataclasses.replace(cfg.bert_config(), dtype=cfg.dtype)
-    h = run_bert_layers(text, mask, layers.stacked(self.top), bcfg)
+    h = bert.bert_layers(text, mask, layers.stacked(self.top), bcfg)
     return bert.mean_pool(h, mask, normalize=True)  # [B, in_dim]
 
   def users(self, text: Array, mask: Array | None = None, *,

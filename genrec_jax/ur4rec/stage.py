@@ -663,3 +663,65 @@ def _config_json(cfg) -> dict[str, Any]:
     return jnp.dtype(x).name
 
   return clean(dataclasses.asdict(cfg))
+
+
+# ----------------------------------------------------------------------------
+# The model folder as a Ranker (recommend, evaluate, serve).
+
+
+@dataclasses.dataclass
+class UR4RecRanker(model_folder.ScoreRanker):
+  """Fused full scores of a known user; SASRec alone for a bare history.
+
+  `explain(user)` is the user's preference text (what the retriever read).
+  """
+
+  user_texts: list[str] = dataclasses.field(default_factory=list)
+
+  def explain(self, user: int) -> str | None:
+    return self.user_texts[user] if 0 <= user < len(self.user_texts) else None
+
+
+def load_ranker(model_dir: str | pathlib.Path, workdir: str | pathlib.Path,
+                spec: dict[str, Any], ds: Dataset) -> UR4RecRanker:
+  """A `ur4rec` model folder -> UR4RecRanker (the fusion chosen on valid)."""
+  model_dir, workdir = pathlib.Path(model_dir), pathlib.Path(workdir)
+  cfg = ml_collections.ConfigDict({"texts": spec["texts"],
+                                   "encoder": spec["encoder"]})
+  user_vecs, item_vecs, user_texts = encode_texts(cfg, workdir, ds)
+  scfg = ml_collections.ConfigDict(spec["sasrec_config"])
+  rd = dict(spec["retriever_config"])
+  if spec.get("multimodal"):
+    rd["retriever"] = retriever_lib.RetrieverConfig(**rd["retriever"])
+    retr = multimodal.MultimodalRetriever(
+        multimodal.MultimodalConfig(**rd), item_init=item_vecs,
+        item_features=features_lib.load_features(workdir / spec["features"],
+                                                 ds.num_items),
+        rngs=nnx.Rngs(0))
+  else:
+    retr = retriever_lib.PreferenceRetriever(
+        retriever_lib.RetrieverConfig(**rd), item_init=item_vecs,
+        rngs=nnx.Rngs(0))
+  model = UR4Rec(SASRec(ds.num_items, scfg, rngs=nnx.Rngs(0)), retr,
+                 user_vecs)
+  nnx.update(model, model_folder.restore_params(
+      model_dir, nnx.state(model, nnx.Param)))
+  max_len, hl = int(scfg.max_len), int(spec["history_len"])
+  method, params = spec["fusion"]["method"], spec["fusion"]["params"]
+  gate = fusion.GateParams.from_dict(params) if method == "gate" else None
+  graphdef, state, rest = nnx.split(model, nnx.Param, ...)
+  score = make_score_fn(graphdef)
+
+  def score_fn(batch: EvalExamples) -> np.ndarray:
+    a, b = (np.asarray(x) for x in score(
+        state, rest, *_rows(batch, max_len, hl, ds.num_items)))
+    known = (batch.users >= 0) & (batch.users < ds.num_users)  # [B]
+    # As evaluated: history items (batch.exclude) out of the normalisation.
+    _, mask = fusion.candidate_scores(_Fixed(a), batch, None)
+    if gate is not None:
+      fused = fusion.apply_gate(gate, a, b, mask, batch.history.lengths())
+    else:
+      fused = fusion.fuse(method, a, b, mask, params)
+    return np.where(known[:, None], fused, a)
+
+  return UR4RecRanker(KIND, score_fn, ds.num_items, user_texts=user_texts)
