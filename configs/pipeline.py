@@ -28,7 +28,7 @@ cross-encoder ranker over 3 seeds), lastfm_tiny (tests; set
 prepare_lastfm.data.path), ur4rec_ml100k (UR4Rec on ML-100K: SASRec,
 template and SmolLM2 texts, genre / LightGCN / title features, the text
 retriever with each text backend and the multimodal one fused with SASRec,
-3 seeds, both evaluation protocols), ur4rec_tiny (tests).
+3 seeds, both evaluation protocols).
 """
 import ml_collections
 
@@ -80,7 +80,7 @@ def _lastfm(variant: str) -> ml_collections.ConfigDict:
 
 def _ur4rec(variant: str) -> ml_collections.ConfigDict:
   """UR4Rec on ML-100K: texts, features, SASRec + retriever fusions."""
-  tiny = variant == "ur4rec_tiny"
+  del variant
   config = ml_collections.ConfigDict()
   config.num_examples = 0
   # Columns: test split, full ranking (the sampled protocol is in the
@@ -93,22 +93,20 @@ def _ur4rec(variant: str) -> ml_collections.ConfigDict:
        "ur4rec": "train_ur4rec", "ur4rec_smollm2": "train_ur4rec",
        "ur4rec_mm": "train_ur4rec"})
   config.prepare_data = data.get_config("ml100k")
-  config.train_lightgcn = lightgcn.get_config("tiny" if tiny else "demo")
-  config.train_sasrec = sasrec.get_config("tiny" if tiny else "demo")
+  config.train_lightgcn = lightgcn.get_config("demo")
+  config.train_sasrec = sasrec.get_config("demo")
   config.texts_template = ur4rec_texts.get_config("template")
-  config.texts_smollm2 = ur4rec_texts.get_config("tiny" if tiny
-                                                 else "smollm2")
-  config.texts_smollm2.name = "texts_smollm2"
-  config.build_features = ur4rec_features.get_config(
-      "tiny" if tiny else None)
-  extra = ",tiny" if tiny else ""
-  config.ur4rec = ur4rec.get_config("default" + extra)
-  config.ur4rec_smollm2 = ur4rec.get_config("smollm2" + extra)
-  config.ur4rec_mm = ur4rec.get_config("multimodal" + extra)
+  config.texts_smollm2 = ur4rec_texts.get_config("smollm2")
+  config.build_features = ur4rec_features.get_config()
+  # The text retriever on each text backend, and the multimodal one: they
+  # differ only in texts / features (and their folder names).
+  config.ur4rec = ur4rec.get_config("default")
+  config.ur4rec_smollm2 = ur4rec.get_config("smollm2")
+  config.ur4rec_mm = ur4rec.get_config("multimodal")
   config.stages = ("prepare_data", "train_lightgcn", "train_sasrec",
                    "texts_template", "texts_smollm2", "build_features",
                    "ur4rec", "ur4rec_smollm2", "ur4rec_mm")
-  config.seeds = (0,) if tiny else (0, 1, 2)
+  config.seeds = (0, 1, 2)
   config.seeded_stages = ("ur4rec", "ur4rec_smollm2", "ur4rec_mm")
   return config
 
@@ -117,7 +115,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   variant = arg or "ml100k"
   if variant in ("lastfm", "lastfm_tiny"):
     return _lastfm(variant)
-  if variant in ("ur4rec_ml100k", "ur4rec_tiny"):
+  if variant == "ur4rec_ml100k":
     return _ur4rec(variant)
   config = ml_collections.ConfigDict()
   # Users whose history and top-5 titles are printed after the table.

@@ -401,3 +401,32 @@ def test_rl_ablation_control_differs_only_in_init_and_budget():
   runs = pipeline.stage_runs(config, "minionerec_more_sft")
   assert [r.config.init for r in runs] == [
       "minionerec_s0", "minionerec_s1", "minionerec_s2"]
+
+
+def test_ur4rec_rows_differ_only_in_texts_and_features():
+  config = pipeline_config.get_config("ur4rec_ml100k")
+  pipeline.check_seeds(config)
+  for name in config.stages:
+    pipeline.stage_kind(config, name)
+  base = config.ur4rec.to_dict()
+  for name, field, value in (("ur4rec_smollm2", "texts", "texts_smollm2"),
+                             ("ur4rec_mm", "features", {
+                                 "path": "features/genre.npy",
+                                 "model": base["features"]["model"]})):
+    other = config[name].to_dict()
+    assert other.pop(field) == value and other.pop("name") == name
+    assert other == {k: v for k, v in base.items()
+                     if k not in (field, "name")}
+
+
+def test_breakdown_rows_per_prefix_with_seed_spread():
+  results = {"ur4rec": {"test/ndcg@10": 0.5, "full/rank/test/ndcg@10": 0.25,
+                        "full/rank/valid/ndcg@10": 0.9,
+                        "sampled/gate/test/ndcg@10": 0.125}}
+  seeds = {"ur4rec": {"num_seeds": 3, "std": {
+      "full/rank/test/ndcg@10": 0.0625, "sampled/gate/test/ndcg@10": 0.5}}}
+  lines = pipeline.format_breakdown(results, seeds, ("ndcg@10",)).splitlines()
+  assert [l.split()[:2] for l in lines[2:]] == [["ur4rec", "full/rank"],
+                                                 ["ur4rec", "sampled/gate"]]
+  assert "0.2500 +- 0.0625 (3)" in lines[2]
+  assert "0.1250 +- 0.5000 (3)" in lines[3]

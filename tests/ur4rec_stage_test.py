@@ -190,3 +190,20 @@ def test_bad_weights_and_features_are_named(workdir):
   config.features.path = "features/missing.npy"
   with pytest.raises(ValueError, match="missing.npy"):
     stage.run(config, str(workdir))
+
+
+def test_multimodal_stage_with_uncertainty_weights(workdir):
+  rng = np.random.default_rng(5)
+  feats = np.concatenate([np.eye(2)[np.arange(NUM_ITEMS) // 12],
+                          rng.normal(size=(NUM_ITEMS, 3))], 1)
+  (workdir / "features").mkdir(exist_ok=True)
+  np.save(workdir / "features" / "groups.npy", feats.astype(np.float32))
+  config = _config(retriever=150, joint=0, end_to_end=4)
+  config.update(name="ur4rec_mm")
+  config.train.update(retriever_lr=3e-2, loss_weighting="uncertainty")
+  config.features.path = "features/groups.npy"
+  m = stage.run(config, str(workdir))
+  assert m["multimodal"] and m["features"] == "features/groups.npy"
+  assert m["sampled/retriever/test/hr@5"] > 0.85  # chance 0.5
+  ranker = recommend.load_model(workdir, "ur4rec_mm")
+  assert ranker.kind == "ur4rec"
