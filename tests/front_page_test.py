@@ -385,3 +385,19 @@ def test_columns_rule():
   assert front_page.columns(hr) == front_page.COLUMNS
   assert front_page.columns(sets) == front_page.SET_COLUMNS
   assert front_page.columns({"m": {"seconds": 1}}) == front_page.COLUMNS
+
+
+def test_train_step_rows_show_ratio_and_profile():
+  r = {"format": "tiger", "params": 1.5e6, "batch_size": 256,
+       "speedup_step": 1.25, "speedup_forward": 2.0,
+       "speedup_forward_backward": 1.5, "jax_examples_per_s": 500.0,
+       "torch_examples_per_s": 400.0, "torch_version": "2.x",
+       "transformers_version": "5.x", "torch_threads": 2,
+       "jax_profile": {"forward": 0.25, "backward": 0.7}}
+  b = front_page.BenchResults(
+      path=pathlib.Path("x"), shown="x", date="d", name="train_step",
+      command="c", machine={}, config={},
+      results={"workdir": "w", "tiger_beauty_cpu": r})
+  (row,) = front_page._bench_rows(b)  # pylint: disable=protected-access
+  assert row[-1] == "1.25x" and "forward + backward 1.50x" in row[0]
+  assert "25% forward, 70% backward" in row[0]

@@ -1009,6 +1009,26 @@ def _bench_rows(b: BenchResults) -> list[list[str]]:
                  f"{res['torch_decode_ms_per_step']:.1f} ms (torch)",
                  f"{res['decode_ratio_jax_over_torch']:.2f}x"])
     return rows
+  if b.name == "train_step":
+    for variant, r in res.items():
+      if not (isinstance(r, dict) and _is_number(r.get("speedup_step"))):
+        continue
+      prof = r.get("jax_profile", {})
+      rows.append([
+          f"one training step of `{variant}` ({r.get('format')}, "
+          f"{r.get('params', 0) / 1e6:.1f}M params, batch "
+          f"{r.get('batch_size')}, Beauty); forward "
+          f"{r['speedup_forward']:.2f}x, forward + backward "
+          f"{r['speedup_forward_backward']:.2f}x; our step: "
+          f"{100 * prof.get('forward', 0):.0f}% forward, "
+          f"{100 * prof.get('backward', 0):.0f}% backward",
+          f"{_fmt(r['jax_examples_per_s'], 1)} examples/s",
+          f"{_fmt(r['torch_examples_per_s'], 1)} examples/s, torch "
+          f"{r.get('torch_version', '?')} + transformers "
+          f"{r.get('transformers_version', '?')}, AdamW, "
+          f"{r.get('torch_threads', '?')} threads",
+          f"{r['speedup_step']:.2f}x"])
+    return rows
   # Any other benchmark: its own ratio fields, named as it names them.
   for k, v in res.items():
     if _is_number(v) and re.search(r"speedup|ratio|_vs_", k):
