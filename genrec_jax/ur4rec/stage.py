@@ -22,9 +22,10 @@ stage resumable from its checkpoints and early-stopped on valid NDCG@10
 (100 sampled candidates): (1) SASRec pre-trained by train_sasrec (loaded
 here); (2) `retriever`: the retriever alone (SASRec frozen); (3) `joint`:
 both losses (weights `train.joint_weights`), the parts updated on
-alternating steps; (4) `end_to_end`: both losses plus the softmax
-cross-entropy of the summed scores over the candidates, every part each
-step. Learning rates per part (`train.sasrec_lr`, `train.retriever_lr`);
+alternating steps; (4) `end_to_end`: the softmax cross-entropy of the
+summed scores over the candidates plus the parts' own losses (weights
+`train.end_to_end_weights`), every part each step. Learning rates per
+part (`train.sasrec_lr`, `train.retriever_lr`);
 a stage with 0 steps is skipped.
 
 The user and item texts go through the frozen MiniLM once; the pooled
@@ -229,7 +230,9 @@ class Batches:
 def make_loss(stage: str, tcfg: ml_collections.ConfigDict,
               sasrec_loss_kind: str) -> loop.LossFn:
   """The loss of one training stage (see the module docstring)."""
-  w_sasrec, w_retriever = (float(w) for w in tcfg.joint_weights)
+  weights = (tcfg.end_to_end_weights if stage == "end_to_end"
+             else tcfg.joint_weights)
+  w_sasrec, w_retriever = (float(w) for w in weights)
 
   def retriever_part(model: UR4Rec, batch, key):
     rb = model.retriever_batch(batch["users"], batch["history"])
@@ -247,10 +250,12 @@ def make_loss(stage: str, tcfg: ml_collections.ConfigDict,
     r_loss, aux = retriever_part(model, batch, k_r)
     if stage == "retriever":
       return r_loss, aux
-    s_loss, _ = sasrec_loss(model.sasrec, batch["inputs"], batch["targets"],
-                            k_s, loss=sasrec_loss_kind)
-    aux = {**aux, "sasrec": s_loss}
-    total = w_sasrec * s_loss + w_retriever * r_loss
+    total = w_retriever * r_loss
+    if w_sasrec:  # (its full-catalogue CE is the costly part of a step)
+      s_loss, _ = sasrec_loss(model.sasrec, batch["inputs"],
+                              batch["targets"], k_s, loss=sasrec_loss_kind)
+      aux = {**aux, "sasrec": s_loss}
+      total = total + w_sasrec * s_loss
     if stage == "end_to_end":
       # Softmax CE of SASRec + retriever scores over the candidates.
       rngs = nnx.Rngs(dropout=k_e)
@@ -505,8 +510,9 @@ def _check(config) -> None:
       ("history_len", config.history_len, 1, None),
       ("eval.num_negatives", config.eval.num_negatives, 1, None),
   ])
-  for i, w in enumerate(t.joint_weights):
-    fusion.check_weight(f"train.joint_weights[{i}]", w)
+  for field in ("joint_weights", "end_to_end_weights"):
+    for i, w in enumerate(t[field]):
+      fusion.check_weight(f"train.{field}[{i}]", w)
   for s in t.steps:
     if s not in STAGES:
       raise ValueError(f"config field 'train.steps': unknown stage {s!r} "
