@@ -49,6 +49,7 @@ part after the joint stages.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import pathlib
@@ -68,6 +69,7 @@ from genrec_jax.checks import check_ranges
 from genrec_jax.data import splits
 from genrec_jax.data.dataset import Dataset, DataError, EvalExamples
 from genrec_jax.data.dataset import atomic_write_json
+from genrec_jax.evaluation.generative import take_examples
 from genrec_jax.models.sasrec import SASRec, sasrec_loss
 from genrec_jax.semantic_ids import encoders
 from genrec_jax.training import loop
@@ -331,8 +333,13 @@ def _rows(ex: EvalExamples, max_len: int, history_len: int, num_items: int):
           jnp.asarray(ex.history.padded(max_len, num_items, left=True)))
 
 
+@functools.lru_cache(maxsize=8)
 def make_score_fn(graphdef):
-  """Jitted (params, rest, users, history, seq) -> (SASRec, retriever)."""
+  """Jitted (params, rest, users, history, seq) -> (SASRec, retriever).
+
+  One per graph (cached): every evaluation during training reuses its
+  compilation.
+  """
 
   @jax.jit
   def score(params, rest, users, history, seq):
@@ -349,21 +356,12 @@ def all_scores(model: UR4Rec, ex: EvalExamples, *, max_len: int,
   score = make_score_fn(graphdef)
   a, b = [], []
   for lo in range(0, len(ex), batch_size):
-    part = ex_take(ex, np.arange(lo, min(lo + batch_size, len(ex))))
+    part = take_examples(ex, np.arange(lo, min(lo + batch_size, len(ex))))
     sa, sb = score(params, rest, *_rows(part, max_len, history_len,
                                         model.sasrec.num_items))
     a.append(np.asarray(sa))
     b.append(np.asarray(sb))
   return np.concatenate(a), np.concatenate(b)
-
-
-def ex_take(ex: EvalExamples, rows: np.ndarray) -> EvalExamples:
-  """Rows of an EvalExamples (candidates and exclusions kept)."""
-  return EvalExamples(
-      users=ex.users[rows], history=ex.history.take(rows),
-      targets=ex.targets.take(rows),
-      exclude=None if ex.exclude is None else ex.exclude.take(rows),
-      candidates=None if ex.candidates is None else ex.candidates[rows])
 
 
 class _Fixed:
@@ -450,7 +448,7 @@ def latency(model: UR4Rec, ex: EvalExamples, *, max_len: int,
   both = make_score_fn(graphdef)
   out = {}
   for b in (1, 256):
-    rows = _rows(ex_take(ex, np.arange(min(b, len(ex)))), max_len,
+    rows = _rows(take_examples(ex, np.arange(min(b, len(ex)))), max_len,
                  history_len, model.sasrec.num_items)
     for name, fn in (("sasrec", sasrec_only), ("fusion", both)):
       jax.block_until_ready(fn(params, rest, *rows))
@@ -549,10 +547,10 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   # The same sampled candidates for every model and seed.
   seqs = [ds.sequences[u] for u in range(ds.num_users)]
   valid = splits.add_sampled_candidates(
-      ex_take(ds.valid, np.arange(len(ds.valid))), seqs, ds.num_items,
+      take_examples(ds.valid, np.arange(len(ds.valid))), seqs, ds.num_items,
       config.eval.num_negatives, config.eval.candidate_seed)
   test = splits.add_sampled_candidates(
-      ex_take(ds.test, np.arange(len(ds.test))), seqs, ds.num_items,
+      take_examples(ds.test, np.arange(len(ds.test))), seqs, ds.num_items,
       config.eval.num_negatives, config.eval.candidate_seed + 1)
 
   # The baseline: stage 1's SASRec before any UR4Rec training.
@@ -583,7 +581,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
                      max_len=max_len, seed=config.seed + 1000 * len(logs))
     result = loop.train(
         model, make_loss(stage, tcfg, config.sasrec_loss), source, tcfg,
-        mesh=mesh, ckpt_dir=ckpt_root / stage, num_steps=steps, seed=config.seed, evaluate=valid_metrics,
+        mesh=mesh, ckpt_dir=ckpt_root / stage, num_steps=steps,
+        seed=config.seed, evaluate=valid_metrics,
         select=SELECT, examples_key="users", name=f"ur4rec/{stage}",
         summary_dir=out / "tb" / stage,
         optimizer=make_optimizer(stage, tcfg, steps))
