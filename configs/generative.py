@@ -111,6 +111,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # TIGER / "sid" prompts: history-length buckets (items; max_history is
   # always one) for batching.
   config.data.history_buckets = (4, 8, 12)
+  # Training examples of the "sid" format: "prefix" (one per history prefix
+  # -> next item) or "causal" (one per window of max_history + 1 items, the
+  # loss on every item but the first, a hint block after every item).
+  config.data.examples = "prefix"
 
   config.prompt = ml_collections.ConfigDict()
   # Decoder inputs: "text" (MiniOneRec prompts) or "sid" (bare SID tokens).

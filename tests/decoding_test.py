@@ -675,3 +675,57 @@ def test_real_decoder_shared_prefix_equals_full_cache():
     got, suffix = model.decode_step_shared(toks, prefix, suffix)
     np.testing.assert_allclose(np.asarray(got), np.asarray(want), atol=2e-5)
     toks = toks + 3
+
+
+def test_exclusion_equals_search_over_the_reduced_trie():
+  """Excluding items per row == searching a trie built without them (any
+  beam width), and no excluded item is ever returned."""
+  rng = np.random.default_rng(7)
+  for trial in range(6):
+    codes, sizes = _random_case(rng, n_max=60)
+    n = len(codes)
+    ids = rng.permutation(n)
+    trie = trie_lib.build_trie(codes, sizes, item_ids=ids,
+                               num_dense=int(rng.integers(1, len(sizes) + 1)))
+    sid, table = _toy_setup(rng, sizes)
+    beam = int(rng.integers(1, 6))
+    top_n = int(rng.integers(1, beam + 1))
+    prompts = rng.integers(0, table.shape[0], size=3).astype(np.int32)
+    # Each row excludes a random subset (maybe everything, maybe repeats).
+    exclude = [rng.choice(n, size=int(rng.integers(0, n + 1)))
+               for _ in prompts]
+    res = bs.beam_search(TableScorer(), table, prompts, trie,
+                         beam_size=beam, top_n=top_n, sid_tokens=sid,
+                         exclude=[ids[e] for e in exclude])
+    for b, p in enumerate(prompts):
+      keep = np.setdiff1d(np.arange(n), exclude[b])
+      got = np.asarray(res.items[b])
+      if not len(keep):
+        assert (got == -1).all()
+        continue
+      reduced = trie_lib.build_trie(codes[keep], sizes, item_ids=ids[keep],
+                                    num_items=n)
+      want = bs.beam_search(TableScorer(), table, prompts[b:b + 1], reduced,
+                            beam_size=beam, top_n=top_n, sid_tokens=sid)
+      np.testing.assert_array_equal(got, np.asarray(want.items[0]),
+                                    err_msg=f"trial {trial} row {b}")
+      np.testing.assert_allclose(np.asarray(res.scores[b]),
+                                 np.asarray(want.scores[0]), rtol=1e-6)
+      assert not np.isin(got, ids[exclude[b]]).any()
+
+
+def test_exclusion_fills_top_n_when_the_catalogue_allows():
+  """A history that covers the best items still yields top_n others."""
+  codes = np.array([[0, 0], [0, 1], [1, 0], [1, 1], [2, 0]])
+  trie = trie_lib.build_trie(codes, (3, 2))
+  rng = np.random.default_rng(3)
+  sid, table = _toy_setup(rng, (3, 2))
+  prompts = np.array([0, 1], np.int32)
+  plain = np.asarray(bs.beam_search(TableScorer(), table, prompts, trie,
+                                    beam_size=2, top_n=2,
+                                    sid_tokens=sid).items)
+  res = bs.beam_search(TableScorer(), table, prompts, trie, beam_size=2,
+                       top_n=2, sid_tokens=sid, exclude=plain.tolist())
+  got = np.asarray(res.items)
+  for b in range(2):
+    assert (got[b] >= 0).all() and not np.isin(got[b], plain[b]).any()

@@ -104,6 +104,12 @@ def _check_stage(root, name, metrics):
   assert metrics["num_eval_users"] == USERS
   recs = json.loads((root / name / "recommendations.json").read_text())
   assert len(recs) == min(10, USERS)
+  # History masked inside the search: every user gets top_n = 5 unseen
+  # items (histories hold 3-7 of the 17 items; the beam is 6).
+  if metrics["history_masked"]:
+    assert metrics["empty_rate"] == 0.0
+    assert all(len(r["top10"]) == 5 for r in recs)
+    assert all(not set(r["top10"]) & set(r["history"]) for r in recs)
   assert all(0 < len(r["top10"]) <= 5 for r in recs)
   log = json.loads((root / name / "train_log.json").read_text())
   assert log["curve"] and log["evals"]
@@ -118,13 +124,6 @@ def _check_stage(root, name, metrics):
   assert out["invalid_rate"] == 0.0 and out["beam_size"] == 6
   for k in ("test/hr@5", "test/ndcg@5", "test/mrr"):
     assert out[k] == pytest.approx(metrics[k]), k
-
-
-def test_drop_excluded_keeps_order():
-  items = np.array([[5, 3, 9, 1, -1], [2, 4, 6, 8, 0]])
-  exclude = Ragged.from_lists([[3, 1], []])
-  got = eval_lib.drop_excluded(items, exclude, 3)
-  assert got.tolist() == [[5, 9, -1], [2, 4, 6]]
 
 
 def test_tiger_stage_and_evaluate_reload(workdir):
@@ -194,6 +193,134 @@ def test_sid_prompts_hints_dropout_and_clean_target():
                                sid_decoder.HINT, 16, 17, 14, 15]
   assert row[10] == sid_decoder.SEP and row[11:13].tolist() == [12, 13]
   assert a["loss_mask"][0].sum() == 2
+
+
+def _causal_setup(k=2):
+  item_tokens = np.arange(9 * 2).reshape(9, 2) + sid_decoder.SID_BASE
+  # Neighbours of item i: i + 1 (the next item in the windows below), then
+  # i + 2, i + 3, i + 4: clean target must remove i + 1 everywhere.
+  hints = hints_lib.Hints({i: [(i + d) % 9 for d in (1, 2, 3, 4)]
+                           for i in range(9)}, k)
+  return item_tokens, hints
+
+
+def _items_of(tokens, item_tokens):
+  """SID token run -> item ids (pairs of tokens)."""
+  pairs = np.asarray(tokens).reshape(-1, item_tokens.shape[1])
+  lookup = {tuple(r): i for i, r in enumerate(item_tokens.tolist())}
+  return [lookup[tuple(p)] for p in pairs.tolist()]
+
+
+def test_causal_window_of_one_target_equals_the_prefix_example():
+  """A 2-item window is exactly the per-prefix example: same ids, masks,
+  hence the same loss."""
+  item_tokens, hints = _causal_setup()
+  rng = np.random.default_rng(0)
+  windows = rng.integers(0, 9, size=(16, 2)).astype(np.int32)
+  draws = rng.random((16, 2))
+  causal = sid_decoder.CausalSidBatch(item_tokens, hints, 0.5)(
+      {"items": windows}, draws)
+  prefix = sid_decoder.SidDecoderBatch(item_tokens, 1, hints, 0.5)(
+      {"history": windows[:, :1], "target": windows[:, 1]}, draws[:, 0])
+  for k in ("input_ids", "attention_mask", "loss_mask"):
+    np.testing.assert_array_equal(causal[k], prefix[k], err_msg=k)
+  cfg = decoder_lib.DecoderConfig(
+      vocab_size=int(item_tokens.max()) + 1, hidden_size=24,
+      intermediate_size=40, num_layers=2, num_heads=3, num_kv_heads=1,
+      model_type="llama", tie_word_embeddings=True, attention_bias=False)
+  model = decoder_lib.Decoder(cfg, rngs=nnx.Rngs(0))
+  batch = {k: jnp.asarray(v) for k, v in causal.items()}
+  got, _ = losses.decoder_loss(model, batch, None)
+  want, _ = losses.decoder_loss(
+      model, {k: jnp.asarray(v) for k, v in prefix.items()}, None)
+  assert float(got) == pytest.approx(float(want), rel=1e-6)
+
+
+def test_causal_window_loss_equals_per_target_prompts():
+  """Each target's log-probs inside one causal window equal those after its
+  own evaluation-layout prompt (history before it, hints cleaned of it):
+  the causal mask lets no target see its future."""
+  item_tokens, hints = _causal_setup()
+  window = np.array([[3, 4, 5, 6, 7]], np.int32)
+  batch = sid_decoder.CausalSidBatch(item_tokens, hints, 0.0)(
+      {"items": window}, np.ones((1, 5)))
+  cfg = decoder_lib.DecoderConfig(
+      vocab_size=int(item_tokens.max()) + 1, hidden_size=24,
+      intermediate_size=40, num_layers=2, num_heads=3, num_kv_heads=1,
+      model_type="llama", tie_word_embeddings=True, attention_bias=False)
+  model = decoder_lib.Decoder(cfg, rngs=nnx.Rngs(1))
+  lp = np.asarray(losses.sequence_log_probs(
+      model, jnp.asarray(batch["input_ids"]),
+      jnp.asarray(batch["attention_mask"]),
+      jnp.asarray(batch["loss_mask"])))[0]
+  per_target = lp[batch["loss_mask"][0] > 0].reshape(4, 2)
+  for t in range(1, 5):
+    hist = Ragged.from_lists([window[0, :t].tolist()])
+    prompt = sid_decoder.eval_prompts(
+        hist, item_tokens, max_history=4, hints=hints,
+        targets=window[0, t:t + 1], causal=True)
+    ids = np.concatenate([prompt["input_ids"],
+                          item_tokens[window[:, t]]], 1)
+    mask = np.concatenate([prompt["attention_mask"],
+                           np.ones((1, 2), bool)], 1)
+    want = np.asarray(losses.completion_log_probs(
+        model, jnp.asarray(ids), jnp.asarray(mask), 2))[0]
+    np.testing.assert_allclose(per_target[t - 1], want, rtol=1e-4,
+                               atol=1e-5, err_msg=f"target {t}")
+
+
+def test_causal_hint_blocks_never_hold_their_target():
+  """Every shown hint block holds K items, never the next item; blocks are
+  dropped per position at the configured rate."""
+  item_tokens, hints = _causal_setup(k=3)
+  rng = np.random.default_rng(2)
+  windows = np.stack([(s + np.arange(6)) % 9 for s in rng.integers(0, 9, 400)]
+                     ).astype(np.int32)
+  windows[:7, 4:] = -1  # some shorter windows (right-padded)
+  out = sid_decoder.CausalSidBatch(item_tokens, hints, 0.3)(
+      {"items": windows}, rng.random((400, 6)))
+  shown = total = 0
+  for r in range(400):
+    ids = out["input_ids"][r][out["attention_mask"][r]].tolist()
+    items = windows[r][windows[r] >= 0]
+    assert ids[0] == sid_decoder.BOS
+    pos, blocks = 1, []
+    for i, item in enumerate(items):
+      assert _items_of(ids[pos:pos + 2], item_tokens) == [item]
+      assert out["loss_mask"][r, pos:pos + 2].tolist() == [float(i > 0)] * 2
+      pos += 2
+      if i == len(items) - 1:
+        break
+      total += 1
+      if ids[pos] == sid_decoder.HINT:
+        end = ids.index(sid_decoder.SEP, pos)
+        block = _items_of(ids[pos + 1:end], item_tokens)
+        assert len(block) == 3 and items[i + 1] not in block
+        shown += 1
+        pos = end
+      assert ids[pos] == sid_decoder.SEP
+      pos += 1
+    assert pos == len(ids)
+  assert 0.62 < shown / total < 0.78  # p = 0.3 per position
+
+
+def test_causal_windows_cover_every_target_once(workdir):
+  ds = Dataset.load(workdir / "dataset")
+  has_sid = np.ones(ITEMS, bool)
+  has_sid[16] = False
+  items, users, no_sid = sid_data.windows(ds.train, has_sid, 3)
+  targets = {}
+  for row, u in zip(items, users):
+    row = row[row >= 0]
+    assert 2 <= len(row) <= 3
+    for t in row[1:]:
+      targets[(int(u), int(t))] = targets.get((int(u), int(t)), 0) + 1
+  for u in range(USERS):
+    seq = ds.train[u][ds.train[u] != 16]
+    assert sorted(t for (v, t) in targets if v == u) == sorted(
+        seq[1:].tolist())
+  assert set(targets.values()) == {1}
+  assert no_sid == sum(int((ds.train[u] == 16).sum()) for u in range(USERS))
 
 
 def _echo(element, draws):
@@ -312,12 +439,16 @@ def _planted_config(variant, name):
   return config
 
 
-@pytest.mark.parametrize("variant", ["tiger", "decoder_sid_hints"])
+@pytest.mark.parametrize("variant", ["tiger", "decoder_sid_hints",
+                                     "decoder_sid_hints_causal"])
 def test_planted_pattern_is_learned(planted, variant):
   name = f"planted_{variant}"
-  config = _planted_config(variant, name)
+  causal = variant.endswith("_causal")
+  config = _planted_config(variant.removesuffix("_causal"), name)
   if config.kind == "decoder":  # learns slower per step than the T5
     config.train.num_steps = 600
+  if causal:  # the same steps and rows (a window holds 1-3 targets)
+    config.data.examples = "causal"
   metrics = stage.run(config, str(planted))
   assert metrics["test/hr@1"] >= 0.9, metrics
   assert metrics["invalid_rate"] == 0.0

@@ -34,6 +34,14 @@ sums of L finite log-probs, far above NEG_INF / 2). Returned rows whose
 score is NEG_INF have item id -1: when fewer than `top_n` items can follow a
 prompt, the tail of the result is `(-1, NEG_INF)`.
 
+Excluded items. `exclude` (per row, e.g. the user's history) removes items
+from that row's trie: the last level never emits them and a prefix whose
+items are all excluded is never entered (per-row item counts below each
+state, `trie.ExclusionTables`). The result equals the search over a trie
+built without those items, so history masking never leaves a user with
+fewer than top_n items while the catalogue has them (masking the W results
+afterwards does).
+
 No silent fallback to unconstrained decoding (MiniOneRec issue #50): a
 malformed prompt (empty, all padding, not left-padded, longer than the
 cache, not ending in the required marker tokens) raises ValueError on the
@@ -53,7 +61,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from genrec_jax.decoding.trie import Trie, TrieTables
+from genrec_jax.decoding.trie import ExclusionTables, Trie, TrieTables
 
 # Score of a masked candidate / dead beam. Finite on purpose (never -inf):
 # NEG_INF + x stays comparable and NaN-free.
@@ -384,10 +392,37 @@ def _next_states(tables: TrieTables, state, level, c_max: int):
   return jnp.where(level < tables.num_dense, dense, sparse)
 
 
-def _search_one(scorer, params, prompt, tables: TrieTables, *,
+def _allowed(exclusion: ExclusionTables, exclude):
+  """(state -> any item left, item -> not excluded) for one row.
+
+  Args:
+    exclusion: the trie's exclusion tables.
+    exclude: int32 [E] distinct excluded item ids, -1 padded.
+
+  Returns:
+    (bool [num_states], bool [num_items]).
+  """
+  num_items = exclusion.item_states.shape[0]
+  ok = exclude >= 0
+  item = jnp.where(ok, exclude, 0)  # [E]
+  states = exclusion.item_states[item]  # [E, L]
+  hit = ok[:, None] & (states >= 0)  # [E, L]
+  removed = jnp.zeros_like(exclusion.state_items).at[
+      jnp.where(hit, states, 0)].add(hit.astype(jnp.int32))  # [S]
+  banned = jnp.zeros((num_items,), bool).at[
+      jnp.where(ok, exclude, num_items)].set(True, mode="drop")
+  return exclusion.state_items - removed > 0, ~banned
+
+
+def _search_one(scorer, params, prompt, tables: TrieTables, exclude=None,
+                exclusion: ExclusionTables | None = None, *,
                 sid_tokens: SidTokens, beam_size: int, num_levels: int,
                 top_n: int):
-  """Beam search for one example. Returns (items [N], scores [N], codes [N, L])."""
+  """Beam search for one example. Returns (items [N], scores [N], codes [N, L]).
+
+  `exclude` (int32 [E], -1 padded; with `exclusion`): items this row must
+  not return; prefixes with no other item below are never entered.
+  """
   w = beam_size
   c_max = max(sid_tokens.sizes)
   sizes = np.asarray(sid_tokens.sizes)
@@ -410,6 +445,8 @@ def _search_one(scorer, params, prompt, tables: TrieTables, *,
   seqs = jnp.full((w, num_levels), -1, jnp.int32)  # [W, L]
   tok_idx_j = jnp.asarray(tok_idx)
   code_ok_j = jnp.asarray(code_ok)
+  if exclude is not None:
+    state_ok, item_ok = _allowed(exclusion, exclude)
 
   def select(level, logits, scores, tstate, k):
     logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)  # [W, V]
@@ -417,6 +454,12 @@ def _search_one(scorer, params, prompt, tables: TrieTables, *,
     nxt = _next_states(tables, tstate, level, c_max)  # [W, C]
     ok = ((nxt >= 0) & code_ok_j[level][None, :]
           & (scores > NEG_INF / 2)[:, None])  # [W, C]
+    if exclude is not None:  # next state (item at the last level) left?
+      left = jnp.where(
+          level == num_levels - 1,
+          item_ok[jnp.clip(nxt, 0, item_ok.shape[0] - 1)],
+          state_ok[jnp.clip(nxt, 0, state_ok.shape[0] - 1)])
+      ok = ok & left
     cand = jnp.where(ok, scores[:, None] + lp, NEG_INF)  # [W, C]
     top, flat = jax.lax.top_k(cand.reshape(-1), k)  # [k]
     beam, code = flat // c_max, flat % c_max
@@ -458,7 +501,8 @@ def _search_one(scorer, params, prompt, tables: TrieTables, *,
   return items, scores, codes
 
 
-def search_batch(scorer, params, prompts, tables: TrieTables, *,
+def search_batch(scorer, params, prompts, tables: TrieTables, exclude=None,
+                 exclusion: ExclusionTables | None = None, *,
                  sid_tokens: SidTokens, beam_size: int, num_levels: int,
                  top_n: int) -> SearchResult:
   """The vmapped (not yet jitted) search; see `beam_search`."""
@@ -472,9 +516,30 @@ def search_batch(scorer, params, prompts, tables: TrieTables, *,
   one = functools.partial(_search_one, scorer, sid_tokens=sid_tokens,
                           beam_size=beam_size, num_levels=num_levels,
                           top_n=top_n)
-  items, scores, codes = jax.vmap(one, in_axes=(None, 0, None))(
-      params, prompts, tables)
+  if exclude is None:
+    items, scores, codes = jax.vmap(one, in_axes=(None, 0, None))(
+        params, prompts, tables)
+  else:
+    items, scores, codes = jax.vmap(one, in_axes=(None, 0, None, 0, None))(
+        params, prompts, tables, exclude, exclusion)
   return SearchResult(items, scores, codes)
+
+
+def pad_exclude(exclude: Sequence[Sequence[int]], num_items: int
+                ) -> np.ndarray:
+  """Rows of item ids -> int32 [B, E] distinct in-range ids, -1 padded.
+
+  E is rounded up to a power of two (>= 8) so that a jitted search compiles
+  for a few widths only.
+  """
+  rows = [np.unique(np.asarray(r, np.int64)) for r in exclude]
+  rows = [r[(r >= 0) & (r < num_items)] for r in rows]
+  width = max([8] + [len(r) for r in rows])
+  width = 1 << (width - 1).bit_length()
+  out = np.full((len(rows), width), -1, np.int32)
+  for i, r in enumerate(rows):
+    out[i, :len(r)] = r
+  return out
 
 
 # Jitted once per (scorer, sid_tokens, beam_size, num_levels, top_n) and
@@ -486,8 +551,9 @@ beam_search_jit = jax.jit(
 
 
 def beam_search(scorer, params, prompts, trie: Trie, *, beam_size: int,
-                top_n: int | None = None,
-                sid_tokens: SidTokens) -> SearchResult:
+                top_n: int | None = None, sid_tokens: SidTokens,
+                exclude: Sequence[Sequence[int]] | None = None
+                ) -> SearchResult:
   """Constrained beam search with host-side input checks.
 
   Args:
@@ -500,6 +566,9 @@ def beam_search(scorer, params, prompts, trie: Trie, *, beam_size: int,
     top_n: results per example (<= beam_size; default beam_size).
     sid_tokens: SID token layout in the model vocabulary (and the forced
       suffix tokens, if any).
+    exclude: per row the item ids it must not return (e.g. its history):
+      they are removed from that row's trie, so the top_n results are
+      top_n other items whenever the catalogue has them.
 
   Returns:
     SearchResult with [B, top_n] items and scores, best first.
@@ -515,6 +584,12 @@ def beam_search(scorer, params, prompts, trie: Trie, *, beam_size: int,
       raise ValueError(f"SID token sizes {sid_tokens.sizes} do not cover the "
                        f"trie codebook sizes {trie.codebook_sizes}")
   scorer.check_prompts(prompts, sid_tokens.num_new_tokens)
+  if exclude is not None:
+    exclude = pad_exclude(exclude, trie.num_items)
+    return beam_search_jit(scorer, params, prompts, trie.tables, exclude,
+                           trie.exclusion, sid_tokens=sid_tokens,
+                           beam_size=beam_size, num_levels=trie.num_levels,
+                           top_n=top_n)
   return beam_search_jit(scorer, params, prompts, trie.tables,
                          sid_tokens=sid_tokens, beam_size=beam_size,
                          num_levels=trie.num_levels, top_n=top_n)

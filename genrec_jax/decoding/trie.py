@@ -42,6 +42,23 @@ DENSE_BUDGET = 1 << 22
 DENSE_MIN_FILL = 1 / 16
 
 
+class ExclusionTables(NamedTuple):
+  """What a jitted search needs to mask excluded items (a pytree of arrays).
+
+  A row's excluded items (e.g. its history) are removed from the trie *for
+  that row*: the last level never emits them, and a prefix state whose
+  items are all excluded is never entered (so no beam is wasted on it).
+
+  Attributes:
+    item_states: int32 [num_items, L] the state after 0..L-1 codes of each
+      item's path (column 0 = root); rows of items without an SID hold -1.
+    state_items: int32 [num_states] items below each state.
+  """
+
+  item_states: np.ndarray
+  state_items: np.ndarray
+
+
 class TrieTables(NamedTuple):
   """The arrays a jitted search takes (a pytree of arrays).
 
@@ -75,6 +92,7 @@ class Trie:
     codebook_sizes: codes per level.
     num_items: item id bound (ids are 0..num_items-1).
     has_item: bool [num_items] True for items that have a path in the trie.
+    exclusion: the tables that mask excluded items per row.
   """
 
   tables: TrieTables
@@ -82,6 +100,7 @@ class Trie:
   codebook_sizes: tuple[int, ...]
   num_items: int
   has_item: np.ndarray
+  exclusion: ExclusionTables
 
   @property
   def num_levels(self) -> int:
@@ -284,5 +303,10 @@ def build_trie(
   full_codes[item_ids] = codes
   has_item = np.zeros(num_items, dtype=bool)
   has_item[item_ids] = True
+  item_states = np.full((num_items, num_levels), -1, dtype=np.int32)
+  item_states[item_ids] = prefix_state
+  state_items = np.bincount(prefix_state.reshape(-1), minlength=num_states)
+  exclusion = ExclusionTables(item_states=item_states,
+                              state_items=state_items.astype(np.int32))
   return Trie(tables=tables, codes=full_codes, codebook_sizes=codebook_sizes,
-              num_items=num_items, has_item=has_item)
+              num_items=num_items, has_item=has_item, exclusion=exclusion)

@@ -7,9 +7,7 @@ no item) for a batch of evaluation rows (a constrained beam search, or any
 `metrics.ranks_from_lists` / `metrics_from_ranks`, and `invalid_rate`: the
 fraction of returned ids that are not valid items, measured on every
 returned id (0 by construction of the constrained search; checked, not
-assumed). `drop_excluded` is the history masking of a beam search: drop
-each row's history items from its W results, then keep top_n, as the
-full-ranking protocol of SASRec / most-popular masks them.
+assumed).
 """
 
 from __future__ import annotations
@@ -20,7 +18,7 @@ from typing import Callable
 from absl import logging
 import numpy as np
 
-from genrec_jax.data.dataset import EvalExamples, Ragged
+from genrec_jax.data.dataset import EvalExamples
 from genrec_jax.evaluation import metrics as metrics_lib
 
 
@@ -35,26 +33,6 @@ def take_examples(examples: EvalExamples, rows: np.ndarray) -> EvalExamples:
       candidates=(None if examples.candidates is None
                   else examples.candidates[rows]),
   )
-
-
-def drop_excluded(items: np.ndarray, exclude: Ragged, top_n: int
-                  ) -> np.ndarray:
-  """Ranked lists without each row's excluded items, -1 padded to top_n.
-
-  The full-ranking protocol of SASRec / most-popular masks a row's
-  `exclude` items (its history); a beam search keeps more beams than top_n
-  and drops them afterwards.
-
-  Args:
-    items: int [B, W] ranked item ids (-1 = empty).
-    exclude: per row the items masked at ranking time.
-    top_n: list length kept.
-  """
-  out = np.full((len(items), top_n), -1, np.int64)
-  for i, row in enumerate(items):
-    row = row[(row >= 0) & ~np.isin(row, exclude[i])][:top_n]
-    out[i, :len(row)] = row
-  return out
 
 
 def evaluate_generative(

@@ -108,6 +108,14 @@ def check_config(config: ml_collections.ConfigDict) -> None:
       ("eval.top_n", config.eval.top_n, 1, None),
   ]
   check_ranges(checks)
+  examples = config.data.get("examples", "prefix")
+  if examples not in ("prefix", "causal"):
+    raise ValueError(f"config field 'data.examples': {examples!r} is not "
+                     "'prefix' or 'causal'")
+  if examples == "causal" and format_name(config) != "sid":
+    raise ValueError("config field 'data.examples' = 'causal' needs the 'sid' "
+                     f"format (kind 'decoder', prompt.format 'sid'), not "
+                     f"{format_name(config)!r}")
   if config.eval.top_n > config.eval.beam_size:
     raise ValueError(f"config field 'eval.top_n' = {config.eval.top_n} "
                      f"exceeds eval.beam_size = {config.eval.beam_size}")

@@ -7,9 +7,9 @@
 
 The search is the jitted trie-constrained beam search over the items'
 semantic IDs with the format's prompts and scorer. With `exclude_history`
-the rows' history items are dropped from the beam_size results before the
-top_n are kept (the full-ranking protocol of SASRec / most-popular masks
-them). `beam_size` is the width the model was evaluated with; model.json
+each row's history items are removed from its trie inside the search (the
+full-ranking protocol of SASRec / most-popular masks them), so the top_n
+results are top_n unseen items and no beam is spent on a seen one. `beam_size` is the width the model was evaluated with; model.json
 records it, so `evaluate` and `recommend` search as training evaluated.
 """
 
@@ -24,7 +24,6 @@ import numpy as np
 from genrec_jax import model_folder
 from genrec_jax.data.dataset import Dataset, EvalExamples
 from genrec_jax.decoding import beam_search as bs
-from genrec_jax.evaluation.generative import drop_excluded
 from genrec_jax.generative import formats
 from genrec_jax.semantic_ids.table import SemanticIds
 
@@ -69,15 +68,14 @@ class GenerativeRanker:
              exclude_history: bool) -> np.ndarray:
     """int [B, top_n] ranked items (-1 = none)."""
     top_n = min(top_n, beam_size)
+    exclude = None
+    if exclude_history and batch.exclude is not None:
+      exclude = [batch.exclude[i] for i in range(len(batch.users))]
     res = bs.beam_search(self.scorer, self.params,
                          self.fmt.eval_prompts(batch), self.trie,
-                         beam_size=beam_size,
-                         top_n=beam_size if exclude_history else top_n,
-                         sid_tokens=self.fmt.layout)
-    items = np.asarray(res.items)
-    if exclude_history and batch.exclude is not None:
-      return drop_excluded(items, batch.exclude, top_n)
-    return items[:, :top_n]
+                         beam_size=beam_size, top_n=top_n,
+                         sid_tokens=self.fmt.layout, exclude=exclude)
+    return np.asarray(res.items)
 
   def rank(self, batch: EvalExamples, *, top_n: int,
            exclude_history: bool) -> np.ndarray:

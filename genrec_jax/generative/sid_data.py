@@ -1,13 +1,21 @@
 """Next-item examples on SID tokens (the TIGER and "sid" formats).
 
-Every train prefix of a user is one example: history train[u][:p] -> the
-item train[u][p]. `sid_train_data` groups the examples into a few history
-widths (`buckets`, in items; max_history always one) and makes batches of
-one width each, left-padded with -1 (one compile per width; most histories
-are far shorter than the longest), on training/batching's epoch plans
-(process sharding, exact resume). A format's `transform(element, draws)`
-turns a batch of (user, history, target) into its model's arrays;
-`history_tokens` turns item histories into SID tokens.
+Two ways to cut a user's training sequence into examples:
+
+* `sid_train_data` (per prefix): every train prefix is one example,
+  history train[u][:p] -> the item train[u][p], grouped into a few history
+  widths (`buckets`, in items; max_history always one), batches of one
+  width each, left-padded with -1;
+* `window_train_data` (causal, SASRec / HSTU style): the sequence is cut
+  into windows of up to max_history + 1 items, from the end (consecutive
+  windows share one item), and a model reads a window once with the loss on
+  every item but the first: each train item is a target exactly once, as
+  in the per-prefix mode, at ~1/max_history of the tokens.
+
+Both run on training/batching's epoch plans (one compile per width, process
+sharding, exact resume). A format's `transform(element, draws)` turns a
+batch into its model's arrays; `history_tokens` turns item histories into
+SID tokens.
 """
 
 from __future__ import annotations
@@ -94,3 +102,81 @@ def sid_train_data(ds: Dataset, transform, item_tokens: np.ndarray, *,
            "widths": {int(w): int(c) for w, c in zip(widths, counts)},
            "left_out_per_epoch": planner.dropped_per_epoch}
   return batching.Batches(dataset, planner.num_batches, int(len(users)), stats)
+
+
+def windows(train, has_sid: np.ndarray, size: int
+            ) -> tuple[np.ndarray, np.ndarray, int]:
+  """Causal training windows of `size` items over the items with an SID.
+
+  A user's train items that have an SID, s_0..s_{m-1}, are cut from the end
+  into windows [m-size, m), [m-2 size+1, m-size+1), ...: consecutive
+  windows share one item, so every item but s_0 is a target (a non-first
+  window item) exactly once. The first window may be shorter (>= 2 items).
+
+  Returns:
+    (items int32 [N, size] right-padded with -1, users int32 [N], number
+    of train items left out because they have no SID).
+  """
+  rows, users = [], []
+  no_sid = 0
+  for u in range(len(train)):
+    seq = train[u]
+    ok = has_sid[seq]
+    no_sid += int((~ok).sum())
+    seq = seq[ok]
+    end = len(seq)
+    while end >= 2:
+      start = max(0, end - size)
+      rows.append(seq[start:end])
+      users.append(u)
+      end = start + 1
+  items = np.full((len(rows), size), -1, np.int32)
+  for i, r in enumerate(rows):
+    items[i, :len(r)] = r
+  return items, np.asarray(users, np.int32), no_sid
+
+
+def window_train_data(ds: Dataset, transform, item_tokens: np.ndarray, *,
+                      max_history: int, buckets, batch_size: int, seed: int,
+                      num_epochs: int | None, shard_index: int = 0,
+                      shard_count: int = 1) -> batching.Batches:
+  """Batches of causal windows (max_history + 1 items), bucketed by length.
+
+  A batch holds windows of one width (`buckets` + max_history, in context
+  items, i.e. window length - 1), right-padded with -1:
+  element {"user": [B], "items": int32 [B, width + 1]}. Epoch plans,
+  process sharding and exact resume as `sid_train_data`.
+  """
+  local = batching.check_shards(batch_size, shard_index, shard_count)
+  has_sid = (item_tokens >= 0).all(1)
+  items, users, no_sid = windows(ds.train, has_sid, max_history + 1)
+  if not len(items):
+    raise DataError("dataset/train: no user has two train items with an SID")
+  widths = sorted({min(int(w), max_history) for w in buckets} | {max_history})
+  context = (items >= 0).sum(1) - 1  # items before the last target
+  bucket_of = np.searchsorted(widths, context)
+  planner = batching.EpochPlanner(bucket_of, len(widths), batch_size, seed)
+  if planner.num_batches == 0:
+    raise DataError(f"dataset/train: {len(items)} training windows make no "
+                    f"batch of {batch_size}")
+  lo = shard_index * local
+
+  def make_batch(index, rng):
+    rows, bucket, _ = planner.batch(index)
+    width = widths[bucket] + 1
+    draws = rng.random((batch_size, width))[lo:lo + local]
+    rows = rows[lo:lo + local]
+    element = {"user": users[rows], "items": items[rows, :width]}
+    return transform(element, draws)
+
+  dataset = batching.batch_pipeline(planner, make_batch, seed=seed,
+                                    num_epochs=num_epochs, num_threads=1,
+                                    prefetch=4)
+  counts = np.bincount(bucket_of, minlength=len(widths))
+  targets = int(context.sum())
+  stats = {"windows": int(len(items)), "targets": targets,
+           "no_sid_items": no_sid,
+           "widths": {int(w): int(c) for w, c in zip(widths, counts)},
+           "left_out_per_epoch": planner.dropped_per_epoch}
+  return batching.Batches(dataset, planner.num_batches, int(len(items)),
+                          stats)

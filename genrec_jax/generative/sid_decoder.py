@@ -1,7 +1,17 @@
 """The "sid" format: a from-scratch decoder LM on bare SID-token prompts.
 
-  [bos] history SID tokens ([hint] SID tokens of the K hint items) [sep]
-  -> the target's SID tokens
+Two layouts, chosen by how the model is trained (`examples` in model.json):
+
+  prefix  [bos] history SID tokens ([hint] SID tokens of the K hint items)
+          [sep] -> the target's SID tokens; one example per history prefix.
+  causal  [bos] per history item: its SID tokens ([hint] its K hints) [sep]
+          -> the target's SID tokens. Training reads a window of
+          max_history + 1 items once, the loss on every item but the first
+          (SASRec / HSTU style); the hint block after an item never holds
+          the next item (clean target per position) and is dropped per
+          position. Evaluation prompts are the same layout with the last
+          item's full hints, so a one-target window is exactly a prefix
+          example (tested).
 
 Own vocabulary: 0 pad, 1 eos, 2 bos, 3 sep, 4 hint, then the SID blocks.
 The hints are miniGR-CF's collaborative hints without the text (the
@@ -25,7 +35,8 @@ from genrec_jax.decoding import beam_search as bs
 from genrec_jax.generative import formats
 from genrec_jax.generative import losses
 from genrec_jax.generative.hints import Hints
-from genrec_jax.generative.sid_data import PAD, history_tokens, sid_train_data
+from genrec_jax.generative.sid_data import PAD, history_tokens
+from genrec_jax.generative.sid_data import sid_train_data, window_train_data
 from genrec_jax.models import decoder
 
 EOS, BOS, SEP, HINT = 1, 2, 3, 4
@@ -55,30 +66,72 @@ def sid_prompt(history: np.ndarray, hint: np.ndarray | None) -> np.ndarray:
 
 
 def prompt_width(max_history: int, levels: int, hint_k: int,
-                 with_hints: bool) -> int:
-  return 2 + max_history * levels + (1 + hint_k * levels) * with_hints
+                 with_hints: bool, causal: bool = False) -> int:
+  hint = (1 + hint_k * levels) * with_hints
+  if causal:
+    return 1 + max_history * (levels + 1 + hint)
+  return 2 + max_history * levels + hint
+
+
+def causal_prompt(items: np.ndarray, item_tokens: np.ndarray,
+                  hints: Hints | None, show: np.ndarray,
+                  last_target: int | None) -> tuple[np.ndarray, np.ndarray]:
+  """[BOS] then per item: its SID tokens ([HINT] hint tokens) [SEP].
+
+  Args:
+    items: int [n] item ids (each with an SID), oldest first.
+    item_tokens: int [items, L] SID tokens.
+    hints: the hints (None: no hint blocks).
+    show: bool [n] whether item i's hint block is shown.
+    last_target: the item after the last one when known (training and
+      rollouts: its hint block is cleaned of it), else None (full hints).
+
+  Returns:
+    (int32 tokens, int64 [n] position of each item's first SID token).
+  """
+  parts, starts, pos = [[BOS]], [], 1
+  for i, item in enumerate(items):
+    tok = item_tokens[item]
+    parts.append(tok)
+    starts.append(pos)
+    pos += len(tok)
+    nxt = int(items[i + 1]) if i + 1 < len(items) else last_target
+    hint = hint_tokens(hints, item, item_tokens, nxt) if show[i] else None
+    if hint is not None:
+      parts += [[HINT], hint]
+      pos += 1 + len(hint)
+    parts.append([SEP])
+    pos += 1
+  return (np.concatenate(parts).astype(np.int32),
+          np.asarray(starts, np.int64))
 
 
 def eval_prompts(history, item_tokens, *, max_history: int,
-                 hints: Hints | None,
-                 targets: np.ndarray | None = None) -> dict[str, np.ndarray]:
+                 hints: Hints | None, targets: np.ndarray | None = None,
+                 causal: bool = False) -> dict[str, np.ndarray]:
   """Left-padded prompts of evaluation histories (full hints).
 
   `targets` (one item per row): each row's hint is cleaned of its target
-  (training prompts, e.g. reinforcement-learning rollouts).
+  (training prompts, e.g. reinforcement-learning rollouts). `causal`: the
+  causal layout (a hint block after every item).
   """
   hist = history.padded(max_history, -1, left=True)  # [B, H]
   toks, mask = history_tokens(hist, item_tokens, max_history)
   levels = item_tokens.shape[1]
   width = prompt_width(max_history, levels, hints.k if hints else 0,
-                       hints is not None)
+                       hints is not None, causal)
   b = len(hist)
   ids = np.full((b, width), PAD, np.int32)
   amask = np.zeros((b, width), bool)
   for i in range(b):
     target = None if targets is None else int(targets[i])
-    row = sid_prompt(toks[i][mask[i]],
-                     hint_tokens(hints, hist[i, -1], item_tokens, target))
+    if causal:
+      items = hist[i][mask[i][::levels]]
+      row, _ = causal_prompt(items, item_tokens, hints,
+                             np.ones(len(items), bool), target)
+    else:
+      row = sid_prompt(toks[i][mask[i]],
+                       hint_tokens(hints, hist[i, -1], item_tokens, target))
     ids[i, width - len(row):] = row
     amask[i, width - len(row):] = True
   return {"input_ids": ids, "attention_mask": amask}
@@ -118,6 +171,44 @@ class SidDecoderBatch:
       ids[i, :len(row)] = row
       amask[i, :len(row)] = True
       lmask[i, len(row) - levels:len(row)] = 1.0
+    return {"input_ids": ids, "attention_mask": amask, "loss_mask": lmask}
+
+
+class CausalSidBatch:
+  """Window batch -> right-padded causal sequences, loss on every target.
+
+  element {"items": int [B, n + 1]} (-1 right-padded) -> the causal layout
+  of the window's first n items followed by the last item's SID tokens;
+  `loss_mask` covers the SID tokens of every item but the first. `draws`
+  [B, n + 1] uniform [0, 1): item i's hint block is dropped when
+  draws[b, i] < hint_dropout (per position, re-drawn every epoch).
+  """
+
+  def __init__(self, item_tokens, hints: Hints | None = None,
+               hint_dropout: float = 0.0):
+    self.item_tokens = item_tokens
+    self.hints, self.hint_dropout = hints, hint_dropout
+
+  def __call__(self, element, draws: np.ndarray):
+    items = element["items"]  # [B, n + 1]
+    b, n1 = items.shape
+    levels = self.item_tokens.shape[1]
+    k = self.hints.k if self.hints is not None else 0
+    width = prompt_width(n1 - 1, levels, k, self.hints is not None,
+                         causal=True) + levels
+    ids = np.full((b, width), PAD, np.int32)
+    amask = np.zeros((b, width), bool)
+    lmask = np.zeros((b, width), np.float32)
+    show = np.asarray(draws) >= self.hint_dropout  # [B, n + 1]
+    for i in range(b):
+      row_items = items[i][items[i] >= 0]
+      ctx, starts = causal_prompt(row_items[:-1], self.item_tokens,
+                                  self.hints, show[i], int(row_items[-1]))
+      row = np.concatenate([ctx, self.item_tokens[row_items[-1]]])
+      ids[i, :len(row)] = row
+      amask[i, :len(row)] = True
+      for s in list(starts[1:]) + [len(ctx)]:  # every item but the first
+        lmask[i, s:s + levels] = 1.0
     return {"input_ids": ids, "attention_mask": amask, "loss_mask": lmask}
 
 
@@ -164,13 +255,18 @@ class SidFormat(formats.PromptFormat):
       raise ValueError("config field 'prompt.format' = 'sid' needs "
                        "model.source = 'scratch'")
     layout = bs.SidTokens.contiguous(sids.codebook_sizes, base=SID_BASE)
-    settings = {"format": cls.name, "max_history": int(config.data.max_history),
+    max_history = int(config.data.max_history)
+    settings = {"format": cls.name, "max_history": max_history,
                 "hints": bool(config.hints.enabled),
-                "hint_k": int(config.hints.k)}
+                "hint_k": int(config.hints.k),
+                "examples": config.data.examples}
     cfg = scratch_config(config.model, layout.end, bos=BOS, eos=EOS, pad=PAD)
+    budget = int(config.train.answer_budget)
+    if config.data.examples == "causal" and budget:
+      # Every target of a window carries loss: never drop one.
+      budget = max(budget, max_history * len(layout.sizes))
     fmt = cls(ds, sids, workdir, model_config=cfg, layout=layout,
-              settings=settings,
-              answer_budget=int(config.train.answer_budget))
+              settings=settings, answer_budget=budget)
     fmt.training = config
     return fmt, fmt.build_model(nnx.Rngs(config.seed))
 
@@ -183,12 +279,22 @@ class SidFormat(formats.PromptFormat):
   def build_model(self, rngs):
     return decoder.Decoder(self.model_config, rngs=rngs)
 
+  @property
+  def causal(self) -> bool:
+    return self.settings.get("examples", "prefix") == "causal"
+
   def train_batches(self, *, batch_size, num_epochs, seed, shard_index=0,
                     shard_count=1):
     c = self.training
-    transform = SidDecoderBatch(self.item_tokens, self.max_history,
-                                self.hints, float(c.hints.dropout))
-    return sid_train_data(
+    dropout = float(c.hints.dropout)
+    if self.causal:
+      transform = CausalSidBatch(self.item_tokens, self.hints, dropout)
+      make = window_train_data
+    else:
+      transform = SidDecoderBatch(self.item_tokens, self.max_history,
+                                  self.hints, dropout)
+      make = sid_train_data
+    return make(
         self.ds, transform, self.item_tokens, max_history=self.max_history,
         buckets=tuple(c.data.history_buckets), batch_size=batch_size,
         seed=seed, num_epochs=num_epochs, shard_index=shard_index,
@@ -196,7 +302,8 @@ class SidFormat(formats.PromptFormat):
 
   def eval_prompts(self, batch):
     return eval_prompts(batch.history, self.item_tokens,
-                        max_history=self.max_history, hints=self.hints)
+                        max_history=self.max_history, hints=self.hints,
+                        causal=self.causal)
 
   def rollout_prompts(self, batch, title_rows=None):
     if title_rows is not None and np.any(title_rows):
@@ -204,7 +311,7 @@ class SidFormat(formats.PromptFormat):
                        "'rollout.title_fraction' must be 0)")
     return eval_prompts(batch.history, self.item_tokens,
                         max_history=self.max_history, hints=self.hints,
-                        targets=batch.targets.values)
+                        targets=batch.targets.values, causal=self.causal)
 
   def scorer(self, graphdef):
     # Every prompt ends in SEP (checked before the search starts).
