@@ -15,12 +15,18 @@ def train() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   # Peak learning rate.
   c.learning_rate = 1e-3
-  # Linear warm-up steps from 0 to the peak.
+  # Linear warm-up steps from 0 to the peak ("rsqrt": steps at the peak
+  # before the decay starts, T5's plateau).
   c.warmup_steps = 100
-  # Decay after warm-up: "cosine", "linear" or "constant".
+  # Decay after warm-up: "cosine", "linear", "constant" or "rsqrt" (T5 /
+  # T5X: the peak for warmup_steps, then peak * sqrt(warmup_steps / step)).
   c.schedule = "cosine"
   # Final learning rate as a fraction of the peak.
   c.end_lr_ratio = 0.0
+  # "adamw" or "adafactor" (T5X's: factored second moments, decay 0.8,
+  # update clipping 1.0, steps scaled by the parameter RMS; no momentum,
+  # b1 / b2 / weight_decay unused).
+  c.optimizer = "adamw"
   # AdamW moments and decoupled weight decay (matrices only).
   c.b1 = 0.9
   c.b2 = 0.999

@@ -35,10 +35,10 @@ def _masked_ce(logits, targets, weights):
 
 
 def t5_loss(model, batch, key):
-  """Teacher-forced CE on `labels` (-1 = ignored)."""
-  del key  # the models have no dropout
+  """Teacher-forced CE on `labels` (-1 = ignored); dropout (when the model
+  has a rate) drawn from `key`."""
   logits = model(batch["encoder_ids"], batch["decoder_ids"],
-                 batch["encoder_mask"])  # [B, T, V]
+                 batch["encoder_mask"], dropout_key=key)  # [B, T, V]
   labels = batch["labels"]
   return _masked_ce(logits, jnp.maximum(labels, 0),
                     (labels >= 0).astype(jnp.float32))

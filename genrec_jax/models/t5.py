@@ -68,6 +68,12 @@ class T5Config:
   decoder_start_token_id: int = 0
   pad_token_id: int = 0
   eos_token_id: int = 1
+  # Dropout (training forwards given a `dropout_key` only): on the embedded
+  # inputs, the FFN hidden units, every sublayer output and the final norm
+  # outputs, as HF T5 (its attention-probability dropout is left out).
+  dropout_rate: float = 0.0
+  # Std of the initial token embeddings (HF T5: 1.0).
+  embed_init_std: float = 1.0
   # Parameter / compute dtype.
   dtype: Any = jnp.float32
   # Run the blocks as a lax.scan loop (compile time flat in depth) or
@@ -111,9 +117,9 @@ class T5Config:
 
   def to_hf(self) -> dict[str, Any]:
     d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
-         if f.name not in ("dtype", "scan_layers")}
+         if f.name not in ("dtype", "scan_layers", "embed_init_std")}
     d.update(architectures=["T5ForConditionalGeneration"], model_type="t5",
-             is_encoder_decoder=True, dropout_rate=0.0,
+             is_encoder_decoder=True,
              torch_dtype=jnp.dtype(self.dtype).name)
     return d
 
@@ -213,7 +219,8 @@ class T5Model(nnx.Module):
     nb = cfg.relative_attention_num_buckets
     p = layers.param
     # HF: shared (= encoder/decoder.embed_tokens)
-    self.shared = p(rngs, layers.normal(1.0), (V, D), ("vocab", "embed"), dt)
+    self.shared = p(rngs, layers.normal(cfg.embed_init_std), (V, D),
+                    ("vocab", "embed"), dt)
     # HF: {encoder,decoder}.block.0.layer.0.SelfAttention.
     #     relative_attention_bias
     self.enc_rel_bias = p(rngs, layers.normal(0.1), (nb, cfg.num_heads),
@@ -231,13 +238,23 @@ class T5Model(nnx.Module):
 
   # -- pieces ---------------------------------------------------------------
 
-  def _ffn(self, h: Array, w: dict[str, Array]) -> Array:
+  def _dropout(self, x: Array, key: Array | None, site: int) -> Array:
+    """Inverted dropout at `dropout_rate` (identity without a key)."""
+    rate = self.config.dropout_rate
+    if key is None or rate == 0.0:
+      return x
+    keep = jax.random.bernoulli(jax.random.fold_in(key, site), 1.0 - rate,
+                                x.shape)
+    return jnp.where(keep, x / (1.0 - rate), 0.0).astype(x.dtype)
+
+  def _ffn(self, h: Array, w: dict[str, Array],
+           key: Array | None = None) -> Array:
     act = layers.activation(self.config.dense_act_fn)
     if self.config.is_gated_act:
       x = act(layers.dense(h, w["wi_0"])) * layers.dense(h, w["wi_1"])
     else:
       x = act(layers.dense(h, w["wi"]))
-    return layers.dense(x, w["wo"])
+    return layers.dense(self._dropout(x, key, 0), w["wo"])
 
   def _pos_bias(self, table: Array, q_pos: Array, k_pos: Array,
                 bidirectional: bool) -> Array:
@@ -249,9 +266,10 @@ class T5Model(nnx.Module):
                                  cfg.relative_attention_max_distance)
     return jnp.moveaxis(table[b], -1, 1).astype(jnp.float32)  # [B, N, T, S]
 
-  def _head(self, h: Array) -> Array:
+  def _head(self, h: Array, dropout_key: Array | None = None) -> Array:
     cfg = self.config
     h = layers.rms_norm(h, self.dec_final_norm[...], cfg.layer_norm_epsilon)
+    h = self._dropout(h, dropout_key, 10)
     if cfg.scale_decoder_outputs:
       h = h * (cfg.d_model**-0.5)
     if cfg.tie_word_embeddings:
@@ -268,8 +286,8 @@ class T5Model(nnx.Module):
 
   def _block(self, h: Array, w: dict[str, Array],
              attend: Callable[..., tuple[Array, Any, Any]],
-             cross: Callable[[Array, dict[str, Array]], Array] | None
-             ) -> tuple[Array, Any]:
+             cross: Callable[[Array, dict[str, Array]], Array] | None,
+             key: Array | None = None) -> tuple[Array, Any]:
     """One pre-norm T5 block: self-attention, cross-attention, FFN.
 
     Args:
@@ -278,28 +296,32 @@ class T5Model(nnx.Module):
       attend: attend(q, k, v) -> (out [B, T, N, H], cache, ys), a
         `layers.Attend` with the cache and layer bound.
       cross: cross(q, w) -> [B, T, N, H] (decoder), or None (encoder).
+      key: this layer's dropout key (None: no dropout).
 
     Returns:
       (h [B, T, D], cache).
     """
     eps = self.config.layer_norm_epsilon
+    drop = self._dropout
     x = layers.rms_norm(h, w["self_norm"], eps)
     q = layers.project_heads(x, w["self_q"])  # [B, T, N, H]
     k = layers.project_heads(x, w["self_k"])
     v = layers.project_heads(x, w["self_v"])
     a, cache, _ = attend(q, k, v)
-    h = h + layers.merge_heads(a, w["self_o"])
+    h = h + drop(layers.merge_heads(a, w["self_o"]), key, 1)
     if cross is not None:
       x = layers.rms_norm(h, w["cross_norm"], eps)
       q = layers.project_heads(x, w["cross_q"])  # [B, T, N, H]
-      h = h + layers.merge_heads(cross(q, w), w["cross_o"])
-    h = h + self._ffn(layers.rms_norm(h, w["ffn_norm"], eps), w)
+      h = h + drop(layers.merge_heads(cross(q, w), w["cross_o"]), key, 2)
+    ffn_key = None if key is None else jax.random.fold_in(key, 3)
+    h = h + drop(self._ffn(layers.rms_norm(h, w["ffn_norm"], eps), w,
+                           ffn_key), key, 4)
     return h, cache
 
   def _blocks(self, x: Array, stack: T5Layers, attend: layers.Attend,
               cache: Any = None, cross: Callable[..., Array] | None = None,
-              cross_kv: tuple[Array, Array] | None = None
-              ) -> tuple[Array, Any]:
+              cross_kv: tuple[Array, Array] | None = None,
+              key: Array | None = None) -> tuple[Array, Any]:
     """Scans `_block` over one stack's layers.
 
     Args:
@@ -310,21 +332,25 @@ class T5Model(nnx.Module):
       cross: cross(q, w, kv) -> [B, T, N, H] (decoder stack only).
       cross_kv: per-layer (K, V), each [layers, B or 1, S, N, H], handed to
         `cross` as kv (None: `cross` gets kv=None).
+      key: dropout key (None: no dropout), one per layer split from it.
 
     Returns:
       (x [B, T, D] after the last block, cache).
     """
     params = layers.stacked(stack)
 
+    num = params["self_q"].shape[0]
+    keys = None if key is None else jax.random.split(key, num)
+
     def body(carry, xs):
       h, c = carry
-      w, i, kv = xs
+      w, i, kv, k_i = xs
       h, c = self._block(
           h, w, lambda q, k, v: attend(q, k, v, c, i),
-          None if cross is None else lambda q, w: cross(q, w, kv))
+          None if cross is None else lambda q, w: cross(q, w, kv), k_i)
       return (h, c), None
 
-    xs = (params, jnp.arange(params["self_q"].shape[0]), cross_kv)
+    xs = (params, jnp.arange(num), cross_kv, keys)
     (x, cache), _ = jax.lax.scan(body, (x, cache), xs,
                                  unroll=not self.config.scan_layers)
     return x, cache
@@ -335,8 +361,8 @@ class T5Model(nnx.Module):
 
   # -- public API -----------------------------------------------------------
 
-  def encode(self, encoder_ids: Array,
-             encoder_mask: Array | None = None) -> Array:
+  def encode(self, encoder_ids: Array, encoder_mask: Array | None = None,
+             dropout_key: Array | None = None) -> Array:
     """Encoder stack.
 
     Args:
@@ -346,21 +372,27 @@ class T5Model(nnx.Module):
     Returns:
       [B, S, D] encoder output (after the final norm), in the model dtype.
     """
-    return self.encode_embeddings(self._embed(encoder_ids), encoder_mask)
+    return self.encode_embeddings(self._embed(encoder_ids), encoder_mask,
+                                  dropout_key)
 
-  def encode_embeddings(self, x: Array,
-                        encoder_mask: Array | None = None) -> Array:
+  def encode_embeddings(self, x: Array, encoder_mask: Array | None = None,
+                        dropout_key: Array | None = None) -> Array:
     """Encoder stack over given input vectors (`encode` without the token
     lookup; e.g. a frozen text encoder's states mapped to d_model).
 
     Args:
       x: [B, S, D] input vectors.
       encoder_mask: bool [B, S] (None: all positions real).
+      dropout_key: training forwards only (None: no dropout).
 
     Returns:
       [B, S, D] encoder output (after the final norm), in the model dtype.
     """
     B, S = x.shape[:2]
+    key = dropout_key
+    if key is not None:
+      x = self._dropout(x, key, 5)
+      key = jax.random.fold_in(key, 6)
     if encoder_mask is None:
       encoder_mask = jnp.ones((B, S), bool)
     mask = encoder_mask.astype(bool)
@@ -368,12 +400,15 @@ class T5Model(nnx.Module):
     pos = jnp.arange(S)
     bias = self._pos_bias(self.enc_rel_bias[...], pos[None], pos, True)
     attend = layers.full_attention(attn_mask, 1.0, bias)
-    x, _ = self._blocks(x.astype(self.config.dtype), self.enc_layers, attend)
-    return layers.rms_norm(x, self.enc_final_norm[...],
-                           self.config.layer_norm_epsilon)
+    x, _ = self._blocks(x.astype(self.config.dtype), self.enc_layers, attend,
+                        key=key)
+    return self._dropout(layers.rms_norm(x, self.enc_final_norm[...],
+                                         self.config.layer_norm_epsilon),
+                         dropout_key, 7)
 
   def decode(self, decoder_ids: Array, enc: Array,
-             encoder_mask: Array | None = None) -> Array:
+             encoder_mask: Array | None = None,
+             dropout_key: Array | None = None) -> Array:
     """Teacher-forced decoder -> float32 [B, T, V] logits."""
     B, T = decoder_ids.shape
     if encoder_mask is None:
@@ -383,15 +418,23 @@ class T5Model(nnx.Module):
     causal = jnp.broadcast_to(layers.causal_mask(T)[None], (B, T, T))
     attend = layers.full_attention(causal, 1.0, bias)
     cross = _cross_attention(enc, encoder_mask.astype(bool))
-    x, _ = self._blocks(self._embed(decoder_ids), self.dec_layers, attend,
-                        cross=cross)
-    return self._head(x)
+    key = dropout_key
+    x = self._embed(decoder_ids)
+    if key is not None:
+      x = self._dropout(x, key, 8)
+      key = jax.random.fold_in(key, 9)
+    x, _ = self._blocks(x, self.dec_layers, attend, cross=cross, key=key)
+    return self._head(x, dropout_key)
 
   def __call__(self, encoder_ids: Array, decoder_ids: Array,
-               encoder_mask: Array | None = None) -> Array:
-    """Teacher-forced forward -> float32 [B, T, V] logits."""
-    enc = self.encode(encoder_ids, encoder_mask)
-    return self.decode(decoder_ids, enc, encoder_mask)
+               encoder_mask: Array | None = None,
+               dropout_key: Array | None = None) -> Array:
+    """Teacher-forced forward -> float32 [B, T, V] logits (`dropout_key`:
+    a training forward with dropout)."""
+    keys = (None, None) if dropout_key is None else tuple(
+        jax.random.split(dropout_key))
+    enc = self.encode(encoder_ids, encoder_mask, keys[0])
+    return self.decode(decoder_ids, enc, encoder_mask, keys[1])
 
   def init_cache(self, batch_size: int, max_decode_len: int,
                  dtype: Any = jnp.float32) -> Cache:

@@ -1,7 +1,7 @@
-"""The trainer's optimizer: AdamW on a warm-up + decay schedule.
+"""The trainer's optimizer: AdamW (or T5X's Adafactor) on a schedule.
 
 `configs/common.py: train()` holds the fields (learning_rate, warmup_steps,
-schedule, end_lr_ratio, b1, b2, weight_decay, grad_clip); SASRec and
+schedule, end_lr_ratio, optimizer, b1, b2, weight_decay, grad_clip); SASRec and
 LightGCN count some periods in epochs (`epochs_to_steps`).
 """
 
@@ -16,7 +16,8 @@ from genrec_jax.checks import check_ranges
 
 def learning_rate_schedule(cfg: ml_collections.ConfigDict,
                            total_steps: int) -> optax.Schedule:
-  """Linear warm-up to cfg.learning_rate, then cfg.schedule decay.
+  """Linear warm-up to cfg.learning_rate, then cfg.schedule decay ("rsqrt":
+  T5's peak plateau for warmup_steps, then peak * sqrt(warmup / step)).
 
   Args:
     cfg: learning_rate, warmup_steps, schedule, end_lr_ratio.
@@ -26,6 +27,10 @@ def learning_rate_schedule(cfg: ml_collections.ConfigDict,
     step -> learning rate.
   """
   peak = float(cfg.learning_rate)
+  if cfg.schedule == "rsqrt":
+    plateau = max(int(cfg.warmup_steps), 1)
+    return lambda step: peak * jax.lax.rsqrt(
+        jax.numpy.maximum(step, plateau) / plateau)
   warmup = int(min(cfg.warmup_steps, max(total_steps - 1, 0)))
   end = peak * float(cfg.end_lr_ratio)
   decay = max(total_steps - warmup, 1)
@@ -37,7 +42,7 @@ def learning_rate_schedule(cfg: ml_collections.ConfigDict,
     after = optax.constant_schedule(peak)
   else:
     raise ValueError(f"config field 'train.schedule': {cfg.schedule!r} is not "
-                     "cosine, linear or constant")
+                     "cosine, linear, constant or rsqrt")
   if warmup == 0:
     return after
   return optax.join_schedules(
@@ -46,11 +51,19 @@ def learning_rate_schedule(cfg: ml_collections.ConfigDict,
 
 def make_optimizer(cfg: ml_collections.ConfigDict,
                    total_steps: int) -> optax.GradientTransformation:
-  """Clip by global norm, then AdamW on the schedule."""
-  decay_mask = lambda params: jax.tree.map(lambda x: x.ndim >= 2, params)
-  tx = optax.adamw(learning_rate_schedule(cfg, total_steps), b1=cfg.b1,
-                   b2=cfg.b2, eps=1e-8, weight_decay=cfg.weight_decay,
-                   mask=decay_mask)
+  """Clip by global norm, then AdamW (or Adafactor) on the schedule."""
+  schedule = learning_rate_schedule(cfg, total_steps)
+  name = cfg.get("optimizer", "adamw")
+  if name == "adafactor":  # T5X's defaults (optax's are the same)
+    tx = optax.adafactor(schedule, decay_rate=0.8, clipping_threshold=1.0,
+                         multiply_by_parameter_scale=True, momentum=None)
+  elif name == "adamw":
+    decay_mask = lambda params: jax.tree.map(lambda x: x.ndim >= 2, params)
+    tx = optax.adamw(schedule, b1=cfg.b1, b2=cfg.b2, eps=1e-8,
+                     weight_decay=cfg.weight_decay, mask=decay_mask)
+  else:
+    raise ValueError(f"config field 'train.optimizer': {name!r} is not "
+                     "adamw or adafactor")
   if cfg.grad_clip:
     tx = optax.chain(optax.clip_by_global_norm(cfg.grad_clip), tx)
   return tx
