@@ -202,6 +202,33 @@ def test_t5_from_scratch_config():
   assert logits.shape == (2, 4, 29) and logits.dtype == jnp.float32
 
 
+def test_t5_dropout_only_with_a_key():
+  """Dropout changes a training forward (a key) and nothing else; at rate
+  p a unit is kept with probability 1 - p and scaled by 1 / (1 - p)."""
+  kw = dict(vocab_size=29, d_model=10, d_kv=3, d_ff=13, num_layers=2,
+            num_decoder_layers=1, num_heads=2,
+            relative_attention_num_buckets=6)
+  plain = t5.T5Model(t5.T5Config(**kw), rngs=nnx.Rngs(0))
+  drop = t5.T5Model(t5.T5Config(**kw, dropout_rate=0.3), rngs=nnx.Rngs(0))
+  enc, dec = jnp.arange(10).reshape(2, 5) % 29, jnp.zeros((2, 4), jnp.int32)
+  np.testing.assert_array_equal(np.asarray(drop(enc, dec)),
+                                np.asarray(plain(enc, dec)))
+  key = jax.random.key(3)
+  a = np.asarray(drop(enc, dec, dropout_key=key))
+  b = np.asarray(drop(enc, dec, dropout_key=key))
+  c = np.asarray(drop(enc, dec, dropout_key=jax.random.key(4)))
+  np.testing.assert_array_equal(a, b)
+  assert np.abs(a - np.asarray(plain(enc, dec))).max() > 1e-3
+  assert np.abs(a - c).max() > 1e-3
+  np.testing.assert_array_equal(
+      np.asarray(plain(enc, dec, dropout_key=key)),
+      np.asarray(plain(enc, dec)))  # rate 0: the key changes nothing
+  x = jnp.ones((200_000,))
+  y = np.asarray(drop._dropout(x, key, 0))
+  np.testing.assert_allclose(np.unique(y), [0.0, 1 / 0.7], rtol=1e-6)
+  assert abs((y > 0).mean() - 0.7) < 0.005
+
+
 def test_bf16_model_runs():
   cfg = decoder.DecoderConfig(
       vocab_size=37, hidden_size=12, intermediate_size=19, num_layers=2,

@@ -12,6 +12,7 @@ import time
 from flax import nnx
 import grain
 import jax
+import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
@@ -204,6 +205,33 @@ def test_warmup_cosine_schedule():
   cfg.schedule = "step"
   with pytest.raises(ValueError, match="train.schedule"):
     optimizer.learning_rate_schedule(cfg, 100)
+
+
+def test_rsqrt_schedule_and_adafactor():
+  """T5's schedule: the peak for warmup_steps, then peak * sqrt(w / step);
+  Adafactor (T5X defaults) trains a least-squares problem."""
+  cfg = _train_cfg(learning_rate=1e-2, warmup_steps=10_000, schedule="rsqrt")
+  lr = optimizer.learning_rate_schedule(cfg, 200_000)
+  np.testing.assert_allclose(
+      [float(lr(s)) for s in (0, 9_999, 10_000, 40_000, 160_000)],
+      [1e-2, 1e-2, 1e-2, 5e-3, 2.5e-3], rtol=1e-6)
+  cfg.update(optimizer="adafactor", warmup_steps=1, learning_rate=0.1)
+  tx = optimizer.make_optimizer(cfg, 100)
+  rng = np.random.default_rng(0)
+  a = jnp.asarray(rng.normal(size=(16, 4)), jnp.float32)
+  y = a @ jnp.asarray([1.0, -2.0, 0.5, 3.0])
+  w = {"w": jnp.full((4,), 0.5)}
+  state = tx.init(w)
+  loss = lambda w: jnp.mean((a @ w["w"] - y) ** 2)
+  first = float(loss(w))
+  for _ in range(200):
+    g = jax.grad(loss)(w)
+    upd, state = tx.update(g, state, w)
+    w = optax.apply_updates(w, upd)
+  assert float(loss(w)) < 0.05 * first
+  cfg.optimizer = "sgd"
+  with pytest.raises(ValueError, match="train.optimizer"):
+    optimizer.make_optimizer(cfg, 100)
 
 
 # ----------------------------------------------------------------------------

@@ -1,11 +1,8 @@
 """The "tiger" format: a T5 encoder-decoder on history SID tokens (TIGER).
 
 Vocabulary: 0 pad (= decoder start), 1 eos, the SID blocks level by level,
-then `num_user_tokens` hashed user tokens. Encoder input = the SID tokens
-of the last `max_history` items, left-padded, with the user token (when
-there are user tokens) right before the first history token, so that its
-distance to the history never depends on the padding (model folders of
-older runs put it first, before the padding: `user_token_first`); decoder = the
+then `num_user_tokens` hashed user tokens. Encoder input = [user token] +
+the SID tokens of the last `max_history` items (left-padded); decoder = the
 target's SID tokens, teacher forced (`losses.t5_loss`); search with
 `T5Scorer` (cross-attention K/V projected once per prompt).
 """
@@ -35,9 +32,9 @@ def user_tokens(users: np.ndarray, base: int, num: int) -> np.ndarray:
 
 
 def encoder_inputs(users, history: np.ndarray, item_tokens: np.ndarray, *,
-                   max_history: int, user_base: int, num_user_tokens: int,
-                   user_first: bool = False) -> dict[str, np.ndarray]:
-  """Encoder ids/mask: left-padded [user] + history SID tokens.
+                   max_history: int, user_base: int,
+                   num_user_tokens: int) -> dict[str, np.ndarray]:
+  """Encoder ids/mask: [user] + left-padded history SID tokens.
 
   Args:
     users: int [B] user ids (hashed to a user token when num_user_tokens).
@@ -46,40 +43,30 @@ def encoder_inputs(users, history: np.ndarray, item_tokens: np.ndarray, *,
     max_history: the most recent items kept.
     user_base: id of the first user token.
     num_user_tokens: hashed user tokens (0: none).
-    user_first: the old layout, the user token in column 0 (before the
-      padding) instead of right before the history.
   """
   toks, mask = history_tokens(history, item_tokens, max_history)
   if num_user_tokens:
-    b = len(toks)
-    u = user_tokens(users, user_base, num_user_tokens)
-    toks = np.concatenate([np.full((b, 1), PAD, np.int32), toks], 1)
-    mask = np.concatenate([np.zeros((b, 1), bool), mask], 1)
-    # Column of the user token: 0, or just before the first real token.
-    col = (np.zeros(b, np.int64) if user_first
-           else toks.shape[1] - 1 - mask.sum(1))
-    toks[np.arange(b), col] = u
-    mask[np.arange(b), col] = True
+    u = user_tokens(users, user_base, num_user_tokens)[:, None]
+    toks = np.concatenate([u, toks], 1)
+    mask = np.concatenate([np.ones_like(u, bool), mask], 1)
   return {"input_ids": toks, "attention_mask": mask}
 
 
 class TigerBatch:
   """Next-item batch -> T5 encoder/decoder arrays (labels -1: padding)."""
 
-  def __init__(self, item_tokens, max_history, user_base, num_user_tokens,
-               user_first=False):
+  def __init__(self, item_tokens, max_history, user_base, num_user_tokens):
     self.item_tokens = item_tokens
     self.max_history = max_history
     self.user_base = user_base
     self.num_user_tokens = num_user_tokens
-    self.user_first = user_first
 
   def __call__(self, element, draws: np.ndarray):
     del draws  # no random choices
     enc = encoder_inputs(
         element["user"], element["history"], self.item_tokens,
         max_history=self.max_history, user_base=self.user_base,
-        num_user_tokens=self.num_user_tokens, user_first=self.user_first)
+        num_user_tokens=self.num_user_tokens)
     target = self.item_tokens[element["target"]]  # [B, L]
     start = np.full((len(target), 1), PAD, np.int32)
     return {"encoder_ids": enc["input_ids"],
@@ -121,8 +108,7 @@ class TigerFormat(formats.PromptFormat):
     layout = bs.SidTokens.contiguous(sids.codebook_sizes, base=SID_BASE)
     num_users = int(config.data.num_user_tokens)
     settings = {"format": cls.name, "max_history": int(config.data.max_history),
-                "user_base": layout.end, "num_user_tokens": num_users,
-                "user_token": "adjacent"}
+                "user_base": layout.end, "num_user_tokens": num_users}
     fmt = cls(ds, sids, workdir, layout=layout, settings=settings,
               model_config=_t5_config(config.model, layout.end + num_users))
     fmt.training = config
@@ -147,8 +133,7 @@ class TigerFormat(formats.PromptFormat):
                     shard_count=1):
     s = self.settings
     transform = TigerBatch(self.item_tokens, self.max_history,
-                           int(s["user_base"]), int(s["num_user_tokens"]),
-                           self.user_first)
+                           int(s["user_base"]), int(s["num_user_tokens"]))
     return sid_train_data(
         self.ds, transform, self.item_tokens, max_history=self.max_history,
         buckets=tuple(self.training.data.history_buckets),
@@ -161,14 +146,7 @@ class TigerFormat(formats.PromptFormat):
     return encoder_inputs(
         batch.users, hist, self.item_tokens, max_history=self.max_history,
         user_base=int(self.settings["user_base"]),
-        num_user_tokens=int(self.settings.get("num_user_tokens", 0)),
-        user_first=self.user_first)
-
-  @property
-  def user_first(self) -> bool:
-    """Model folders written before the user token moved next to the
-    history have no `user_token` setting: theirs is first."""
-    return self.settings.get("user_token", "first") == "first"
+        num_user_tokens=int(self.settings.get("num_user_tokens", 0)))
 
   def scorer(self, graphdef):
     return bs.T5Scorer(graphdef, start_token=PAD,
