@@ -86,6 +86,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # Log the losses every this many steps.
   config.rq_vae.log_every = 500
 
+  # Output folder WORKDIR/<output> (generative configs read it through
+  # their `sids_dir`), e.g. sids_reassign for 3-token IDs beside the default.
+  config.output = "sids"
+
   config.collisions = ml_collections.ConfigDict()
   # "dedup": TIGER extra code (L + 1 levels); "reassign": move colliding items
   # to free last-level codes (keeps L levels); "keep": leave shared SIDs as

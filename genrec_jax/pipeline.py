@@ -86,7 +86,7 @@ KINDS: dict[str, StageKind] = {
     "embed_items": StageKind("genrec_jax.semantic_ids.embed:run",
                              lambda c: ["embeddings/meta.json"]),
     "build_sids": StageKind("genrec_jax.semantic_ids.build:run",
-                            lambda c: ["sids/report.json"]),
+                            lambda c: [f"{c.get('output', 'sids')}/report.json"]),
     "train_lightgcn": StageKind("genrec_jax.graph.lightgcn_train:run",
                                 lambda c: ["lightgcn/metrics.json"]),
     "build_hints": StageKind("genrec_jax.graph.hints:run",

@@ -121,7 +121,7 @@ def run(config, workdir: str | pathlib.Path) -> dict:
                                                 "normalize") if k in emb_meta}
   rep["index_file"] = f"{index_name}.index.json"
 
-  out = workdir / "sids"
+  out = workdir / config.get("output", "sids")
   workdir.mkdir(parents=True, exist_ok=True)
   tmp = pathlib.Path(tempfile.mkdtemp(prefix="sids.tmp", dir=workdir))
   try:
