@@ -277,6 +277,8 @@ def _apply(config, v: str) -> None:
       t.update(num_steps=2000)
     else:
       config.name = "minigr_cf" if config.hints.enabled else "minionerec"
+      # Causal windows of 21 items (most Beauty users have fewer).
+      config.data.update(examples="causal", history_buckets=(5, 10, 15))
       t.update(num_steps=1200)
     # Keep the last parameters (the schedule ends inside the budget;
     # selecting on a valid sample could restore an un-annealed one).

@@ -4,6 +4,8 @@ python -m binaries.run_pipeline --config=configs/pipeline.py:ml100k --workdir=ru
 python -m binaries.run_pipeline --config=configs/pipeline.py:beauty_cpu --workdir=runs/beauty
 python -m binaries.run_pipeline --config=configs/pipeline.py:beauty_paper --workdir=runs/beauty_paper
 python -m binaries.run_pipeline --config=configs/pipeline.py:hints_ablation --workdir=runs/hints_ablation
+python -m binaries.run_pipeline --config=configs/pipeline.py:examples_ablation --workdir=runs/ml100k
+python -m binaries.run_pipeline --config=configs/pipeline.py:tiger_ablation --workdir=runs/ml100k
 python -m binaries.run_pipeline --config=configs/pipeline.py:rl_ablation --workdir=runs/rl_ablation
 python -m binaries.run_pipeline --config=configs/pipeline.py:lastfm --workdir=runs/lastfm
 python -m binaries.run_pipeline --config=configs/pipeline.py:ur4rec_ml100k --workdir=runs/ur4rec
@@ -16,7 +18,10 @@ WORKDIR/<name>_s<seed>, one table row `mean +- std (seeds)`), e.g.
 `--config.seeds="(0,1,2)" --config.seeded_stages="('minigr_cf',)"`.
 
 Variants: ml100k (what `make demo` runs), hints_ablation (ml100k without
-TIGER, MiniOneRec with hints off and on over 3 seeds), rl_ablation (ml100k
+TIGER, MiniOneRec with hints off and on over 3 seeds), examples_ablation
+(the SID decoder trained on causal windows vs per-prefix examples, 3
+seeds), tiger_ablation (TIGER with 4-token IDs, 3-token IDs through
+`reassign`, embeddings initialised at std 0.1; 3 seeds), rl_ablation (ml100k
 MiniOneRec SFT, then the same extra time as more SFT or as GRPO, 3 seeds),
 beauty_cpu (Amazon
 Beauty with budgets for a 2-core machine), beauty_paper (Amazon Beauty,
@@ -130,7 +135,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.seeded_stages = ()
 
   # The dataset, and the variant of the stages tuned per dataset.
-  if variant in ("ml100k", "tiny", "hints_ablation", "rl_ablation"):
+  if variant in ("ml100k", "tiny", "hints_ablation", "rl_ablation",
+                 "examples_ablation", "tiger_ablation"):
     dataset, tuned = "ml100k", "demo"
   elif variant in ("beauty_cpu", "beauty_paper"):
     dataset, tuned = "beauty", "beauty"
@@ -151,6 +157,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # The generative models: TIGER, the decoder LM without (MiniOneRec) and
   # with (miniGR-CF) collaborative hints; only hints.enabled differs.
   suffix = {"ml100k": "_demo", "hints_ablation": "_demo", "rl_ablation": "_demo",
+            "examples_ablation": "_demo", "tiger_ablation": "_demo",
             "beauty_cpu": "_beauty_cpu", "tiny": ",tiny", "beauty_paper": ""}
   for name, model in (("tiger", "tiger"), ("minionerec", "decoder"),
                       ("minigr_cf", "decoder_hints")):
@@ -164,6 +171,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.stage_kinds[name] = "train_generative"
   # GRPO after each decoder's SFT (configs/rl.py).
   rl_variant = {"ml100k": "demo", "hints_ablation": "demo",
+                "examples_ablation": "demo", "tiger_ablation": "demo",
                 "rl_ablation": "demo", "beauty_cpu": "beauty_cpu",
                 "tiny": "tiny", "beauty_paper": "default"}[variant]
   for sft in ("minionerec", "minigr_cf"):
@@ -177,6 +185,38 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
                                        "minigr_cf_rl"))
     config.seeds = (0, 1, 2)
     config.seeded_stages = ("minionerec", "minigr_cf")
+
+  if variant == "examples_ablation":
+    # The SID decoder (hints off) on causal windows vs per-prefix examples,
+    # each at its demo budget, over 3 seeds.
+    config.stages = ("prepare_data", "train_baselines", "embed_items",
+                     "build_sids", "minionerec", "minionerec_prefix")
+    config.minionerec_prefix = generative.get_config("decoder_demo,prefix")
+    config.minionerec_prefix.name = "minionerec_prefix"
+    config.stage_kinds["minionerec_prefix"] = "train_generative"
+    config.seeds = (0, 1, 2)
+    config.seeded_stages = ("minionerec", "minionerec_prefix")
+
+  if variant == "tiger_ablation":
+    # TIGER as the demo trains it, with 3-token IDs (collisions re-assigned
+    # to free last-level codes instead of a 4th dedup code), and with
+    # embeddings initialised at std 0.1 instead of T5's 1.0; 3 seeds.
+    config.stages = ("prepare_data", "train_baselines", "embed_items",
+                     "build_sids", "build_sids_reassign", "tiger",
+                     "tiger_reassign", "tiger_embed")
+    config.build_sids_reassign = sids.get_config("reassign")
+    config.build_sids_reassign.output = "sids_reassign"
+    config.tiger_reassign = generative.get_config("tiger_demo")
+    config.tiger_reassign.update(name="tiger_reassign",
+                                 sids_dir="sids_reassign")
+    config.tiger_embed = generative.get_config("tiger_demo")
+    config.tiger_embed.name = "tiger_embed"
+    config.tiger_embed.model.embed_init_std = 0.1
+    config.stage_kinds.update({"build_sids_reassign": "build_sids",
+                               "tiger_reassign": "train_generative",
+                               "tiger_embed": "train_generative"})
+    config.seeds = (0, 1, 2)
+    config.seeded_stages = ("tiger", "tiger_reassign", "tiger_embed")
 
   if variant == "rl_ablation":
     # MiniOneRec SFT, then the same extra training time given to more SFT
