@@ -372,14 +372,47 @@ def test_hint_pair_differs_only_in_the_hint_switch(variant):
     pipeline.check_seeds(config)  # both can repeat over seeds
   off, on = config.minionerec.to_dict(), config.minigr_cf.to_dict()
   assert not off["hints"]["enabled"] and on["hints"]["enabled"]
+  if off["data"]["examples"] == "causal":
+    # Causal demos: the same time budget, so fewer steps with the ~3.5x
+    # longer hint sequences.
+    assert on["train"]["num_steps"] < off["train"]["num_steps"]
   for c in (off, on):
     c.pop("name")
     c["hints"].pop("enabled")
+    if c["data"]["examples"] == "causal":
+      c["train"].pop("num_steps")
   assert off == on
   if variant == "beauty_paper":  # TIGER's paper sizes
     m = config.tiger.model
     assert (m.num_layers, m.num_decoder_layers, m.num_heads, m.d_kv,
             m.d_ff) == (4, 4, 6, 64, 1024)
+
+
+def test_examples_and_tiger_ablations_differ_only_in_what_they_test():
+  config = pipeline_config.get_config("examples_ablation")
+  pipeline.check_seeds(config)
+  causal = config.minionerec.to_dict()
+  prefix = config.minionerec_prefix.to_dict()
+  assert (causal["data"]["examples"], prefix["data"]["examples"]) == (
+      "causal", "prefix")
+  for c in (causal, prefix):
+    c.pop("name")
+    c["train"].pop("num_steps")
+    for k in ("examples", "max_history", "history_buckets"):
+      c["data"].pop(k)
+  assert causal == prefix
+  config = pipeline_config.get_config("tiger_ablation")
+  pipeline.check_seeds(config)
+  assert config.build_sids_reassign.collisions.strategy == "reassign"
+  assert config.build_sids_reassign.output == config.tiger_reassign.sids_dir
+  base = config.tiger.to_dict()
+  for name, field, value in (("tiger_reassign", "sids_dir", None),
+                             ("tiger_embed", "model", None)):
+    other = config[name].to_dict()
+    other["name"] = base["name"]
+    other["sids_dir"] = base["sids_dir"]
+    other["model"]["embed_init_std"] = base["model"]["embed_init_std"]
+    assert other == base, name
 
 
 def test_rl_ablation_control_differs_only_in_init_and_budget():
