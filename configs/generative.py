@@ -32,7 +32,7 @@ from configs import common
 
 # Steps of the causal "sid" decoder demos (hints off / on), sized from
 # measured rates so that the cosine schedule ends inside max_minutes.
-CAUSAL_DEMO_STEPS = {False: 700, True: 400}
+CAUSAL_DEMO_STEPS = {False: 700, True: 200}
 
 # Variants that choose the model; any other name only adjusts.
 _MODELS = ("tiger", "tiger_paper", "decoder", "decoder_hints", "decoder_sid",
