@@ -25,6 +25,7 @@ from genrec_jax import pipeline
 from genrec_jax.data.dataset import Dataset, Ragged
 from genrec_jax.generative import losses
 from genrec_jax.generative import ranker as ranker_lib
+from genrec_jax.generative import sid_decoder
 from genrec_jax.generative import stage as generative_stage
 from genrec_jax.rl import grpo
 from genrec_jax.rl import rewards
@@ -386,6 +387,38 @@ def test_text_format_with_hints_runs(sft):
   for i in range(12):
     title = ds.title(int(ex.targets[i][0]))
     assert (f"Which item has the title: {title}?" in text[i]) == (i % 2 == 0)
+
+
+def test_causal_sid_format_with_hints_runs(sft):
+  """GRPO from a decoder trained on causal windows: rollouts use the causal
+  layout, its last hint block cleaned of the target."""
+  root, _ = sft
+  config = generative_config.get_config("decoder_sid_hints,tiny")
+  config.update(name="sft_causal")
+  config.data.examples = "causal"
+  config.train.update(num_steps=3, eval_every=0, checkpoint_every=0)
+  config.eval.update(select="none", max_test_users=4)
+  config.mesh.num_devices = 1
+  generative_stage.run(config, str(root))
+  rl = _rl_config(num_steps=2, eval_every=0)
+  rl.update(init="sft_causal", name="rl_causal")
+  rl.eval.max_test_users = 4
+  metrics = rl_stage.run(rl, str(root))
+  assert metrics["format"] == "sid" and metrics["hints"] is True
+  assert metrics["invalid_rate"] == 0.0
+  ds = Dataset.load(root / "dataset")
+  fmt = ranker_lib.load(root / "rl_causal", root, ds=ds).fmt
+  assert fmt.causal
+  users, pos = grpo.train_prompt_rows(ds, fmt.item_tokens)
+  ex = grpo.prompt_examples(ds, users[:12], pos[:12], fmt.max_history)
+  last = np.array([h[-1] for h in ex.history.tolist()])
+  first = np.array([fmt.hints.for_item(int(i))[0] for i in last])
+  ex.targets = Ragged.from_lists([[int(t)] for t in first])
+  clean = fmt.rollout_prompts(ex)["input_ids"]
+  full = fmt.eval_prompts(ex)["input_ids"]
+  for i in range(12):  # the last hint block differs, the rest is equal
+    assert not np.array_equal(clean[i], full[i]), i
+    assert clean[i][-1] == full[i][-1] == sid_decoder.SEP
 
 
 def test_bad_config_and_init(sft):
