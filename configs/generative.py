@@ -31,7 +31,8 @@ import ml_collections
 from configs import common
 
 # Steps of the causal "sid" decoder demos (hints off / on), sized from
-# measured rates so that the cosine schedule ends inside max_minutes.
+# measured rates so that the cosine schedule ends inside max_minutes (4.5):
+# `make demo` alone on 2 cores trains them in ~135 s / 213 s.
 CAUSAL_DEMO_STEPS = {False: 700, True: 200}
 
 # Variants that choose the model; any other name only adjusts.
