@@ -343,6 +343,21 @@ def test_stage_metrics_diagnostics_and_no_retrace(sft):
   assert spec["prompt"]["format"] == "sid" and spec["kind"] == "decoder"
 
 
+def _first_hint_rows(root, name, n=12):
+  """(format, examples, rollout ids, eval ids) of n training prompt rows of
+  model folder `name`, each row's target set to its last item's first hint
+  (rollout prompts must clean it out; evaluation prompts show it)."""
+  ds = Dataset.load(root / "dataset")
+  fmt = ranker_lib.load(root / name, root, ds=ds).fmt
+  users, pos = grpo.train_prompt_rows(ds, fmt.item_tokens)
+  ex = grpo.prompt_examples(ds, users[:n], pos[:n], fmt.max_history)
+  last = np.array([h[-1] for h in ex.history.tolist()])
+  first = np.array([fmt.hints.for_item(int(i))[0] for i in last])
+  ex.targets = Ragged.from_lists([[int(t)] for t in first])
+  return (fmt, ex, last, fmt.rollout_prompts(ex)["input_ids"],
+          fmt.eval_prompts(ex)["input_ids"])
+
+
 def test_text_format_with_hints_runs(sft):
   """The text format: completions carry the suffix ("\\n", EOS); hints in
   rollout prompts never show the target."""
@@ -367,14 +382,7 @@ def test_text_format_with_hints_runs(sft):
   # Rollout prompts clean the target out of the hint sentence: rows whose
   # target is the last item's first neighbour (planted hints: +3, +5, ...).
   ds = Dataset.load(root / "dataset")
-  fmt = ranker_lib.load(root / "sft_text", root, ds=ds).fmt
-  users, pos = grpo.train_prompt_rows(ds, fmt.item_tokens)
-  ex = grpo.prompt_examples(ds, users[:12], pos[:12], fmt.max_history)
-  last = np.array([h[-1] for h in ex.history.tolist()])
-  first = np.array([fmt.hints.for_item(int(i))[0] for i in last])
-  ex.targets = Ragged.from_lists([[int(t)] for t in first])
-  clean = fmt.rollout_prompts(ex)["input_ids"]
-  full = fmt.eval_prompts(ex)["input_ids"]
+  fmt, ex, last, clean, full = _first_hint_rows(root, "sft_text")
   for i in range(12):
     assert not np.array_equal(clean[i], full[i]), i
   ex.targets = Ragged.from_lists([[int(t)] for t in (last + 1) % 13])
@@ -406,16 +414,8 @@ def test_causal_sid_format_with_hints_runs(sft):
   metrics = rl_stage.run(rl, str(root))
   assert metrics["format"] == "sid" and metrics["hints"] is True
   assert metrics["invalid_rate"] == 0.0
-  ds = Dataset.load(root / "dataset")
-  fmt = ranker_lib.load(root / "rl_causal", root, ds=ds).fmt
+  fmt, _, _, clean, full = _first_hint_rows(root, "rl_causal")
   assert fmt.causal
-  users, pos = grpo.train_prompt_rows(ds, fmt.item_tokens)
-  ex = grpo.prompt_examples(ds, users[:12], pos[:12], fmt.max_history)
-  last = np.array([h[-1] for h in ex.history.tolist()])
-  first = np.array([fmt.hints.for_item(int(i))[0] for i in last])
-  ex.targets = Ragged.from_lists([[int(t)] for t in first])
-  clean = fmt.rollout_prompts(ex)["input_ids"]
-  full = fmt.eval_prompts(ex)["input_ids"]
   for i in range(12):  # the last hint block differs, the rest is equal
     assert not np.array_equal(clean[i], full[i]), i
     assert clean[i][-1] == full[i][-1] == sid_decoder.SEP
