@@ -36,6 +36,9 @@ from configs import common
 CAUSAL_DEMO_STEPS = {False: 700, True: 200}
 
 # Variants that choose the model; any other name only adjusts.
+# smollm2_cpu: steps of 16 examples in ~40 minutes on 2 quiet cores.
+SMOLLM2_CPU_STEPS = 300
+
 _MODELS = ("tiger", "tiger_paper", "decoder", "decoder_hints", "decoder_sid",
            "decoder_sid_hints", "smollm2")
 
@@ -132,6 +135,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.prompt = ml_collections.ConfigDict()
   # Decoder inputs: "text" (MiniOneRec prompts) or "sid" (bare SID tokens).
   config.prompt.format = "text"
+  # Text prompts start with the Alpaca preamble (MiniOneRec; False drops
+  # its 33 tokens from every prompt).
+  config.prompt.preamble = True
   # SFT task mix: task name -> weight (0 = off), see genrec_jax/generative/prompts.py.
   config.prompt.tasks = ml_collections.ConfigDict(dict(
       sid_history=1.0, title_to_sid=1.0, sid_to_title=1.0,
@@ -288,6 +294,24 @@ def _apply(config, v: str) -> None:
     t.update(batch_size=256, learning_rate=2e-3, warmup_steps=200,
              eval_every=0, patience=0, checkpoint_every=400, log_every=100,
              max_minutes=45.0)
+  elif v == "smollm2_cpu":
+    # SmolLM2-135M with MiniOneRec's text prompts on 2 CPU cores (issue
+    # 12 item 7: what the language prior buys within ~60 minutes): the
+    # next-SID task and title -> SID (the language <-> SID alignment), no
+    # Alpaca preamble, 10 history items (~70-token prompts), answer-only
+    # loss; the last parameters, all test users at beam 20.
+    _apply(config, "smollm2")
+    config.name = "smollm2"
+    config.prompt.preamble = False
+    config.prompt.tasks.update(
+        sid_history=1.0, title_to_sid=1.0, sid_to_title=0.0,
+        sid_history_to_title=0.0, title_history_to_title=0.0,
+        title_history_to_sid=0.0)
+    config.data.update(max_history=10, buckets=(64, 96, 128))
+    config.eval.update(beam_size=20, batch_size=32, select="none")
+    t.update(batch_size=16, num_steps=SMOLLM2_CPU_STEPS, learning_rate=5e-4,
+             warmup_steps=20, schedule="cosine", eval_every=0, patience=0,
+             checkpoint_every=100, log_every=10, max_minutes=45.0)
   elif v == "prefix":  # the "sid" decoder demos' per-prefix mode (before
     # causal windows): 5 history items, 1,200 steps of 64 examples
     config.data.update(examples="prefix", max_history=5,

@@ -391,8 +391,11 @@ def test_decoder_text_with_hints(workdir):
   config.train.eval_every = 0
   assert config.hints.enabled and config.prompt.format == "text"
   config.eval.exclude_history = False
+  config.prompt.preamble = False  # the reload must read it back
   metrics = stage.run(config, str(workdir))
   assert metrics["hints"] is True and metrics["format"] == "text"
+  spec = json.loads((workdir / "dec_hints" / "model.json").read_text())
+  assert spec["prompt"]["preamble"] is False
   _check_stage(workdir, "dec_hints", metrics)
 
 

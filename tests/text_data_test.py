@@ -179,13 +179,15 @@ def test_loss_mask_covers_answer_and_eos(tok, ds, items):
   assert seen["sid"] and seen["title"]
 
 
-def test_train_and_eval_prompts_identical(tok, ds, items):
+@pytest.mark.parametrize("preamble", [True, False])
+def test_train_and_eval_prompts_identical(tok, ds, items, preamble):
   tokenizer, layout = tok
   hist_len = 3
   data = S.decoder_train_data(ds, *items, tokenizer, tokens=layout,
                               tasks={P.SID_HISTORY: 1.0}, hints=HINTS_K,
                               hint_dropout=0.0, max_history=hist_len,
-                              seed=0, batch_size=2, num_epochs=1)
+                              seed=0, batch_size=2, num_epochs=1,
+                              preamble=preamble)
   train_prompts = {p for b in _take(data, data.batches_per_epoch)
                    for p, _ in _rows(b)}
   # Every train prefix whose target is not in its hint, as eval rows.
@@ -200,7 +202,8 @@ def test_train_and_eval_prompts_identical(tok, ds, items):
                     history=Ragged.from_lists(hist),
                     targets=Ragged.from_lists(targets))
   ev = S.decoder_eval_prompts(ex, *items, tokenizer, tokens=layout,
-                              hints=HINTS_K, max_history=hist_len)
+                              hints=HINTS_K, max_history=hist_len,
+                              preamble=preamble)
   bs.check_left_padded(ev["input_ids"], ev["attention_mask"],
                        vocab_size=layout.vocab_size,
                        required_suffix=layout.response_ids)
@@ -211,8 +214,10 @@ def test_train_and_eval_prompts_identical(tok, ds, items):
     # The same text as the shared template renders.
     text, _ = P.render(P.SID_HISTORY, hist[i][-hist_len:], None,
                        sids=items.ids.strings, titles=items.titles,
-                       hint=HINTS[hist[i][-1]])
+                       hint=HINTS[hist[i][-1]], preamble=preamble)
     assert tokenizer.decode(list(row)) == text
+    assert text.startswith(P.PREAMBLE) == preamble
+    assert text.startswith(P.INSTRUCTIONS[P.SID_HISTORY]) != preamble
   assert left_out <= 1
 
 

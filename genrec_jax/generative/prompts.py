@@ -10,7 +10,8 @@ an evaluation prompt is the training prompt of the same history with the
 answer left out and the full hint kept.
 
 Wrapper (Alpaca style, METHODS.md 3.2; note the spaces after "request." and
-after "User Input:"):
+after "User Input:"; `preamble=False` drops the first sentence, for budgets
+where every prompt token counts):
 
   Below is an instruction ... completes the request. \\n\\n### Instruction:\\n
   {INSTR}\\n\\n### User Input: \\n{INPUT}\\n\\n### Response:\\n{OUTPUT}
@@ -197,17 +198,22 @@ def input_segments(task: str, history: Sequence[int], item: int | None, *,
   raise ValueError(f"unknown task {task!r}; tasks are {TASKS}")
 
 
-def head_segment(task: str) -> str:
-  """Preamble + instruction + the user-input header (one segment)."""
+def head_segment(task: str, preamble: bool = True) -> str:
+  """Preamble + instruction + the user-input header (one segment).
+
+  preamble=False leaves the Alpaca sentence out (33 SmolLM2 tokens of every
+  prompt): the instruction starts the prompt.
+  """
   if task not in INSTRUCTIONS:
     raise ValueError(f"unknown task {task!r}; tasks are {TASKS}")
-  return (PREAMBLE + INSTRUCTIONS[task].format(noun=ITEM_NOUN)
-          + INPUT_HEADER)
+  return ((PREAMBLE if preamble else "")
+          + INSTRUCTIONS[task].format(noun=ITEM_NOUN) + INPUT_HEADER)
 
 
 def build(task: str, history: Sequence[int], target: int | None, *,
           sids: Sequence[str], titles: Sequence[str],
-          hint: Sequence[int] | None = None) -> Prompt:
+          hint: Sequence[int] | None = None, preamble: bool = True
+          ) -> Prompt:
   """The prompt and answer of one example (train and eval alike).
 
   Args:
@@ -227,7 +233,7 @@ def build(task: str, history: Sequence[int], target: int | None, *,
   if task not in HISTORY_TASKS and target is None:
     raise ValueError(f"task {task!r} needs the item (target)")
   item = None if task in HISTORY_TASKS else target
-  prompt = ([head_segment(task)]
+  prompt = ([head_segment(task, preamble)]
             + input_segments(task, history, item, sids=sids, titles=titles,
                              hint=hint)
             + [RESPONSE_MARKER])
@@ -242,7 +248,9 @@ def build(task: str, history: Sequence[int], target: int | None, *,
 
 def render(task: str, history: Sequence[int], target: int | None, *,
            sids: Sequence[str], titles: Sequence[str],
-           hint: Sequence[int] | None = None) -> tuple[str, str]:
+           hint: Sequence[int] | None = None, preamble: bool = True
+           ) -> tuple[str, str]:
   """(prompt_text, answer_text) of one example; see `build`."""
-  p = build(task, history, target, sids=sids, titles=titles, hint=hint)
+  p = build(task, history, target, sids=sids, titles=titles, hint=hint,
+            preamble=preamble)
   return p.prompt_text, p.answer_text

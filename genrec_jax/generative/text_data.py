@@ -219,8 +219,9 @@ class _DecoderExamples:
   """Example records and how to turn one into segments."""
 
   def __init__(self, sids: SemanticIds, titles: Sequence[str],
-               hints: Hints | None):
+               hints: Hints | None, preamble: bool = True):
     self.sids, self.titles, self.hints = sids, titles, hints
+    self.preamble = preamble
     self._has_sid = sids.has_sid
 
   def history(self, task: str, items: np.ndarray) -> list[int]:
@@ -239,7 +240,7 @@ class _DecoderExamples:
   def segments(self, task: str, history: Sequence[int], target: int | None,
                hint: Sequence[int] | None) -> P.Prompt:
     return P.build(task, history, target, sids=self.sids.strings,
-                   titles=self.titles, hint=hint)
+                   titles=self.titles, hint=hint, preamble=self.preamble)
 
 
 def _natural_examples(ds: Dataset, sids: SemanticIds, titles, tasks,
@@ -341,6 +342,7 @@ def decoder_train_data(
     num_epochs: int | None = None,
     num_threads: int = 1,
     prefetch: int = 4,
+    preamble: bool = True,
 ) -> batching.Batches:
   """Decoder SFT batches (a checkpointable grain IterDataset) of a task mix.
 
@@ -365,6 +367,7 @@ def decoder_train_data(
     shard_index, shard_count: this process's rows of every global batch.
     num_epochs: None = forever.
     num_threads, prefetch: grain read options.
+    preamble: prompts start with the Alpaca preamble (`prompts.build`).
 
   Returns:
     Batches whose dataset yields {"input_ids": int32 [B, T],
@@ -389,7 +392,7 @@ def decoder_train_data(
   local = batching.check_shards(batch_size, shard_index, shard_count)
   _check_layout(sids, tokens)
   enc = SegmentEncoder(tokenizer)
-  ex = _DecoderExamples(sids, titles, hints)
+  ex = _DecoderExamples(sids, titles, hints, preamble)
   task_of, a_of, b_of = _natural_examples(ds, sids, titles, tasks,
                                           max_history, seed)
   n = len(task_of)
@@ -492,6 +495,7 @@ def decoder_eval_prompts(
     encoder: SegmentEncoder | None = None,
     clean_targets: bool = False,
     row_tasks: Sequence[str] | None = None,
+    preamble: bool = True,
 ) -> dict[str, np.ndarray]:
   """Left-padded evaluation prompts (the training prompt without answer).
 
@@ -514,7 +518,7 @@ def decoder_eval_prompts(
                        f"{P.HISTORY_TASKS} or {P.TITLE_TO_SID!r}")
   _check_layout(sids, tokens)
   enc = encoder or SegmentEncoder(tokenizer)
-  ex = _DecoderExamples(sids, titles, hints)
+  ex = _DecoderExamples(sids, titles, hints, preamble)
   bos = [] if tokens.bos_id is None else [tokens.bos_id]
   rows = []
   for i in range(len(examples)):

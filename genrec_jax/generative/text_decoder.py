@@ -32,7 +32,7 @@ from genrec_jax.weights import tokenizers
 
 
 def compact_vocab(tok, tokens: text_data.DecoderTokens, sids,
-                  titles) -> np.ndarray:
+                  titles, preamble: bool = True) -> np.ndarray:
   """Sorted original ids a from-scratch text decoder needs.
 
   Every prompt is a concatenation of segments encoded one by one
@@ -46,7 +46,7 @@ def compact_vocab(tok, tokens: text_data.DecoderTokens, sids,
   for task in P.TASKS:
     hint = pick[3:] if task in P.HINT_TASKS else None
     p = P.build(task, pick[:2], pick[2], sids=sids.strings, titles=titles,
-                hint=hint)
+                hint=hint, preamble=preamble)
     segments.update(p.prompt)
     segments.update(p.answer)
   keep = set()
@@ -123,6 +123,8 @@ class TextFormat(formats.PromptFormat):
     self.hints = formats.load_hints(settings, sids, self.workdir)
     self.model_config = model_config
     self.loss = losses.make_decoder_loss(answer_budget)
+    # Folders written before the option have the preamble.
+    self.preamble = bool(settings.get("preamble", True))
     self._set_vocab(settings.get("vocab_keep"))
 
   def _set_vocab(self, keep) -> None:
@@ -142,14 +144,16 @@ class TextFormat(formats.PromptFormat):
     m = config.model
     settings = {"format": cls.name, "max_history": int(config.data.max_history),
                 "tokenizer": m.tokenizer, "hints": bool(config.hints.enabled),
-                "hint_k": int(config.hints.k), "vocab_keep": None}
+                "hint_k": int(config.hints.k), "vocab_keep": None,
+                "preamble": bool(config.prompt.preamble)}
     fmt = cls(ds, sids, workdir, settings=settings,
               answer_budget=int(config.train.answer_budget))
     fmt.training = config
     vocab = int(fmt.tokens.vocab_size)
     if m.source == "scratch":
       if m.compact_vocab:
-        keep = compact_vocab(fmt.tokenizer, fmt.tokens, sids, fmt.titles)
+        keep = compact_vocab(fmt.tokenizer, fmt.tokens, sids, fmt.titles,
+                             fmt.preamble)
         fmt._set_vocab(keep.tolist())  # pylint: disable=protected-access
         logging.info("compact vocabulary: %d of %d tokenizer ids (+ UNK)",
                      len(keep), vocab)
@@ -187,7 +191,7 @@ class TextFormat(formats.PromptFormat):
         hint_dropout=float(c.hints.dropout), max_history=self.max_history,
         seed=seed, batch_size=batch_size, buckets=tuple(c.data.buckets),
         shard_index=shard_index, shard_count=shard_count,
-        num_epochs=num_epochs)
+        num_epochs=num_epochs, preamble=self.preamble)
     if self.remap is not None:
       data.dataset = data.dataset.map(self.remap.prompts)
     return data
@@ -197,7 +201,8 @@ class TextFormat(formats.PromptFormat):
     p = text_data.decoder_eval_prompts(
         batch, self.sids, self.titles, self.tokenizer, tokens=self.tokens,
         max_history=self.max_history, hints=self.hints,
-        clean_targets=clean_targets, row_tasks=row_tasks)
+        clean_targets=clean_targets, row_tasks=row_tasks,
+        preamble=self.preamble)
     return self.remap.prompts(p) if self.remap is not None else p
 
   def rollout_prompts(self, batch, title_rows=None):
