@@ -43,6 +43,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.retriever.dropout = 0.1
   # Score = cosine / temperature.
   config.retriever.temperature = 0.1
+  # Top MiniLM blocks trained with the retriever (0: MiniLM frozen, the
+  # pooled vectors cached; n: the token states below the top n cached, the
+  # n blocks run every step at train.encoder_lr).
+  config.retriever.trainable_layers = 0
 
   config.features = ml_collections.ConfigDict()
   # Item features [num_items, D] (.npy, relative to WORKDIR); None = text
@@ -66,6 +70,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # Learning rate of the SASRec part and of the retriever part.
   t.sasrec_lr = 1e-4
   t.retriever_lr = 1e-3
+  # ... and of the trainable MiniLM blocks (retriever.trainable_layers).
+  t.encoder_lr = 2e-5
   # Training interactions per step and uniform negatives per interaction.
   t.batch_size = 128
   t.num_negatives = 31

