@@ -90,30 +90,40 @@ def _digest(*parts: Any) -> str:
   return h.hexdigest()[:16]
 
 
+def _cached(path: pathlib.Path, key: str, compute, what: str
+            ) -> dict[str, np.ndarray]:
+  """The arrays of the npz at `path` when its key matches, else compute()'s
+  (a dict of arrays), written there atomically first."""
+  if path.exists():
+    with np.load(path) as z:
+      if str(z["key"]) == key:
+        logging.info("%s from %s", what, path)
+        return {k: z[k] for k in z.files if k != "key"}
+  t0 = time.time()
+  arrays = compute()
+  tmp = path.with_suffix(".tmp.npz")
+  np.savez(tmp, key=key, **arrays)
+  tmp.replace(path)
+  logging.info("%s in %.0fs -> %s", what, time.time() - t0, path)
+  return arrays
+
+
 def encode_texts(config, workdir: pathlib.Path, ds: Dataset
                  ) -> tuple[np.ndarray, np.ndarray, list[str]]:
   """(user vectors [U, 384], item vectors [I, 384], user texts), cached."""
-  folder = workdir / config.texts
-  user_texts, item_texts = texts_lib.load_texts(folder, ds.num_users,
-                                                ds.num_items)
-  enc_cfg = config.encoder
-  key = _digest(user_texts, item_texts, enc_cfg.to_dict())
-  cache = workdir / f"{config.texts}.minilm.npz"
-  if cache.exists():
-    with np.load(cache) as z:
-      if str(z["key"]) == key:
-        logging.info("text encodings from %s", cache)
-        return z["users"], z["items"], user_texts
-  t0 = time.time()
-  enc = encoders.make(enc_cfg)
-  users = enc.encode(user_texts).astype(np.float32)
-  items = enc.encode(item_texts).astype(np.float32)
-  tmp = cache.with_suffix(".tmp.npz")
-  np.savez(tmp, key=key, users=users, items=items)
-  tmp.replace(cache)
-  logging.info("encoded %d user and %d item texts in %.0fs -> %s",
-               len(users), len(items), time.time() - t0, cache)
-  return users, items, user_texts
+  user_texts, item_texts = texts_lib.load_texts(
+      workdir / config.texts, ds.num_users, ds.num_items)
+
+  def compute():
+    enc = encoders.make(config.encoder)
+    return {"users": enc.encode(user_texts).astype(np.float32),
+            "items": enc.encode(item_texts).astype(np.float32)}
+
+  z = _cached(workdir / f"{config.texts}.minilm.npz",
+              _digest(user_texts, item_texts, config.encoder.to_dict()),
+              compute, f"{len(user_texts)} user and {len(item_texts)} item "
+              "text encodings")
+  return z["users"], z["items"], user_texts
 
 
 def user_token_states(config, workdir: pathlib.Path, user_texts: list[str],
@@ -128,25 +138,19 @@ def user_token_states(config, workdir: pathlib.Path, user_texts: list[str],
   """
   enc = encoders.make(config.encoder)
   full = nnx.merge(enc.graphdef, enc.state)
-  key = _digest(user_texts, config.encoder.to_dict(), layers)
-  cache = workdir / f"{config.texts}.minilm_top{layers}.npz"
-  if cache.exists():
-    with np.load(cache) as z:
-      if str(z["key"]) == key:
-        logging.info("token states from %s", cache)
-        return z["states"], z["mask"], full
-  t0 = time.time()
-  bottom, _ = retriever_lib.split_bert(full, layers)
-  length = max(len(t) for t in enc.tokenize(user_texts))
-  states, mask = enc.token_states(user_texts, min(length, enc.max_length),
-                                  model=bottom)
-  tmp = cache.with_suffix(".tmp.npz")
-  np.savez(tmp, key=key, states=states, mask=mask)
-  tmp.replace(cache)
-  logging.info("token states of %d user texts below the top %d block(s) in "
-               "%.0fs -> %s", len(user_texts), layers, time.time() - t0,
-               cache)
-  return states, mask, full
+
+  def compute():
+    bottom, _ = retriever_lib.split_bert(full, layers)
+    length = max(len(t) for t in enc.tokenize(user_texts))
+    states, mask = enc.token_states(
+        user_texts, min(length, enc.max_length), model=bottom)
+    return {"states": states, "mask": mask}
+
+  z = _cached(workdir / f"{config.texts}.minilm_top{layers}.npz",
+              _digest(user_texts, config.encoder.to_dict(), layers), compute,
+              f"token states of {len(user_texts)} user texts below the top "
+              f"{layers} block(s)")
+  return z["states"], z["mask"], full
 
 
 def make_retriever(rcfg: retriever_lib.RetrieverConfig, item_vecs,
