@@ -282,7 +282,9 @@ def _apply(config, v: str) -> None:
     if config.kind == "tiger":
       config.model.update(d_model=128, d_kv=32, num_heads=4, d_ff=512,
                           num_layers=3, num_decoder_layers=3)
-      t.update(num_steps=2000)
+      # 2,000 steps trained in 1,239 s (R@10 0.0437): 3,500 fill ~36 of the
+      # 45 minutes.
+      t.update(num_steps=3500)
     else:
       config.name = "minigr_cf" if config.hints.enabled else "minionerec"
       # Causal windows of 21 items (most Beauty users have fewer); hint
