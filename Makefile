@@ -14,7 +14,7 @@ STAMP := $(VENV)/.installed$(if $(EXTRAS),-$(EXTRAS))
 
 comma := ,
 
-.PHONY: setup demo test bench-venv clean
+.PHONY: setup demo test bench-venv front-page clean
 
 setup: $(STAMP)
 
@@ -32,6 +32,11 @@ demo: setup
 
 test: setup
 	$(PY) -m pytest -n 2 tests
+
+# The README's generated front page from the committed results archive
+# (docs/results; tools/front_page.py --archive adds a new run to it).
+front-page: setup
+	$(PY) tools/front_page.py --archive docs/results
 
 # The separate torch venv (.venv-torch: pyproject's `torch` extra +
 # transformers) for the torch side of the beam_search and decoder

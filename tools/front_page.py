@@ -38,6 +38,18 @@ Input formats: genrec_jax/pipeline.py (`results`: model -> metrics; optional
 genrec_jax/benchmarks/common.py (`benchmark`, `command`, `machine`,
 `results`). A missing or malformed file, a README without markers or with
 broken ones: one line on stderr naming the file, exit status 1.
+
+The archive (`--archive docs/results`): run directories are not kept in
+git, so the inputs are copied into the repository, each results file with
+its command and date and what the page reads from its workdir (see
+`archive_inputs`), listed in order in `docs/results/front_page.json`.
+`make front-page` regenerates the page from the archive alone; adding a new
+run replaces its workdir's entry (by folder name) and keeps the rest:
+
+  .venv/bin/python tools/front_page.py --archive docs/results \
+      --results runs/demo_final/pipeline/results.json \
+      --command 'runs/demo_final/pipeline/results.json=make demo WORKDIR=runs/demo_final'
+
 Standard library only, plus matplotlib for the training-curve plot.
 """
 
@@ -53,6 +65,7 @@ import os
 import pathlib
 import re
 import shlex
+import shutil
 import sys
 import tempfile
 from typing import Any, Sequence
@@ -1207,6 +1220,130 @@ def pictures_section(results: Sequence[PipelineResults],
   return "\n".join(lines)
 
 
+# --------------------------------------------------------------------------
+# The archive: the inputs kept in the repository (docs/results), so that the
+# page regenerates on any checkout (`make front-page`).
+
+# What the page reads from a results file's workdir (besides the file itself
+# and each of its models' <model>/train_log.json).
+ARCHIVED_FILES = ("pipeline/prepare_data.json", "pipeline/prepare_lastfm.json",
+                  "dataset/meta.json", "dataset/stats.json",
+                  "lastfm/stats.json", "sids/report.json",
+                  "sids/code_usage.png")
+MANIFEST = "front_page.json"
+
+
+def _json_bytes(obj: Any) -> bytes:
+  # Key order kept: the tables list models in the order of the file.
+  return (json.dumps(obj, indent=1) + "\n").encode("utf-8")
+
+
+def _archived_copy(rel: str, src: pathlib.Path) -> bytes | None:
+  """The bytes kept for one workdir file: what the page reads of it."""
+  if rel.endswith(".png"):
+    data = src.read_bytes()
+    return data if len(data) <= MAX_IMAGE_BYTES else None
+  try:
+    obj = json.loads(src.read_text(encoding="utf-8"))
+  except (json.JSONDecodeError, UnicodeDecodeError):
+    return None
+  if rel == "dataset/meta.json" and isinstance(obj, dict):
+    # The id lists (tens of thousands of users) are not read.
+    obj = {k: v for k, v in obj.items()
+           if not isinstance(v, (list, dict)) or k == "filtered"}
+  elif rel.endswith("train_log.json") and isinstance(obj, dict):
+    obj = {"curve": [{k: c.get(k) for k in ("step", "loss")}
+                     for c in obj.get("curve") or [] if isinstance(c, dict)],
+           "evals": [{k: e.get(k) for k in ("step", "valid/ndcg@10")}
+                     for e in obj.get("evals") or [] if isinstance(e, dict)]}
+  return _json_bytes(obj)
+
+
+def _read_manifest(archive_dir: pathlib.Path) -> dict[str, list[str]]:
+  f = archive_dir / MANIFEST
+  if not f.is_file():
+    return {"results": [], "bench": []}
+  m = _load_json(f)
+  if (not isinstance(m, dict) or any(
+      not isinstance(m.get(k), list)
+      or not all(isinstance(x, str) for x in m[k])
+      for k in ("results", "bench"))):
+    raise FrontPageError(f"{f}: not a front-page manifest (lists 'results' "
+                         "and 'bench' of paths relative to it)")
+  return {"results": list(m["results"]), "bench": list(m["bench"])}
+
+
+def archive_inputs(archive_dir: pathlib.Path,
+                   results: Sequence[PipelineResults],
+                   benches: Sequence[BenchResults]
+                   ) -> tuple[list[pathlib.Path], list[pathlib.Path]]:
+  """Copies the inputs into archive_dir and returns the archive's files.
+
+  A results file goes to <archive_dir>/<its workdir's name>/pipeline/
+  results.json with its command and date recorded in it, beside what the
+  page reads from its workdir (ARCHIVED_FILES, each model's train_log.json
+  reduced to its curve and evals, dataset/meta.json without its id lists);
+  a benchmark file to <archive_dir>/bench/<name>/results.json. A workdir or
+  benchmark archived before is replaced in place (the manifest keeps the
+  order: the first results file's workdir gives the pictures); the others
+  stay. Every folder is written beside its place and renamed.
+
+  Returns:
+    (results files, benchmark files) of the whole archive, in order.
+  """
+  manifest = _read_manifest(archive_dir)
+  staged: dict[str, dict[str, bytes]] = {}
+  for r in results:
+    workdir = r.path.resolve().parent.parent
+    files: dict[str, bytes] = {}
+    record = json.loads(r.path.read_text(encoding="utf-8"))
+    record["date"] = r.date
+    if r.command:
+      record["command"] = r.command
+    files["pipeline/results.json"] = _json_bytes(record)
+    rels = list(ARCHIVED_FILES) + [f"{m}/train_log.json" for m in r.results]
+    for rel in rels:
+      src = workdir / rel
+      if src.is_file():
+        data = _archived_copy(rel, src)
+        if data is not None:
+          files[rel] = data
+    staged[workdir.name] = files
+    entry = f"{workdir.name}/pipeline/results.json"
+    if entry not in manifest["results"]:
+      manifest["results"].append(entry)
+  for b in benches:
+    record = json.loads(b.path.read_text(encoding="utf-8"))
+    record["date"] = b.date
+    record["command"] = b.command  # paths under the README's folder relative
+    staged[f"bench/{b.name}"] = {"results.json": _json_bytes(record)}
+    entry = f"bench/{b.name}/results.json"
+    if entry not in manifest["bench"]:
+      manifest["bench"].append(entry)
+  for folder, files in staged.items():
+    dest = archive_dir / folder
+    tmp = dest.with_name(f".{dest.name}.tmp")
+    if tmp.exists():
+      shutil.rmtree(tmp)
+    for rel, data in files.items():
+      (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
+      (tmp / rel).write_bytes(data)
+    old = dest.with_name(f".{dest.name}.old")
+    if dest.exists():
+      os.replace(dest, old)
+    os.replace(tmp, dest)
+    if old.exists():
+      shutil.rmtree(old)
+  _write_atomic(archive_dir / MANIFEST, _json_bytes(manifest))
+  missing = [e for e in manifest["results"] + manifest["bench"]
+             if not (archive_dir / e).is_file()]
+  if missing:
+    raise FrontPageError(f"{archive_dir / MANIFEST}: lists {missing[0]}, "
+                         "which is not in the archive")
+  return ([archive_dir / e for e in manifest["results"]],
+          [archive_dir / e for e in manifest["bench"]])
+
+
 def cite_section() -> str:
   lines = ["The original works (titles and authors as published; DOIs "
            "omitted):", "", "```bibtex"]
@@ -1268,6 +1405,10 @@ def main(argv: Sequence[str] | None = None) -> int:
   ap.add_argument("--docs_dir", type=pathlib.Path, default=None,
                   help="where images go (default: docs/front_page beside "
                        "the README)")
+  ap.add_argument("--archive", type=pathlib.Path, default=None,
+                  help="copy the --results / --bench inputs into this "
+                       "folder (docs/results: `make front-page`) and "
+                       "generate the page from everything in it")
   args = ap.parse_args(argv)
   try:
     readme = args.readme
@@ -1285,6 +1426,16 @@ def main(argv: Sequence[str] | None = None) -> int:
                for p in args.results]
     benches = [read_bench_results(p, base) for p in args.bench]
     regenerate = ".venv/bin/python tools/front_page.py " + shlex.join(argv)
+    if args.archive is not None:
+      files, bench_files = archive_inputs(args.archive, results, benches)
+      results = [read_pipeline_results(p, None, base) for p in files]
+      benches = [read_bench_results(p, base) for p in bench_files]
+      regenerate = ("make front-page" if
+                    (args.archive.resolve() == REPO / "docs" / "results"
+                     and readme.resolve() == REPO / "README.md"
+                     and args.docs_dir is None) else
+                    ".venv/bin/python tools/front_page.py " + shlex.join(
+                        ["--archive", _display_path(args.archive, base)]))
     text = readme.read_bytes().decode("utf-8")
     present = {m.group(1) for m in MARKER.finditer(text)}
     builders = {
