@@ -45,11 +45,11 @@ def t5_loss(model, batch, key):
 
 
 def decoder_loss(model, batch, key):
-  """Next-token CE where loss_mask[b, t] = 1 (token t predicted from < t)."""
-  del key
+  """Next-token CE where loss_mask[b, t] = 1 (token t predicted from < t);
+  dropout (when the model has a rate) drawn from `key`."""
   ids = batch["input_ids"]  # [B, T]
-  logits = model(ids, batch["attention_mask"])  # [B, T, V]
-  return _masked_ce(logits[:, :-1], ids[:, 1:],
+  h = model.hidden(ids, batch["attention_mask"], dropout_key=key)
+  return _masked_ce(model.project(h)[:, :-1], ids[:, 1:],
                     batch["loss_mask"][:, 1:].astype(jnp.float32))
 
 
@@ -65,10 +65,10 @@ def make_decoder_loss(answer_budget: int):
     return decoder_loss
 
   def loss_fn(model, batch, key):
-    del key
     ids = batch["input_ids"]  # [B, T]
     b, t = ids.shape
-    h = model.hidden(ids, batch["attention_mask"])[:, :-1]  # [B, T-1, D]
+    h = model.hidden(ids, batch["attention_mask"],
+                     dropout_key=key)[:, :-1]  # [B, T-1, D]
     w = batch["loss_mask"][:, 1:].astype(jnp.float32).reshape(-1)  # [P']
     k = min(b * answer_budget, b * (t - 1))
     # Loss positions first, in order.

@@ -222,7 +222,9 @@ def scratch_config(m, vocab: int, *, bos: int, eos: int,
       rope_theta=m.rope_theta, tie_word_embeddings=True,
       attention_bias=False, model_type="llama",
       max_position_embeddings=m.max_position_embeddings,
-      scan_layers=m.get("scan_layers", True), bos_token_id=bos, eos_token_id=eos, pad_token_id=pad)
+      scan_layers=m.get("scan_layers", True),
+      dropout_rate=float(m.get("dropout_rate", 0.0)), bos_token_id=bos,
+      eos_token_id=eos, pad_token_id=pad)
 
 
 def decoder_config_from_spec(spec: dict[str, Any]) -> decoder.DecoderConfig:

@@ -78,6 +78,10 @@ class DecoderConfig:
   # unrolled (False: straight-line code; a few % faster forward + backward
   # of small from-scratch decoders on CPU).
   scan_layers: bool = True
+  # Dropout of training forwards given a `dropout_key` (`hidden`): on the
+  # embedded tokens and on each block's attention and MLP outputs before
+  # their residual adds (from-scratch SID decoders; HF checkpoints: 0).
+  dropout_rate: float = 0.0
 
   def __post_init__(self):
     if self.head_dim is None:
@@ -231,8 +235,8 @@ class Decoder(nnx.Module):
     return layers.inv_sqrt(self.config.head_dim)
 
   def _block(self, h: Array, w: dict[str, Array], positions: Array,
-             attend: Callable[..., tuple[Array, Any, Any]]
-             ) -> tuple[Array, Any, Any]:
+             attend: Callable[..., tuple[Array, Any, Any]],
+             key: Array | None = None) -> tuple[Array, Any, Any]:
     """One pre-norm block: attention then SwiGLU, each with a residual.
 
     Args:
@@ -241,11 +245,13 @@ class Decoder(nnx.Module):
       positions: int32 [B, T] RoPE position ids of the T tokens.
       attend: attend(q, k, v) -> (out [B, T, N, H], cache, ys), a
         `layers.Attend` with the cache and layer bound.
+      key: this layer's dropout key (None: no dropout).
 
     Returns:
       (h [B, T, D], cache, ys).
     """
     cfg = self.config
+    rate = cfg.dropout_rate
     eps = cfg.rms_norm_eps
     a_in = layers.rms_norm(h, w["attn_norm"], eps)  # HF: input_layernorm
     q = layers.project_heads(a_in, w["q"], w.get("q_bias"))  # [B, T, N, H]
@@ -254,13 +260,15 @@ class Decoder(nnx.Module):
     cos, sin = layers.rope_tables(positions, cfg.head_dim, cfg.rope_theta)
     q, k = layers.apply_rope(q, cos, sin), layers.apply_rope(k, cos, sin)
     a, cache, ys = attend(q, k, v)  # [B, T, N, H]
-    h = h + layers.merge_heads(a, w["o"], w.get("o_bias"))
-    h = h + _mlp(layers.rms_norm(h, w["mlp_norm"], eps), w)
+    h = h + layers.dropout(layers.merge_heads(a, w["o"], w.get("o_bias")),
+                           rate, key, 1)
+    h = h + layers.dropout(_mlp(layers.rms_norm(h, w["mlp_norm"], eps), w),
+                           rate, key, 2)
     return h, cache, ys
 
   def _blocks(self, x: Array, positions: Array, attend: layers.Attend,
-              cache: Any = None, constrain: bool = False
-              ) -> tuple[Array, Any, Any]:
+              cache: Any = None, constrain: bool = False,
+              key: Array | None = None) -> tuple[Array, Any, Any]:
     """Scans `_block` over the stacked layers.
 
     Args:
@@ -269,6 +277,7 @@ class Decoder(nnx.Module):
       attend: the attention kind (see `layers.Attend`).
       cache: pytree carried from layer to layer (None for none).
       constrain: shard the activations at block boundaries (full forward).
+      key: dropout key (None: no dropout), folded with each layer's index.
 
     Returns:
       (x [B, T, D] after the last block, cache, ys stacked on a leading
@@ -279,7 +288,8 @@ class Decoder(nnx.Module):
       h, c = carry
       w, i = xs
       h, c, ys = self._block(
-          h, w, positions, lambda q, k, v: attend(q, k, v, c, i))
+          h, w, positions, lambda q, k, v: attend(q, k, v, c, i),
+          None if key is None else jax.random.fold_in(key, i))
       if constrain:
         h = layers.constrain(h, ("batch", "length", "embed"))
       return (h, c), ys
@@ -309,7 +319,8 @@ class Decoder(nnx.Module):
 
   def hidden(self, input_ids: Array, attention_mask: Array | None = None, *,
              positions: Array | None = None,
-             attn_mask: Array | None = None) -> Array:
+             attn_mask: Array | None = None,
+             dropout_key: Array | None = None) -> Array:
     """Final-normed hidden states [B, T, D]: `project` of them = logits.
 
     Args:
@@ -320,6 +331,8 @@ class Decoder(nnx.Module):
         the padding mask); a packed layout (e.g. one prompt followed by
         several completions that each see the prompt and themselves) sets
         its own with `positions`.
+      dropout_key: training forwards only (None: no dropout; a no-op at
+        `dropout_rate` 0).
     """
     if attention_mask is None:
       attention_mask = jnp.ones(input_ids.shape, bool)
@@ -329,8 +342,12 @@ class Decoder(nnx.Module):
     if attn_mask is None:
       attn_mask = layers.causal_mask(input_ids.shape[1])[None] & mask[:, None]
     x = layers.constrain(self._embed(input_ids), ("batch", "length", "embed"))
+    x = layers.dropout(x, self.config.dropout_rate, dropout_key, 0)
     attend = layers.full_attention(attn_mask, self._scale)
-    x, _, _ = self._blocks(x, positions, attend, constrain=True)
+    layer_key = (None if dropout_key is None
+                 else jax.random.fold_in(dropout_key, 1))
+    x, _, _ = self._blocks(x, positions, attend, constrain=True,
+                           key=layer_key)
     return layers.rms_norm(x, self.final_norm[...], self.config.rms_norm_eps)
 
   def _forward(self, input_ids: Array, attention_mask: Array,

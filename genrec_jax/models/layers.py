@@ -388,6 +388,18 @@ def shared_prefix_attention(prefix_k: Array, prefix_v: Array,
   return attend
 
 
+def dropout(x: Array, rate: float, key: Array | None, site: int) -> Array:
+  """Inverted dropout at `rate`; identity without a key or at rate 0.
+
+  `site` tells apart the places that share one key (folded into it).
+  """
+  if key is None or rate == 0.0:
+    return x
+  keep = jax.random.bernoulli(jax.random.fold_in(key, site), 1.0 - rate,
+                              x.shape)
+  return jnp.where(keep, x / (1.0 - rate), 0.0).astype(x.dtype)
+
+
 def dense(x: Array, kernel: Array, bias: Array | None = None) -> Array:
   """x [..., D] @ kernel [D, F] (+ bias) with the kernel cast to x.dtype."""
   y = jnp.einsum("...D,DF->...F", x, kernel.astype(x.dtype))

@@ -240,12 +240,7 @@ class T5Model(nnx.Module):
 
   def _dropout(self, x: Array, key: Array | None, site: int) -> Array:
     """Inverted dropout at `dropout_rate` (identity without a key)."""
-    rate = self.config.dropout_rate
-    if key is None or rate == 0.0:
-      return x
-    keep = jax.random.bernoulli(jax.random.fold_in(key, site), 1.0 - rate,
-                                x.shape)
-    return jnp.where(keep, x / (1.0 - rate), 0.0).astype(x.dtype)
+    return layers.dropout(x, self.config.dropout_rate, key, site)
 
   def _ffn(self, h: Array, w: dict[str, Array],
            key: Array | None = None) -> Array:
