@@ -89,8 +89,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.model.num_layers = 2
   config.model.num_decoder_layers = 2
   config.model.feed_forward_proj = "relu"
-  # TIGER: dropout of a training forward (the paper: 0.1 over ~390 epochs;
-  # CPU budgets of a few epochs train best without).
+  # Dropout of a training forward: TIGER (the paper: 0.1 over ~390 epochs;
+  # CPU budgets of a few epochs train best without) and from-scratch SID
+  # decoders (embeddings, attention and MLP outputs).
   config.model.dropout_rate = 0.0
   # TIGER: std of the initial token embeddings (HF T5: 1.0).
   config.model.embed_init_std = 1.0
