@@ -542,6 +542,13 @@ def read_pipeline_results(path: pathlib.Path, command: str | None,
       results=results, seeds=seeds, dataset=_dataset_info(path, record))
 
 
+def _scalar_fields(data: dict[str, Any]) -> dict[str, Any]:
+  """What the page reads of dataset/meta.json and stats.json: the scalars
+  and the `filtered` counts (not the id lists)."""
+  return {k: v for k, v in data.items()
+          if not isinstance(v, (list, dict)) or k == "filtered"}
+
+
 def _dataset_info(path: pathlib.Path, record: dict[str, Any]
                   ) -> dict[str, Any]:
   """The workdir's dataset/meta.json + stats.json (+ the prepare_data
@@ -556,8 +563,7 @@ def _dataset_info(path: pathlib.Path, record: dict[str, Any]
       except json.JSONDecodeError:
         continue
       if isinstance(data, dict):
-        info.update({k: v for k, v in data.items()
-                     if not isinstance(v, (list, dict)) or k == "filtered"})
+        info.update(_scalar_fields(data))
   f = workdir / "lastfm" / "stats.json"
   if "name" not in info and f.is_file():
     # prepare_lastfm: items, users and query split sizes; the queries are
@@ -1248,9 +1254,7 @@ def _archived_copy(rel: str, src: pathlib.Path) -> bytes | None:
   except (json.JSONDecodeError, UnicodeDecodeError):
     return None
   if rel == "dataset/meta.json" and isinstance(obj, dict):
-    # The id lists (tens of thousands of users) are not read.
-    obj = {k: v for k, v in obj.items()
-           if not isinstance(v, (list, dict)) or k == "filtered"}
+    obj = _scalar_fields(obj)  # the id lists (thousands of users): not read
   elif rel.endswith("train_log.json") and isinstance(obj, dict):
     obj = {"curve": [{k: c.get(k) for k in ("step", "loss")}
                      for c in obj.get("curve") or [] if isinstance(c, dict)],
@@ -1293,6 +1297,7 @@ def archive_inputs(archive_dir: pathlib.Path,
   """
   manifest = _read_manifest(archive_dir)
   staged: dict[str, dict[str, bytes]] = {}
+  entries: set[str] = set()  # the manifest entries this call writes
   for r in results:
     workdir = r.path.resolve().parent.parent
     files: dict[str, bytes] = {}
@@ -1310,6 +1315,7 @@ def archive_inputs(archive_dir: pathlib.Path,
           files[rel] = data
     staged[workdir.name] = files
     entry = f"{workdir.name}/pipeline/results.json"
+    entries.add(entry)
     if entry not in manifest["results"]:
       manifest["results"].append(entry)
   for b in benches:
@@ -1318,8 +1324,14 @@ def archive_inputs(archive_dir: pathlib.Path,
     record["command"] = b.command  # paths under the README's folder relative
     staged[f"bench/{b.name}"] = {"results.json": _json_bytes(record)}
     entry = f"bench/{b.name}/results.json"
+    entries.add(entry)
     if entry not in manifest["bench"]:
       manifest["bench"].append(entry)
+  missing = [e for e in manifest["results"] + manifest["bench"]
+             if e not in entries and not (archive_dir / e).is_file()]
+  if missing:
+    raise FrontPageError(f"{archive_dir / MANIFEST}: lists {missing[0]}, "
+                         "which is not in the archive")
   for folder, files in staged.items():
     dest = archive_dir / folder
     tmp = dest.with_name(f".{dest.name}.tmp")
@@ -1335,11 +1347,6 @@ def archive_inputs(archive_dir: pathlib.Path,
     if old.exists():
       shutil.rmtree(old)
   _write_atomic(archive_dir / MANIFEST, _json_bytes(manifest))
-  missing = [e for e in manifest["results"] + manifest["bench"]
-             if not (archive_dir / e).is_file()]
-  if missing:
-    raise FrontPageError(f"{archive_dir / MANIFEST}: lists {missing[0]}, "
-                         "which is not in the archive")
   return ([archive_dir / e for e in manifest["results"]],
           [archive_dir / e for e in manifest["bench"]])
 
