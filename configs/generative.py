@@ -155,6 +155,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.hints.k = 3
   # Probability of dropping a training example's hint (re-drawn per epoch).
   config.hints.dropout = 0.3
+  # Causal windows: hint blocks after the last this many items only (of a
+  # training window and of an evaluation prompt); 0 = after every item.
+  config.hints.positions = 0
 
   config.train = _train()
 

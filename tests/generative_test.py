@@ -21,7 +21,6 @@ from configs import generative as generative_config
 from genrec_jax import evaluate as evaluate_stage
 from genrec_jax import recommend
 from genrec_jax.data.dataset import DataError, Dataset, EvalExamples, Ragged
-from genrec_jax.evaluation import generative as eval_lib
 from genrec_jax.generative import hints as hints_lib
 from genrec_jax.generative import losses
 from genrec_jax.generative import ranker as ranker_lib
@@ -236,13 +235,16 @@ def test_causal_window_of_one_target_equals_the_prefix_example():
   assert float(got) == pytest.approx(float(want), rel=1e-6)
 
 
-def test_causal_window_loss_equals_per_target_prompts():
+@pytest.mark.parametrize("positions", [0, 2])
+def test_causal_window_loss_equals_per_target_prompts(positions):
   """Each target's log-probs inside one causal window equal those after its
   own evaluation-layout prompt (history before it, hints cleaned of it):
-  the causal mask lets no target see its future."""
+  the causal mask lets no target see its future. With hint blocks on the
+  last `positions` items only, the window's last target (the one whose
+  context an evaluation prompt has) still does."""
   item_tokens, hints = _causal_setup()
   window = np.array([[3, 4, 5, 6, 7]], np.int32)
-  batch = sid_decoder.CausalSidBatch(item_tokens, hints, 0.0)(
+  batch = sid_decoder.CausalSidBatch(item_tokens, hints, 0.0, positions)(
       {"items": window}, np.ones((1, 5)))
   cfg = decoder_lib.DecoderConfig(
       vocab_size=int(item_tokens.max()) + 1, hidden_size=24,
@@ -254,11 +256,13 @@ def test_causal_window_loss_equals_per_target_prompts():
       jnp.asarray(batch["attention_mask"]),
       jnp.asarray(batch["loss_mask"])))[0]
   per_target = lp[batch["loss_mask"][0] > 0].reshape(4, 2)
-  for t in range(1, 5):
+  if positions:  # hint blocks after items 2 and 3 of the 4 only
+    assert (batch["input_ids"][0] == sid_decoder.HINT).sum() == positions
+  for t in range(4 if positions else 1, 5):
     hist = Ragged.from_lists([window[0, :t].tolist()])
     prompt = sid_decoder.eval_prompts(
         hist, item_tokens, max_history=4, hints=hints,
-        targets=window[0, t:t + 1], causal=True)
+        targets=window[0, t:t + 1], causal=True, hint_positions=positions)
     ids = np.concatenate([prompt["input_ids"],
                           item_tokens[window[:, t]]], 1)
     mask = np.concatenate([prompt["attention_mask"],
@@ -269,30 +273,34 @@ def test_causal_window_loss_equals_per_target_prompts():
                                atol=1e-5, err_msg=f"target {t}")
 
 
-def test_causal_hint_blocks_never_hold_their_target():
+@pytest.mark.parametrize("positions", [0, 2])
+def test_causal_hint_blocks_never_hold_their_target(positions):
   """Every shown hint block holds K items, never the next item; blocks are
-  dropped per position at the configured rate."""
+  dropped per position at the configured rate, and with `positions` > 0
+  appear after the last that many context items only."""
   item_tokens, hints = _causal_setup(k=3)
   rng = np.random.default_rng(2)
   windows = np.stack([(s + np.arange(6)) % 9 for s in rng.integers(0, 9, 400)]
                      ).astype(np.int32)
   windows[:7, 4:] = -1  # some shorter windows (right-padded)
-  out = sid_decoder.CausalSidBatch(item_tokens, hints, 0.3)(
+  out = sid_decoder.CausalSidBatch(item_tokens, hints, 0.3, positions)(
       {"items": windows}, rng.random((400, 6)))
   shown = total = 0
   for r in range(400):
     ids = out["input_ids"][r][out["attention_mask"][r]].tolist()
     items = windows[r][windows[r] >= 0]
     assert ids[0] == sid_decoder.BOS
-    pos, blocks = 1, []
+    pos = 1
     for i, item in enumerate(items):
       assert _items_of(ids[pos:pos + 2], item_tokens) == [item]
       assert out["loss_mask"][r, pos:pos + 2].tolist() == [float(i > 0)] * 2
       pos += 2
       if i == len(items) - 1:
         break
-      total += 1
+      may_show = not positions or i >= len(items) - 1 - positions
+      total += may_show
       if ids[pos] == sid_decoder.HINT:
+        assert may_show, (r, i)
         end = ids.index(sid_decoder.SEP, pos)
         block = _items_of(ids[pos + 1:end], item_tokens)
         assert len(block) == 3 and items[i + 1] not in block
@@ -407,6 +415,10 @@ def test_bad_config_names_the_field(workdir):
   config = generative_config.get_config("decoder_sid_hints,tiny")
   config.hints.dropout = 1.5
   with pytest.raises(ValueError, match="hints.dropout"):
+    stage.run(config, str(workdir))
+  config.hints.dropout = 0.3
+  config.hints.positions = 2  # per-prefix examples have one hint block
+  with pytest.raises(ValueError, match="hints.positions.*causal"):
     stage.run(config, str(workdir))
   with pytest.raises(ValueError, match="unknown variant"):
     generative_config.get_config("tiger,bogus")

@@ -11,7 +11,10 @@ Two layouts, chosen by how the model is trained (`examples` in model.json):
           the next item (clean target per position) and is dropped per
           position. Evaluation prompts are the same layout with the last
           item's full hints, so a one-target window is exactly a prefix
-          example (tested).
+          example (tested). `hint_positions` > 0 shows hint blocks after
+          the last that many items only (of a window or a prompt): a block
+          of K hints makes an item's span (1 + K) x longer, so hints on
+          every item cost most of a window's tokens.
 
 Own vocabulary: 0 pad, 1 eos, 2 bos, 3 sep, 4 hint, then the SID blocks.
 The hints are miniGR-CF's collaborative hints without the text (the
@@ -66,11 +69,22 @@ def sid_prompt(history: np.ndarray, hint: np.ndarray | None) -> np.ndarray:
 
 
 def prompt_width(max_history: int, levels: int, hint_k: int,
-                 with_hints: bool, causal: bool = False) -> int:
+                 with_hints: bool, causal: bool = False,
+                 hint_positions: int = 0) -> int:
   hint = (1 + hint_k * levels) * with_hints
   if causal:
-    return 1 + max_history * (levels + 1 + hint)
+    hinted = hint_positions_shown(max_history, hint_positions).sum()
+    return 1 + max_history * (levels + 1) + int(hinted) * hint
   return 2 + max_history * levels + hint
+
+
+def hint_positions_shown(n: int, hint_positions: int) -> np.ndarray:
+  """bool [n]: which of n items may carry a hint block (the last
+  `hint_positions` of them; 0: every item)."""
+  show = np.ones(n, bool)
+  if hint_positions:
+    show[:max(n - hint_positions, 0)] = False
+  return show
 
 
 def causal_prompt(items: np.ndarray, item_tokens: np.ndarray,
@@ -108,18 +122,20 @@ def causal_prompt(items: np.ndarray, item_tokens: np.ndarray,
 
 def eval_prompts(history, item_tokens, *, max_history: int,
                  hints: Hints | None, targets: np.ndarray | None = None,
-                 causal: bool = False) -> dict[str, np.ndarray]:
+                 causal: bool = False,
+                 hint_positions: int = 0) -> dict[str, np.ndarray]:
   """Left-padded prompts of evaluation histories (full hints).
 
   `targets` (one item per row): each row's hint is cleaned of its target
   (training prompts, e.g. reinforcement-learning rollouts). `causal`: the
-  causal layout (a hint block after every item).
+  causal layout (a hint block after every item, or after the last
+  `hint_positions` items).
   """
   hist = history.padded(max_history, -1, left=True)  # [B, H]
   toks, mask = history_tokens(hist, item_tokens, max_history)
   levels = item_tokens.shape[1]
   width = prompt_width(max_history, levels, hints.k if hints else 0,
-                       hints is not None, causal)
+                       hints is not None, causal, hint_positions)
   b = len(hist)
   ids = np.full((b, width), PAD, np.int32)
   amask = np.zeros((b, width), bool)
@@ -127,8 +143,9 @@ def eval_prompts(history, item_tokens, *, max_history: int,
     target = None if targets is None else int(targets[i])
     if causal:
       items = hist[i][mask[i][::levels]]
-      row, _ = causal_prompt(items, item_tokens, hints,
-                             np.ones(len(items), bool), target)
+      row, _ = causal_prompt(
+          items, item_tokens, hints,
+          hint_positions_shown(len(items), hint_positions), target)
     else:
       row = sid_prompt(toks[i][mask[i]],
                        hint_tokens(hints, hist[i, -1], item_tokens, target))
@@ -182,12 +199,15 @@ class CausalSidBatch:
   `loss_mask` covers the SID tokens of every item but the first. `draws`
   [B, n + 1] uniform [0, 1): item i's hint block is dropped when
   draws[b, i] < hint_dropout (per position, re-drawn every epoch).
+  `hint_positions` > 0: only the last that many context items of a window
+  carry hint blocks (as the evaluation prompts).
   """
 
   def __init__(self, item_tokens, hints: Hints | None = None,
-               hint_dropout: float = 0.0):
+               hint_dropout: float = 0.0, hint_positions: int = 0):
     self.item_tokens = item_tokens
     self.hints, self.hint_dropout = hints, hint_dropout
+    self.hint_positions = hint_positions
 
   def __call__(self, element, draws: np.ndarray):
     items = element["items"]  # [B, n + 1]
@@ -195,15 +215,17 @@ class CausalSidBatch:
     levels = self.item_tokens.shape[1]
     k = self.hints.k if self.hints is not None else 0
     width = prompt_width(n1 - 1, levels, k, self.hints is not None,
-                         causal=True) + levels
+                         True, self.hint_positions) + levels
     ids = np.full((b, width), PAD, np.int32)
     amask = np.zeros((b, width), bool)
     lmask = np.zeros((b, width), np.float32)
     show = np.asarray(draws) >= self.hint_dropout  # [B, n + 1]
     for i in range(b):
       row_items = items[i][items[i] >= 0]
+      n = len(row_items) - 1
+      shown = show[i, :n] & hint_positions_shown(n, self.hint_positions)
       ctx, starts = causal_prompt(row_items[:-1], self.item_tokens,
-                                  self.hints, show[i], int(row_items[-1]))
+                                  self.hints, shown, int(row_items[-1]))
       row = np.concatenate([ctx, self.item_tokens[row_items[-1]]])
       ids[i, :len(row)] = row
       amask[i, :len(row)] = True
@@ -261,6 +283,7 @@ class SidFormat(formats.PromptFormat):
     settings = {"format": cls.name, "max_history": max_history,
                 "hints": bool(config.hints.enabled),
                 "hint_k": int(config.hints.k),
+                "hint_positions": int(config.hints.positions),
                 "examples": config.data.examples}
     cfg = scratch_config(config.model, layout.end, bos=BOS, eos=EOS, pad=PAD)
     budget = int(config.train.answer_budget)
@@ -285,12 +308,17 @@ class SidFormat(formats.PromptFormat):
   def causal(self) -> bool:
     return self.settings.get("examples", "prefix") == "causal"
 
+  @property
+  def hint_positions(self) -> int:
+    return int(self.settings.get("hint_positions", 0))
+
   def train_batches(self, *, batch_size, num_epochs, seed, shard_index=0,
                     shard_count=1):
     c = self.training
     dropout = float(c.hints.dropout)
     if self.causal:
-      transform = CausalSidBatch(self.item_tokens, self.hints, dropout)
+      transform = CausalSidBatch(self.item_tokens, self.hints, dropout,
+                                 self.hint_positions)
       make = window_train_data
     else:
       transform = SidDecoderBatch(self.item_tokens, self.max_history,
@@ -305,7 +333,8 @@ class SidFormat(formats.PromptFormat):
   def eval_prompts(self, batch):
     return eval_prompts(batch.history, self.item_tokens,
                         max_history=self.max_history, hints=self.hints,
-                        causal=self.causal)
+                        causal=self.causal,
+                        hint_positions=self.hint_positions)
 
   def rollout_prompts(self, batch, title_rows=None):
     if title_rows is not None and np.any(title_rows):
@@ -313,7 +342,8 @@ class SidFormat(formats.PromptFormat):
                        "'rollout.title_fraction' must be 0)")
     return eval_prompts(batch.history, self.item_tokens,
                         max_history=self.max_history, hints=self.hints,
-                        targets=batch.targets.values, causal=self.causal)
+                        targets=batch.targets.values, causal=self.causal,
+                        hint_positions=self.hint_positions)
 
   def scorer(self, graphdef):
     # Every prompt ends in SEP (checked before the search starts).
