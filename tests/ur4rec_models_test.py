@@ -438,6 +438,21 @@ def test_multimodal_forward_scores_and_constant_features():
       nnx.state(model))
 
 
+def test_multimodal_batch_equals_rows_alone():
+  """A batch of 5 holds more history / candidate ids than the 7 items (per
+  item projections run on the item table, then gathered); one row alone
+  holds fewer (they run on the gathered rows): the same vectors."""
+  model = _multimodal()
+  batch = _mm_batch()
+  assert batch["history"].size > I > batch["history"].shape[1]
+  out = model.forward(batch)
+  for r in range(B):
+    one = model.forward({k: v[r:r + 1] for k, v in batch.items()})
+    for k in ("user_visual", "user", "cand", "logits"):
+      np.testing.assert_allclose(one[k][0], out[k][r], rtol=1e-5, atol=1e-6,
+                                 err_msg=f"{k} row {r}")
+
+
 def test_multimodal_loss_fixed_and_uncertainty():
   model = _multimodal()
   batch = _mm_batch()

@@ -86,6 +86,19 @@ def _gather(table: Array, ids: Array) -> tuple[Array, Array]:
   return table[jnp.where(valid, ids, 0)], valid
 
 
+def _per_row(fn, tables: tuple[Array, ...], ids: Array) -> Array:
+  """fn(*rows) of the tables' rows at ids (id < 0 -> row 0).
+
+  `fn` maps rows independently, so it runs on whichever is smaller: every
+  row of the tables (then gathered; a training batch's history and
+  candidates hold more ids than ML-100K has items) or the gathered rows
+  (batch-1 inference). The values are the same either way.
+  """
+  if ids.size > tables[0].shape[0]:
+    return _gather(fn(*tables), ids)[0]
+  return fn(*(_gather(t, ids)[0] for t in tables))
+
+
 class MultimodalRetriever(nnx.Module):
   """Text + visual views of users and items, fused.
 
@@ -162,11 +175,18 @@ class MultimodalRetriever(nnx.Module):
                    deterministic: bool = True,
                    key: Array | None = None) -> Array:
     """Visual item vectors: float32 [..., D] at ids [...] (padding -> item
-    0's vector; mask it), or [I, D] for every item when ids is None."""
-    feats = self.features[...]  # [I, D_feat]
-    if ids is not None:
-      feats, _ = _gather(feats, ids)  # [..., D_feat]
-    return self.project_features(feats, deterministic=deterministic, key=key)
+    0's vector; mask it), or [I, D] for every item when ids is None.
+
+    Every item is projected once and the rows gathered (as the text view's
+    item table): a training batch's history and candidates hold more item
+    occurrences than a catalogue such as ML-100K has items (128 x (30 + 32)
+    = 7,936 vs 1,682 at configs/ur4rec.py's defaults). In training the
+    dropout mask is therefore per item, shared by its occurrences.
+    """
+    table = self.project_features(self.features[...],
+                                  deterministic=deterministic,
+                                  key=key)  # [I, D]
+    return table if ids is None else _gather(table, ids)[0]
 
   def text_items(self, ids: Array | None = None) -> Array:
     """Text item vectors: float32 [..., D] at ids (padding -> item 0), or
@@ -175,8 +195,8 @@ class MultimodalRetriever(nnx.Module):
     return vecs if ids is None else _gather(vecs, ids)[0]
 
   def visual_user(self, user_text: Array, history: Array, *,
-                  deterministic: bool = True,
-                  key: Array | None = None) -> Array:
+                  deterministic: bool = True, key: Array | None = None,
+                  table: Array | None = None) -> Array:
     """Cross-modal attention of the text preference over the history.
 
     Args:
@@ -184,6 +204,8 @@ class MultimodalRetriever(nnx.Module):
       history: int [B, T] history item ids, -1 = padding.
       deterministic: no dropout.
       key: dropout key of the feature projection.
+      table: float [I, D] the visual item vectors when already projected
+        (`visual_items()`; then `deterministic` and `key` are unused).
 
     Returns:
       unit float32 [B, D]; zero for an empty history (no visual evidence:
@@ -192,14 +214,18 @@ class MultimodalRetriever(nnx.Module):
     cfg = self.config
     D = cfg.retriever.out_dim
     H = D // cfg.num_heads
-    hv = self.visual_items(history, deterministic=deterministic,
-                           key=key)  # [B, T, D]
+    if table is None:
+      table = self.visual_items(deterministic=deterministic, key=key)
     valid = history >= 0  # [B, T]
     u = user_text.astype(cfg.dtype)
-    hv = hv.astype(cfg.dtype)
     q = jnp.einsum("BD,DNH->BNH", u, self.q[...])  # [B, N, H]
-    k = jnp.einsum("BTD,DNH->BTNH", hv, self.k[...])  # [B, T, N, H]
-    v = jnp.einsum("BTD,DNH->BTNH", hv, self.v[...])  # [B, T, N, H]
+
+    def keys_values(rows):  # [..., D] -> [..., 2, N, H]
+      kv = jnp.stack([self.k[...], self.v[...]])  # [2, D, N, H]
+      return jnp.einsum("...D,CDNH->...CNH", rows.astype(cfg.dtype), kv)
+
+    kv = _per_row(keys_values, (table,), history)  # [B, T, 2, N, H]
+    k, v = kv[:, :, 0], kv[:, :, 1]  # [B, T, N, H] each
     logits = jnp.einsum("BNH,BTNH->BNT", q, k,
                         preferred_element_type=jnp.float32)
     logits = logits * layers.inv_sqrt(H)  # [B, N, T]
@@ -242,22 +268,29 @@ class MultimodalRetriever(nnx.Module):
                            key=key)["user"]
 
   def user_views(self, batch: Mapping[str, Array], *,
-                 deterministic: bool = True,
-                 key: Array | None = None) -> dict[str, Array]:
+                 deterministic: bool = True, key: Array | None = None,
+                 table: Array | None = None) -> dict[str, Array]:
     """{"user_text", "user_visual", "user"}: unit float32 [B, D] each
-    (user_visual is zero for an empty history)."""
+    (user_visual is zero for an empty history); `table`: the visual item
+    vectors when already projected."""
     kt, kv = (None, None) if key is None else jax.random.split(key)
     ut = retriever_lib.user_vectors(self.text, batch,
                                     deterministic=deterministic, key=kt)
     uv = self.visual_user(ut, batch["history"], deterministic=deterministic,
-                          key=kv)
+                          key=kv, table=table)
     return {"user_text": ut, "user_visual": uv,
             "user": self.fuse_users(ut, uv)}
 
-  def items(self, ids: Array | None = None) -> Array:
+  def items(self, ids: Array | None = None, *,
+            table: Array | None = None) -> Array:
     """Fused unit item vectors float32 [..., D] at ids [...] (padding ->
-    item 0), or [I, D] for every item when ids is None."""
-    return self.fuse_items(self.text_items(ids), self.visual_items(ids))
+    item 0), or [I, D] for every item when ids is None; `table`: the
+    visual item vectors when already projected."""
+    if table is None:
+      table = self.visual_items()
+    if ids is None:
+      return self.fuse_items(self.text_items(), table)
+    return _per_row(self.fuse_items, (self.text_items(), table), ids)
 
   def scores(self, user_vecs: Array, item_ids: Array | None = None) -> Array:
     """Fused cosine / temperature: [B, C] over item_ids [B, C] (padding
@@ -284,12 +317,15 @@ class MultimodalRetriever(nnx.Module):
        "target_text", "target_visual": [B, D] (column 0);
        "logits": [B, C] fused cosine / temperature, padding NEG_INF}.
     """
-    ku, kc = (None, None) if key is None else jax.random.split(key)
-    out = self.user_views(batch, deterministic=deterministic, key=ku)
+    ku, kv = (None, None) if key is None else jax.random.split(key)
+    # One projection of every item serves the history and the candidates.
+    table = self.visual_items(deterministic=deterministic, key=kv)  # [I, D]
+    out = self.user_views(batch, deterministic=deterministic, key=ku,
+                          table=table)
     cands = batch["candidates"]  # [B, C]
     ct = self.text_items(cands)  # [B, C, D]
-    cv = self.visual_items(cands, deterministic=deterministic, key=kc)
-    cf = self.fuse_items(ct, cv)  # [B, C, D]
+    cv = _gather(table, cands)[0]  # [B, C, D]
+    cf = self.items(cands, table=table)  # [B, C, D]
     logits = jnp.einsum("BD,BCD->BC", out["user"], cf)
     logits = jnp.where(cands >= 0, logits / self.config.temperature, NEG_INF)
     out.update(cand_text=ct, cand_visual=cv, cand=cf, target_text=ct[:, 0],
