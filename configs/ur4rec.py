@@ -113,10 +113,9 @@ def _apply(config, v: str) -> None:
   elif v == "multimodal":
     config.features.path = "features/genre.npy"
     config.name = config.name + "_mm"
-    # A multimodal step costs ~15x a text one on 2 cores (0.22 s vs 0.014
-    # s: the feature branch over every candidate, attention over 30 history
-    # items, four losses); a budget the 60-minute pipeline affords.
-    config.train.steps.update(retriever=500, end_to_end=300)
+    # The text retriever's steps: a multimodal step costs ~6x a text one on
+    # 2 cores (the feature branch, attention over 30 history items, four
+    # losses; ~15x before the per-item projections ran on the item table).
   elif v == "uncertainty":
     config.train.loss_weighting = "uncertainty"
     config.name = config.name + "_uw"
