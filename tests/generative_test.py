@@ -418,7 +418,7 @@ def test_bad_config_names_the_field(workdir):
     stage.run(config, str(workdir))
   config.hints.dropout = 0.3
   config.hints.positions = 2  # per-prefix examples have one hint block
-  with pytest.raises(ValueError, match="hints.positions.*causal"):
+  with pytest.raises(ValueError, match="hints.positions.*per-prefix"):
     stage.run(config, str(workdir))
   with pytest.raises(ValueError, match="unknown variant"):
     generative_config.get_config("tiger,bogus")

@@ -373,8 +373,8 @@ def test_hint_pair_differs_only_in_the_hint_switch(variant):
   off, on = config.minionerec.to_dict(), config.minigr_cf.to_dict()
   assert not off["hints"]["enabled"] and on["hints"]["enabled"]
   if off["data"]["examples"] == "causal":
-    # Causal demos: the same time budget, so fewer steps with the ~3.5x
-    # longer hint sequences.
+    # Causal demos: the same time budget, so fewer steps with the longer
+    # hint sequences.
     assert on["train"]["num_steps"] < off["train"]["num_steps"]
   for c in (off, on):
     c.pop("name")

@@ -100,7 +100,7 @@ def check_config(config: ml_collections.ConfigDict) -> None:
   checks = [
       ("hints.dropout", config.hints.dropout, 0.0, 1.0),
       ("hints.k", config.hints.k, 1, None),
-      ("hints.positions", config.hints.get("positions", 0), 0, None),
+      ("hints.positions", config.hints.get("positions", 1), 0, None),
       ("data.max_history", config.data.max_history, 1, None),
       ("data.num_user_tokens", config.data.num_user_tokens, 0, None),
       ("train.batch_size", config.train.batch_size, 1, None),
@@ -113,11 +113,12 @@ def check_config(config: ml_collections.ConfigDict) -> None:
   if examples not in ("prefix", "causal"):
     raise ValueError(f"config field 'data.examples': {examples!r} is not "
                      "'prefix' or 'causal'")
-  if config.hints.get("positions", 0) and examples != "causal":
-    raise ValueError(f"config field 'hints.positions' = "
-                     f"{config.hints.positions}: only causal windows "
-                     "(data.examples = 'causal') show hints at several "
-                     "positions; set it to 0")
+  positions = config.hints.get("positions", 1)
+  if positions != 1 and examples != "causal":
+    raise ValueError(f"config field 'hints.positions' = {positions}: "
+                     "per-prefix prompts show one hint block, after the last "
+                     "item (1); only causal windows (data.examples = "
+                     "'causal') show them at other positions")
   if examples == "causal" and format_name(config) != "sid":
     raise ValueError("config field 'data.examples' = 'causal' needs the 'sid' "
                      f"format (kind 'decoder', prompt.format 'sid'), not "
