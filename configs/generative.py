@@ -132,7 +132,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.data.history_buckets = (4, 8, 12)
   # Training examples of the "sid" format: "prefix" (one per history prefix
   # -> next item) or "causal" (one per window of max_history + 1 items, the
-  # loss on every item but the first, a hint block after every item).
+  # loss on every item but the first, hint blocks per hints.positions).
   config.data.examples = "prefix"
 
   config.prompt = ml_collections.ConfigDict()

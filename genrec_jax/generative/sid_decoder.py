@@ -12,9 +12,11 @@ Two layouts, chosen by how the model is trained (`examples` in model.json):
           position. Evaluation prompts are the same layout with the last
           item's full hints, so a one-target window is exactly a prefix
           example (tested). `hint_positions` > 0 shows hint blocks after
-          the last that many items only (of a window or a prompt): a block
-          of K hints makes an item's span (1 + K) x longer, so hints on
-          every item cost most of a window's tokens.
+          the last that many items only (of a window or a prompt; the
+          config's default is 1, model folders without the field have
+          them after every item, 0): a block of K hints makes an item's
+          span ~(1 + K) x longer, so hints on every item cost most of a
+          window's tokens.
 
 Own vocabulary: 0 pad, 1 eos, 2 bos, 3 sep, 4 hint, then the SID blocks.
 The hints are miniGR-CF's collaborative hints without the text (the
