@@ -205,6 +205,12 @@ ROW_SYSTEMS = (
     ("minigr_cf_rl", "miniGR-CF, SFT + GRPO"),
     ("minigr_cf", "miniGR-CF, SFT"),
     ("tiger", "TIGER"),
+    # The ur4rec_ml100k pipeline (the fusion chosen on valid).
+    ("ur4rec_smollm2", "UR4Rec: SmolLM2-135M preference texts, fused with "
+                       "SASRec"),
+    ("ur4rec_mm", "UR4Rec multimodal: template texts + genre features, "
+                  "fused with SASRec"),
+    ("ur4rec", "UR4Rec: template preference texts, fused with SASRec"),
     ("sasrec", "SASRec"),
     ("lightgcn", "LightGCN"),
     ("most_popular", "baseline"),
@@ -315,6 +321,15 @@ PUBLISHED = (
               "ww93/MLLM UR4Rec README (SASRec baseline)",
               _vals(("hr@10", "ndcg@10", "mrr"), "0.412 0.228 0.176"),
               "no seeds, logs or command given for that table"),
+    Published("ml100k", "ur4rec", "ur4rec",
+              "ww93/MLLM UR4Rec README (UR4Rec, text)",
+              _vals(("hr@10", "ndcg@10", "mrr"), "0.438 0.251 0.192"),
+              "no seeds, logs or command given for that table"),
+    Published("ml100k", "ur4rec", "ur4rec_mm",
+              "ww93/MLLM UR4Rec README (UR4Rec, multimodal: text + image)",
+              _vals(("hr@10", "ndcg@10", "mrr"), "0.461 0.269 0.205"),
+              "no seeds, logs or command given for that table; its "
+              "multimodal path is not in the repository"),
     Published("industrial", "given_full", "minionerec",
               "MiniOneRec paper, Table 1 (MiniOneRec)",
               _vals(_MINI, "0.1143 0.1011 0.1321 0.1084 0.1586 0.1167"),
