@@ -460,8 +460,9 @@ def test_planted_pattern_is_learned(planted, variant):
   name = f"planted_{variant}"
   causal = variant.endswith("_causal")
   config = _planted_config(variant.removesuffix("_causal"), name)
-  if config.kind == "decoder":  # learns slower per step than the T5
-    config.train.num_steps = 600
+  # Steps where the pattern is learned with a margin (TIGER at 500 steps
+  # ended at 0.82-0.92 HR@1 depending on float summation order).
+  config.train.num_steps = 800 if config.kind == "tiger" else 600
   if causal:  # the same steps and rows (a window holds 1-3 targets)
     config.data.examples = "causal"
   metrics = stage.run(config, str(planted))

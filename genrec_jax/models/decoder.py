@@ -311,11 +311,10 @@ class Decoder(nnx.Module):
     those (the projection over a large vocabulary dominates otherwise).
     """
     if self.config.tie_word_embeddings:
-      kernel = self.embed[...]  # [V, D]
-      return jnp.einsum("...D,VD->...V", h, kernel.astype(h.dtype),
-                        preferred_element_type=jnp.float32)
-    return jnp.einsum("...D,DV->...V", h, self.lm_head[...].astype(h.dtype),
-                      preferred_element_type=jnp.float32)
+      return layers.matmul(h, self.embed[...], transpose_kernel=True,
+                           preferred_element_type=jnp.float32)  # [V, D]
+    return layers.matmul(h, self.lm_head[...],
+                         preferred_element_type=jnp.float32)
 
   def hidden(self, input_ids: Array, attention_mask: Array | None = None, *,
              positions: Array | None = None,

@@ -268,10 +268,10 @@ class T5Model(nnx.Module):
     if cfg.scale_decoder_outputs:
       h = h * (cfg.d_model**-0.5)
     if cfg.tie_word_embeddings:
-      return jnp.einsum("...D,VD->...V", h, self.shared[...].astype(h.dtype),
-                        preferred_element_type=jnp.float32)
-    return jnp.einsum("...D,DV->...V", h, self.lm_head[...].astype(h.dtype),
-                      preferred_element_type=jnp.float32)
+      return layers.matmul(h, self.shared[...], transpose_kernel=True,
+                           preferred_element_type=jnp.float32)  # [V, D]
+    return layers.matmul(h, self.lm_head[...],
+                         preferred_element_type=jnp.float32)
 
   # -- the block, written once ------------------------------------------------
   # The encoder, the teacher-forced decoder and `decode_step` all run
