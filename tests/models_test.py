@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from genrec_jax.models import bert, decoder, t5
+from genrec_jax.models import bert, decoder, layers, t5
 from genrec_jax.weights import load_pretrained
 
 FIX = pathlib.Path(__file__).parent / "fixtures" / "parity"
@@ -97,6 +97,34 @@ def _tiny_decoder(model_type="qwen2"):
       model_type=model_type, attention_bias=model_type == "qwen2",
       tie_word_embeddings=model_type == "qwen2")
   return decoder.Decoder(cfg, rngs=nnx.Rngs(0))
+
+
+@pytest.mark.parametrize("lead", [(), (5,), (3, 7), (2, 3, 5)])
+def test_matmul_products_against_numpy(lead):
+  """layers.matmul / dense / project_heads / merge_heads (leading axes
+  flattened) against numpy's products in float64, gradients included."""
+  rng = np.random.default_rng(3)
+  x = rng.normal(size=(*lead, 6)).astype(np.float32)
+  w = rng.normal(size=(6, 9)).astype(np.float32)
+  x64, w64 = x.astype(np.float64), w.astype(np.float64)
+  np.testing.assert_allclose(layers.matmul(x, w), x64 @ w64, rtol=1e-5,
+                             atol=1e-5)
+  np.testing.assert_allclose(
+      layers.matmul(x, w.T.copy(), transpose_kernel=True), x64 @ w64,
+      rtol=1e-5, atol=1e-5)
+  heads = layers.project_heads(x, w.reshape(6, 3, 3))
+  np.testing.assert_allclose(heads, (x64 @ w64).reshape(*lead, 3, 3),
+                             rtol=1e-5, atol=1e-5)
+  m = rng.normal(size=(3, 3, 4)).astype(np.float32)
+  np.testing.assert_allclose(
+      layers.merge_heads(heads, m),
+      (x64 @ w64) @ m.reshape(9, 4).astype(np.float64), rtol=1e-4, atol=1e-4)
+  # d/dw sum(x @ w) = x^T 1 summed over every leading position.
+  g = jax.grad(lambda w: jnp.sum(layers.dense(jnp.asarray(x), w)))(w)
+  np.testing.assert_allclose(
+      g, np.broadcast_to(x64.reshape(-1, 6).sum(0)[:, None], (6, 9)),
+      rtol=1e-4, atol=1e-4)
+
 
 
 @pytest.mark.parametrize("model_type", ["qwen2", "llama"])
