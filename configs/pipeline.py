@@ -112,7 +112,11 @@ def _ur4rec(variant: str) -> ml_collections.ConfigDict:
                    "texts_template", "texts_smollm2", "build_features",
                    "ur4rec", "ur4rec_smollm2", "ur4rec_mm")
   config.seeds = (0, 1, 2)
-  config.seeded_stages = ("ur4rec", "ur4rec_smollm2", "ur4rec_mm")
+  # SASRec repeats too: each seed's fusions read that seed's SASRec folder
+  # (sasrec_s<seed>), so "fusion beats SASRec" holds over SASRec's own
+  # seed spread, not against one SASRec run.
+  config.seeded_stages = ("train_sasrec", "ur4rec", "ur4rec_smollm2",
+                          "ur4rec_mm")
   return config
 
 
@@ -130,8 +134,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # Seeds over which the `seeded_stages` repeat: each run sets its stage
   # config's `seed` and writes WORKDIR/<name>_s<seed>/.
   config.seeds = ()
-  # Stages run once per seed in `seeds` (train_generative stages only; the
-  # others write fixed folders). The table shows their mean +- std.
+  # Stages run once per seed in `seeds` (kinds with an output name:
+  # train_sasrec, train_generative, train_rl, train_ur4rec, the last.fm
+  # generator and ranker; the others write fixed folders). The table shows
+  # their mean +- std.
   config.seeded_stages = ()
 
   # The dataset, and the variant of the stages tuned per dataset.

@@ -16,6 +16,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
   # Random seed for init, data order, dropout and negative sampling.
   config.seed = 0
+  # Output folder WORKDIR/<name>.
+  config.name = "sasrec"
 
   config.model = ml_collections.ConfigDict()
   # Hidden (= item embedding) dimension D.

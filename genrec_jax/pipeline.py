@@ -92,7 +92,8 @@ KINDS: dict[str, StageKind] = {
     "build_hints": StageKind("genrec_jax.graph.hints:run",
                              lambda c: ["hints/report.json"]),
     "train_sasrec": StageKind("genrec_jax.training.sasrec_train:run",
-                              lambda c: ["sasrec/metrics.json"]),
+                              lambda c: [f"{c.name}/metrics.json"],
+                              name_field="name"),
     "train_generative": StageKind("genrec_jax.generative.stage:run",
                                   lambda c: [f"{c.name}/metrics.json"],
                                   name_field="name", input_fields=("init",)),
@@ -119,7 +120,7 @@ KINDS: dict[str, StageKind] = {
                                 lambda c: ["features/meta.json"]),
     "train_ur4rec": StageKind("genrec_jax.ur4rec.stage:run",
                               lambda c: [f"{c.name}/metrics.json"],
-                              name_field="name"),
+                              name_field="name", input_fields=("sasrec",)),
 }
 # The stage config field a seeded run sets (every stage kind calls it so).
 SEED_FIELD = "seed"

@@ -82,6 +82,20 @@ def test_metrics_from_ranks_hand_computed():
   assert m["test/mrr"] == pytest.approx((1 + 1 / 2 + 1 / 5 + 0) / 4)
 
 
+def test_paired_gain_hand_computed():
+  # Per-row NDCG@3: A = [1, 0, 1/log2(3), 0], B = [1/2, 1, 1, 0].
+  a = np.array([0, 5, 1, metrics.NOT_FOUND])
+  b = np.array([2, 0, 0, 3])
+  d = np.array([0.5 - 1, 1, 1 - 1 / math.log2(3), 0])
+  gain, se = metrics.paired_gain(a, b, k=3)
+  assert gain == pytest.approx(d.mean())
+  assert se == pytest.approx(np.std(d, ddof=1) / 2)
+  # The mean gain is the difference of the two NDCG@3 means.
+  ma = metrics.metrics_from_ranks(a[:, None], ks=(3,))["ndcg@3"]
+  mb = metrics.metrics_from_ranks(b[:, None], ks=(3,))["ndcg@3"]
+  assert gain == pytest.approx(mb - ma)
+
+
 def test_multi_target_recall_and_ndcg():
   # One row, 3 targets ranked 0, 2, 7: at K=3 two hits of three.
   ranks = np.array([[0, 2, 7]])

@@ -171,11 +171,11 @@ def test_seeded_stage_runs_per_seed_skips_and_forces(tmp_path, capsys):
 
 def test_seeding_a_stage_that_cannot_repeat_is_an_error(tmp_path):
   config, w = _seeded_tiny_config(tmp_path), tmp_path / "w"
-  config.stages = ("prepare_data", "train_sasrec", "minionerec")
-  config.seeded_stages = ("train_sasrec",)
-  with pytest.raises(ValueError, match=r"stage 'train_sasrec' \(kind "
-                     r"train_sasrec\) writes a fixed folder \(sasrec/\) and "
-                     "cannot repeat over seeds"):
+  config.stages = ("prepare_data", "train_lightgcn", "minionerec")
+  config.seeded_stages = ("train_lightgcn",)
+  with pytest.raises(ValueError, match=r"stage 'train_lightgcn' \(kind "
+                     r"train_lightgcn\) writes a fixed folder \(lightgcn/\) "
+                     "and cannot repeat over seeds"):
     pipeline.run(config, w)
   config.seeded_stages = ("tiger",)
   with pytest.raises(ValueError, match="'tiger' is not in 'stages'"):
@@ -450,6 +450,13 @@ def test_ur4rec_rows_differ_only_in_texts_and_features():
     assert other.pop(field) == value and other.pop("name") == name
     want = {k: v for k, v in base.items() if k not in (field, "name")}
     assert other == want
+  # Each seed's SASRec, and every fusion of that seed reads it.
+  assert [r.config.name for r in pipeline.stage_runs(config, "train_sasrec")
+         ] == ["sasrec_s0", "sasrec_s1", "sasrec_s2"]
+  for name in ("ur4rec", "ur4rec_smollm2", "ur4rec_mm"):
+    assert [(r.config.sasrec, r.config.seed)
+            for r in pipeline.stage_runs(config, name)] == [
+                ("sasrec_s0", 0), ("sasrec_s1", 1), ("sasrec_s2", 2)]
 
 
 def test_breakdown_rows_per_prefix_with_seed_spread():

@@ -146,8 +146,15 @@ def test_stage_learns_and_reports_both_protocols(workdir):
   config.train.retriever_lr = 3e-2
   m = stage.run(config, str(workdir))
   for protocol in scoring.PROTOCOLS:
-    for method in scoring.METHODS:
-      assert f"{protocol}/{method}/test/ndcg@10" in m
+    base = m[f"{protocol}/sasrec_pretrained/test/ndcg@10"]
+    for method in scoring.METHODS[1:]:
+      # The paired gain over the loaded SASRec: its mean is the difference
+      # of the two means, and a gain of 0.0 on every user has no spread.
+      gain = m[f"{protocol}/{method}/test/ndcg@10_gain"]
+      assert gain == pytest.approx(
+          m[f"{protocol}/{method}/test/ndcg@10"] - base, abs=1e-9)
+      assert m[f"{protocol}/{method}/test/ndcg@10_gain_se"] >= 0
+  assert m["full/retriever/test/ndcg@10_gain_se"] > 0
   # The retriever learned which group's items a user's text points to:
   # sampled candidates (1 + 9), chance HR@5 = 0.5.
   assert m["sampled/retriever/test/hr@5"] > 0.85

@@ -205,6 +205,23 @@ def metrics_from_ranks(
   return out
 
 
+def paired_gain(ranks_a, ranks_b, k: int = 10) -> tuple[float, float]:
+  """Mean and standard error of B's per-row NDCG@k minus A's.
+
+  For int [E] 0-based ranks of one target per row (NOT_FOUND: missed) of two
+  models on the same rows: the paired difference's mean and its standard
+  error std(d, ddof=1) / sqrt(E), so a gain can be read against the test
+  sample's own noise.
+  """
+  def ndcg(r):
+    r = np.asarray(r, np.int64)
+    return np.where(r < k, 1.0 / np.log2(np.minimum(r, k) + 2.0), 0.0)
+
+  d = ndcg(ranks_b) - ndcg(ranks_a)
+  se = float(d.std(ddof=1) / np.sqrt(len(d))) if len(d) > 1 else float("nan")
+  return float(d.mean()), se
+
+
 def evaluate_scorer(
     score_fn, examples: EvalExamples, num_items: int, *, prefix: str,
     ks=KS, max_history: int = 50, batch_size: int = 256,

@@ -45,7 +45,6 @@ from genrec_jax.training import optimizer
 from genrec_jax.training import sharding
 from genrec_jax.training.sasrec_data import bucketed_pipeline, train_pipeline
 
-STAGE = "sasrec"
 # model.json kind.
 KIND = "sasrec"
 # Validation metric that selects the best evaluation.
@@ -143,7 +142,7 @@ def train_model(config: ml_collections.ConfigDict, ds: Dataset,
           config.get("mesh")), ckpt_dir=ckpt_dir,
       num_steps=tcfg.num_epochs * spe, seed=config.seed,
       evaluate=valid_metrics, select=SELECT, summary_dir=out / "tb",
-      examples_key="inputs", name="sasrec")
+      examples_key="inputs", name=config.name)
   loop.write_train_log(out / "train_log.json", result)
   return result, spe
 
@@ -208,7 +207,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
                     "early stopping needs one (use a leave_one_out split)")
   _check_examples(ds.valid, ds.num_items, "valid")
   _check_examples(ds.test, ds.num_items, "test")
-  out = workdir / STAGE
+  out = workdir / config.name
   out.mkdir(parents=True, exist_ok=True)
   result, spe = train_model(config, ds, out)
   model = result.model

@@ -20,6 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from genrec_jax.data.dataset import EvalExamples
+from genrec_jax.evaluation import metrics
 from genrec_jax.evaluation.generative import take_examples
 from genrec_jax.ur4rec import fusion
 from genrec_jax.ur4rec.model import UR4Rec
@@ -107,6 +108,9 @@ def evaluate_fusions(scores: dict[str, tuple[np.ndarray, np.ndarray]],
 
   Returns:
     (flat metrics, the chosen fusion parameters per protocol and method).
+    Besides each method's metrics, `<protocol>/<method>/test/ndcg@10_gain`
+    and `..._gain_se`: its per-user NDCG@10 minus the loaded SASRec's, mean
+    and paired standard error over the test users.
   """
   out: dict[str, float] = {}
   chosen: dict[str, Any] = {}
@@ -116,6 +120,7 @@ def evaluate_fusions(scores: dict[str, tuple[np.ndarray, np.ndarray]],
     hist_v = valid.history.lengths()
     hist_t = test.history.lengths()
     chosen[protocol] = {}
+    test_ranks = {}
     for method in METHODS:
       if method == "sasrec_pretrained":
         fv = protocol_arrays(pretrained["valid"], scores["valid"][1], valid,
@@ -143,6 +148,12 @@ def evaluate_fusions(scores: dict[str, tuple[np.ndarray, np.ndarray]],
         m = fusion.evaluate(f, arr[2], arr[3], prefix="")
         for k, v in m.items():
           out[f"{protocol}/{method}/{split}/{k}"] = float(v)
+      test_ranks[method] = fusion.target_ranks(ft, te[2], te[3])
+    for method in METHODS[1:]:
+      gain, se = metrics.paired_gain(test_ranks["sasrec_pretrained"],
+                                     test_ranks[method], k=10)
+      out[f"{protocol}/{method}/test/ndcg@10_gain"] = gain
+      out[f"{protocol}/{method}/test/ndcg@10_gain_se"] = se
   return out, chosen
 
 
