@@ -1,12 +1,16 @@
-"""Item vectors by word2vec on the Last.fm item2vec sentences (item2vec stage).
+"""Item vectors by word2vec on item sentences (item2vec stage).
 
 python -m binaries.item2vec --config=configs/item2vec.py --workdir=runs/lastfm
+python -m binaries.item2vec --config=configs/item2vec.py:dataset --workdir=runs/games
 
-Reads WORKDIR/lastfm/corpus.npz (binaries.prepare_lastfm), writes
+Reads WORKDIR/lastfm/corpus.npz (binaries.prepare_lastfm; build_sids then
+runs with --config.require_dataset=False: there is no WORKDIR/dataset) or,
+with source "dataset", the train sequences of WORKDIR/dataset
+(binaries.prepare_data: semantic IDs for datasets without item text); writes
 WORKDIR/embeddings/{items.npy, metrics.json, meta.json} (build_sids reads
-them; there is no WORKDIR/dataset: --config.require_dataset=False there).
-Variants: default (skip-gram), cbow, method (the original's settings:
-sample 1e-5), tiny (for tests: seconds on 2 cores).
+them). Variants: default (skip-gram), cbow, method (the original's settings:
+sample 1e-5), dataset (source "dataset"), tiny (for tests: seconds on 2
+cores); combine them with commas ("dataset,tiny").
 """
 import ml_collections
 
@@ -54,14 +58,24 @@ def word2vec() -> ml_collections.ConfigDict:
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  variant = arg or "default"
   config = ml_collections.ConfigDict()
+  # The sentences: "lastfm" (WORKDIR/lastfm/corpus.npz) or "dataset" (the
+  # train sequences of WORKDIR/dataset, held out: the validation targets).
+  config.source = "lastfm"
   config.word2vec = word2vec()
   # Nearest-neighbour hit rates reported for these K.
   config.ks = (1, 5, 10, 20)
   # Seconds between progress lines.
   config.log_every = 10.0
-  if variant == "cbow":
+  for variant in (arg or "default").split(","):
+    _apply(config, variant)
+  return config
+
+
+def _apply(config, variant: str) -> None:
+  if variant == "dataset":
+    config.source = "dataset"
+  elif variant == "cbow":
     config.word2vec.model = "cbow"
     config.word2vec.batch_size = 64
   elif variant == "method":
@@ -77,5 +91,4 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.log_every = 0.0
   elif variant != "default":
     raise ValueError(f"configs/item2vec.py: unknown variant {variant!r} "
-                     "(default, cbow, method, tiny)")
-  return config
+                     "(default, cbow, method, dataset, tiny)")

@@ -3,6 +3,7 @@
 python -m binaries.run_pipeline --config=configs/pipeline.py:ml100k --workdir=runs/ml100k
 python -m binaries.run_pipeline --config=configs/pipeline.py:beauty_cpu --workdir=runs/beauty
 python -m binaries.run_pipeline --config=configs/pipeline.py:beauty_paper --workdir=runs/beauty_paper
+python -m binaries.run_pipeline --config=configs/pipeline.py:games_cpu --workdir=runs/games
 python -m binaries.run_pipeline --config=configs/pipeline.py:hints_ablation --workdir=runs/hints_ablation
 python -m binaries.run_pipeline --config=configs/pipeline.py:examples_ablation --workdir=runs/ml100k
 python -m binaries.run_pipeline --config=configs/pipeline.py:tiger_ablation --workdir=runs/ml100k
@@ -24,7 +25,10 @@ seeds), tiger_ablation (TIGER with 4-token IDs, 3-token IDs through
 `reassign`, embeddings initialised at std 0.1; 3 seeds), rl_ablation (ml100k
 MiniOneRec SFT, then the same extra time as more SFT or as GRPO, 3 seeds),
 beauty_cpu (Amazon
-Beauty with budgets for a 2-core machine), beauty_paper (Amazon Beauty,
+Beauty with budgets for a 2-core machine), games_cpu (Amazon Video Games,
+SASRec's "Games" sequences, with the beauty_cpu configs unchanged; the items
+have no text, so their vectors are item2vec on the train sequences:
+baselines, SASRec, TIGER and the SID decoder), beauty_paper (Amazon Beauty,
 TIGER's paper configuration and the MiniOneRec text-prompt SFT, for an
 accelerator), tiny (tests; set prepare_data.data.sequence_file and
 items_file), lastfm (generate-and-rank on Last.fm 2K tags: item2vec,
@@ -146,6 +150,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     dataset, tuned = "ml100k", "demo"
   elif variant in ("beauty_cpu", "beauty_paper"):
     dataset, tuned = "beauty", "beauty"
+  elif variant == "games_cpu":
+    dataset, tuned = "games", "beauty"
   else:
     raise ValueError(f"configs/pipeline.py: unknown variant {variant!r}")
   config.prepare_data = data.get_config(dataset)
@@ -164,7 +170,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # with (miniGR-CF) collaborative hints; only hints.enabled differs.
   suffix = {"ml100k": "_demo", "hints_ablation": "_demo", "rl_ablation": "_demo",
             "examples_ablation": "_demo", "tiger_ablation": "_demo",
-            "beauty_cpu": "_beauty_cpu", "tiny": ",tiny", "beauty_paper": ""}
+            "beauty_cpu": "_beauty_cpu", "games_cpu": "_beauty_cpu",
+            "tiny": ",tiny", "beauty_paper": ""}
   for name, model in (("tiger", "tiger"), ("minionerec", "decoder"),
                       ("minigr_cf", "decoder_hints")):
     if variant == "tiny":
@@ -179,6 +186,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   rl_variant = {"ml100k": "demo", "hints_ablation": "demo",
                 "examples_ablation": "demo", "tiger_ablation": "demo",
                 "rl_ablation": "demo", "beauty_cpu": "beauty_cpu",
+                "games_cpu": "beauty_cpu",
                 "tiny": "tiny", "beauty_paper": "default"}[variant]
   for sft in ("minionerec", "minigr_cf"):
     config[f"{sft}_rl"] = rl.get_config(rl_variant)
@@ -242,6 +250,15 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.seeds = (0, 1, 2)
     config.seeded_stages = ("minionerec", "minionerec_rl",
                             "minionerec_more_sft")
+
+  if variant == "games_cpu":
+    # The Beauty configs on a second Amazon category of the same shape
+    # (leave-one-out sequences, ~9 items a user) without retuning. The items
+    # have no text: their vectors (and so their semantic IDs) come from
+    # item2vec on the train sequences instead of MiniLM on titles.
+    config.stages = ("prepare_data", "train_baselines", "train_sasrec",
+                     "item2vec", "build_sids", "tiger", "minionerec")
+    config.item2vec = item2vec.get_config("dataset")
 
   if variant == "tiny":  # tests: a seq_txt file they write, seconds
     config.prepare_data = data.get_config("ml100k")

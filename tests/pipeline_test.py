@@ -388,6 +388,21 @@ def test_hint_pair_differs_only_in_the_hint_switch(variant):
             m.d_ff) == (4, 4, 6, 64, 1024)
 
 
+def test_games_cpu_runs_the_beauty_configs_unchanged():
+  games = pipeline_config.get_config("games_cpu")
+  beauty = pipeline_config.get_config("beauty_cpu")
+  assert games.stages == ("prepare_data", "train_baselines", "train_sasrec",
+                          "item2vec", "build_sids", "tiger", "minionerec")
+  for name in ("train_baselines", "train_sasrec", "build_sids", "tiger",
+               "minionerec"):
+    assert games[name].to_dict() == beauty[name].to_dict(), name
+  assert games.prepare_data.data.source == "sasrec_txt"
+  assert games.prepare_data.data.split == "leave_one_out"
+  # No item text: the SIDs come from item2vec on the train sequences.
+  assert games.item2vec.source == "dataset"
+  assert pipeline.stage_kind(games, "item2vec").outputs(games.item2vec)
+
+
 def test_examples_and_tiger_ablations_differ_only_in_what_they_test():
   config = pipeline_config.get_config("examples_ablation")
   pipeline.check_seeds(config)

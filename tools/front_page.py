@@ -444,7 +444,7 @@ STAGES = (
     ("train_sasrec", ("dataset/",), ("sasrec/",)),
     ("embed_items", ("dataset/",), ("embeddings/",)),
     ("prepare_lastfm", ("Last.fm 2K files",), ("lastfm/",)),
-    ("item2vec", ("lastfm/",), ("embeddings/",)),
+    ("item2vec", ("lastfm/", "dataset/"), ("embeddings/",)),
     ("build_sids", ("embeddings/",), ("sids/",)),
     ("train_generative", ("dataset/", "sids/", "hints/"),
      ("tiger/, minionerec/, minigr_cf/",)),

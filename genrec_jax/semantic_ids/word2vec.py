@@ -514,17 +514,22 @@ def train(sentences: Ragged, num_items: int, config, log_every: float = 10.0
 
 
 @jax.jit
-def _cosine_scores(vectors, queries):
-  """float32 [Q, V]: cosine of each query item's vector to every item's,
-  -inf for the query item itself."""
+def _target_ranks(vectors, queries, targets):
+  """int32 [Q]: rank (1 = best, ties against the target) of each target among
+  all items by cosine to its query item's vector, the query item excluded;
+  the number of items when the target is the query (never retrieved)."""
   x = vectors / jnp.maximum(jnp.linalg.norm(vectors, axis=1, keepdims=True),
                             1e-12)
   s = x[queries] @ x.T  # [Q, V]
-  return s.at[jnp.arange(len(queries)), queries].set(-jnp.inf)
+  s = s.at[jnp.arange(len(queries)), queries].set(-jnp.inf)
+  t = s[jnp.arange(len(queries)), targets]
+  rank = (s >= t[:, None]).sum(axis=1, dtype=jnp.int32)
+  return jnp.where(targets == queries, len(vectors), rank)
 
 
 def neighbour_hits(vectors: np.ndarray, queries: np.ndarray,
-                   targets: np.ndarray, ks=(1, 5, 10, 20)) -> dict[str, float]:
+                   targets: np.ndarray, ks=(1, 5, 10, 20),
+                   chunk: int = 2048) -> dict[str, float]:
   """Next-item quality of item vectors: rank every item (but the query) by
   cosine to the query item's vector; hr@K = P(target in the top K),
   ndcg@10 and mrr (pessimistic ties) of the target's rank.
@@ -533,17 +538,24 @@ def neighbour_hits(vectors: np.ndarray, queries: np.ndarray,
     vectors: float [V, D] item vectors.
     queries: int [Q] the item before each held-out one.
     targets: int [Q] the held-out item.
+    chunk: queries scored at once (a [chunk, V] score block; the last chunk
+      is padded to the same shape, so one compilation).
   """
   if len(queries) == 0:
     return {}
   queries = np.asarray(queries, np.int32)
   targets = np.asarray(targets, np.int32)
-  s = np.asarray(_cosine_scores(jnp.asarray(vectors, jnp.float32),
-                                jnp.asarray(queries)))
-  t = s[np.arange(len(targets)), targets]
-  # Rank of the target (1 = best); ties count against it.
-  rank = (s >= t[:, None]).sum(axis=1)
-  rank = np.where(targets == queries, len(vectors), rank)  # never retrieved
+  x = jnp.asarray(vectors, jnp.float32)
+  n = len(queries)
+  size = min(chunk, n)
+  ranks = []
+  for start in range(0, n, size):
+    q, t = queries[start:start + size], targets[start:start + size]
+    pad = size - len(q)
+    r = _target_ranks(x, jnp.asarray(np.pad(q, (0, pad))),
+                      jnp.asarray(np.pad(t, (0, pad))))
+    ranks.append(np.asarray(r)[:len(q)])
+  rank = np.concatenate(ranks)
   out = {f"hr@{k}": float(np.mean(rank <= k)) for k in ks}
   out["ndcg@10"] = float(
       np.mean(np.where(rank <= 10, 1 / np.log2(rank + 1), 0)))
