@@ -487,15 +487,19 @@ def format_examples(workdir: pathlib.Path, num_users: int) -> list[str]:
   recs = {f.parent.name: {r["user"]: r for r in json.loads(f.read_text())}
           for f in files}
   users = sorted(set.intersection(*(set(r) for r in recs.values())))
+
+  def name(i: int) -> str:  # the title, else (items without text) the raw id
+    return ds.title(i) or f"item {ds.item_ids[i]}"
+
   lines = []
   for user in users[:num_users]:
     first = next(iter(recs.values()))[user]
-    hist = [ds.title(i) for i in first["history"][-5:]]
+    hist = [name(i) for i in first["history"][-5:]]
     lines.append(f"user {ds.user_ids[user]}: last history {hist}")
-    target = [ds.title(i) for i in first["target"]]
+    target = [name(i) for i in first["target"]]
     lines.append(f"  held-out next item: {target}")
     for model, r in recs.items():
-      lines.append(f"  {model} top-5: {[ds.title(i) for i in r[user]['top10'][:5]]}")
+      lines.append(f"  {model} top-5: {[name(i) for i in r[user]['top10'][:5]]}")
   return lines
 
 
