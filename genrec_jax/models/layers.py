@@ -388,16 +388,33 @@ def shared_prefix_attention(prefix_k: Array, prefix_v: Array,
   return attend
 
 
-def dropout(x: Array, rate: float, key: Array | None, site: int) -> Array:
+def dropout(x: Array, rate: float, key: Array | None, site: int = 0) -> Array:
   """Inverted dropout at `rate`; identity without a key or at rate 0.
 
-  `site` tells apart the places that share one key (folded into it).
+  `site` tells apart the places that share one key (folded into it). Each
+  element gets 16 random bits (half as many 32-bit threefry words, bitcast):
+  the keep test is `bits >= round(rate * 2**16)`, so the rate is exact to
+  2**-16 and the kept units are scaled by the exact inverse keep
+  probability. On CPU this is ~4x faster than `jax.random.bernoulli` (32 bits
+  and a float conversion per element), which doubled TIGER's training step
+  at rate 0.1 (`benchmarks/train_step.py`, `dropout` rows). The bits are
+  drawn over x's shape (last axis halved), so a batch-sharded x gets a
+  batch-sharded mask, equal to the one-device mask.
   """
   if key is None or rate == 0.0:
     return x
-  keep = jax.random.bernoulli(jax.random.fold_in(key, site), 1.0 - rate,
-                              x.shape)
-  return jnp.where(keep, x / (1.0 - rate), 0.0).astype(x.dtype)
+  if not 0.0 <= rate < 1.0:
+    raise ValueError(f"dropout rate {rate} not in [0, 1)")
+  *lead, last = x.shape
+  words = jax.random.bits(jax.random.fold_in(key, site),
+                          (*lead, (last + 1) // 2), jnp.uint32)
+  bits = jax.lax.bitcast_convert_type(words, jnp.uint16)  # [..., W, 2]
+  bits = bits.reshape(*lead, -1)[..., :last]
+  drop = round(rate * 65536)
+  if drop >= 65536:
+    return jnp.zeros_like(x)
+  keep = bits >= jnp.uint16(drop)
+  return jnp.where(keep, x * (65536.0 / (65536 - drop)), 0.0).astype(x.dtype)
 
 
 def matmul(x: Array, kernel: Array, *, transpose_kernel: bool = False,

@@ -90,8 +90,7 @@ def dropout(x: Array, rate: float, key: Array | None,
     return x
   if key is None:
     raise ValueError("dropout needs a key when deterministic=False")
-  keep = jax.random.bernoulli(key, 1.0 - rate, x.shape)
-  return jnp.where(keep, x / (1.0 - rate), 0.0).astype(x.dtype)
+  return layers.dropout(x, rate, key)
 
 
 def cosine_scores(user_vecs: Array, item_vecs: Array, item_ids: Array | None,
