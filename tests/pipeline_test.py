@@ -249,6 +249,12 @@ def test_format_table_and_examples(tmp_path):
   assert lines[0].startswith(f"user {ds.user_ids[user]}: last history")
   assert "Item number 2" in lines[0] and "Item number 9" in lines[1]
   assert "Item number 3" in lines[2] and "Item number 8" not in lines[2]
+  # An item without a title (a text-free dataset) shows its raw id.
+  ds.item_fields["title"][3] = ""
+  ds.save(w / "dataset")
+  lines = pipeline.format_examples(w, 3)
+  assert f"'item {ds.item_ids[3]}'" in lines[2], lines[2]
+  assert "Item number 4" in lines[2]
 
 
 def test_results_table_order(tmp_path):

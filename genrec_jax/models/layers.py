@@ -397,7 +397,8 @@ def dropout(x: Array, rate: float, key: Array | None, site: int = 0) -> Array:
   2**-16 and the kept units are scaled by the exact inverse keep
   probability. On CPU this is ~4x faster than `jax.random.bernoulli` (32 bits
   and a float conversion per element), which doubled TIGER's training step
-  at rate 0.1 (`benchmarks/train_step.py`, `dropout` rows). The bits are
+  at rate 0.1 (`benchmarks/train_step.py`: `tiger_paper` trains at 0.1, as
+  the torch side does). The bits are
   drawn over x's shape (last axis halved), so a batch-sharded x gets a
   batch-sharded mask, equal to the one-device mask.
   """

@@ -27,8 +27,18 @@ import jax.numpy as jnp
 import ml_collections
 from flax import nnx
 
+from genrec_jax.models import layers
+
 # Masked attention logits (finite: rows that are all padding stay NaN-free).
 NEG_INF = -1e9
+
+
+def _dropout(x: jax.Array, rate: float, rngs: nnx.Rngs | None) -> jax.Array:
+  """Inverted dropout with a fresh key of the "dropout" stream (layers.dropout:
+  16 bits an element); identity when rngs is None (evaluation)."""
+  if rngs is None or rate == 0.0:
+    return x
+  return layers.dropout(x, rate, rngs.dropout())
 
 
 class PointWiseFFN(nnx.Module):
@@ -38,13 +48,11 @@ class PointWiseFFN(nnx.Module):
     init = nnx.initializers.xavier_normal()
     self.fc1 = nnx.Linear(d, d, kernel_init=init, rngs=rngs)
     self.fc2 = nnx.Linear(d, d, kernel_init=init, rngs=rngs)
-    self.drop1 = nnx.Dropout(rate)
-    self.drop2 = nnx.Dropout(rate)
+    self.rate = rate
 
   def __call__(self, x, rngs: nnx.Rngs | None):
-    det = rngs is None
-    h = jax.nn.relu(self.drop1(self.fc1(x), deterministic=det, rngs=rngs))
-    return self.drop2(self.fc2(h), deterministic=det, rngs=rngs)  # [B, T, D]
+    h = jax.nn.relu(_dropout(self.fc1(x), self.rate, rngs))
+    return _dropout(self.fc2(h), self.rate, rngs)  # [B, T, D]
 
 
 class CausalSelfAttention(nnx.Module):
@@ -59,7 +67,7 @@ class CausalSelfAttention(nnx.Module):
     self.k = nnx.Linear(d, d, kernel_init=init, rngs=rngs)
     self.v = nnx.Linear(d, d, kernel_init=init, rngs=rngs)
     self.out = nnx.Linear(d, d, kernel_init=init, rngs=rngs)
-    self.attn_drop = nnx.Dropout(rate)
+    self.rate = rate
 
   def __call__(self, xq, xkv, mask, rngs: nnx.Rngs | None):
     """xq, xkv: [B, T, D]; mask: bool [B, T, T] (query, key) -> [B, T, D]."""
@@ -72,7 +80,7 @@ class CausalSelfAttention(nnx.Module):
     logits = jnp.einsum("BTNH,BSNH->BNTS", q, k) / jnp.sqrt(h).astype(q.dtype)
     logits = jnp.where(mask[:, None], logits, NEG_INF)  # [B, N, T, S]
     probs = jax.nn.softmax(logits, axis=-1)
-    probs = self.attn_drop(probs, deterministic=rngs is None, rngs=rngs)
+    probs = _dropout(probs, self.rate, rngs)
     ctx = jnp.einsum("BNTS,BSNH->BTNH", probs, v).reshape(b, t, d)
     return self.out(ctx)  # [B, T, D]
 
@@ -85,21 +93,18 @@ class Block(nnx.Module):
     self.norm_first = cfg.norm_first
     self.attn_norm = nnx.LayerNorm(d, epsilon=1e-8, rngs=rngs)
     self.attn = CausalSelfAttention(d, cfg.num_heads, cfg.dropout, rngs=rngs)
-    self.attn_drop = nnx.Dropout(cfg.dropout)
+    self.rate = cfg.dropout
     self.ffn_norm = nnx.LayerNorm(d, epsilon=1e-8, rngs=rngs)
     self.ffn = PointWiseFFN(d, cfg.dropout, rngs=rngs)
 
   def __call__(self, x, mask, rngs: nnx.Rngs | None):
-    det = rngs is None
     if self.norm_first:  # x + MHA(LN(x)); x + FFN(LN(x))
       y = self.attn_norm(x)
-      x = x + self.attn_drop(self.attn(y, y, mask, rngs), deterministic=det,
-                             rngs=rngs)
+      x = x + _dropout(self.attn(y, y, mask, rngs), self.rate, rngs)
       return x + self.ffn(self.ffn_norm(x), rngs)
     # Post-LN: LN(x + MHA(x)); LN(x + FFN(x)).
     x = self.attn_norm(
-        x + self.attn_drop(self.attn(x, x, mask, rngs), deterministic=det,
-                           rngs=rngs))
+        x + _dropout(self.attn(x, x, mask, rngs), self.rate, rngs))
     return self.ffn_norm(x + self.ffn(x, rngs))
 
 
@@ -122,7 +127,7 @@ class SASRec(nnx.Module):
     init = nnx.initializers.xavier_normal()
     self.item_emb = nnx.Embed(num_items + 1, d, embedding_init=init, rngs=rngs)
     self.pos_emb = nnx.Embed(cfg.max_len, d, embedding_init=init, rngs=rngs)
-    self.emb_drop = nnx.Dropout(cfg.dropout)
+    self.dropout_rate = cfg.dropout
     self.blocks = nnx.List([Block(cfg, rngs=rngs)
                             for _ in range(cfg.num_blocks)])
     self.final_norm = nnx.LayerNorm(d, epsilon=1e-8, rngs=rngs)
@@ -141,7 +146,7 @@ class SASRec(nnx.Module):
     # Right-aligned positions: the last slot always gets row max_len - 1.
     pos = self.pos_emb.embedding[...][self.max_len - t:]  # [T, D]
     x = (x + pos[None]) * valid[..., None]
-    x = self.emb_drop(x, deterministic=rngs is None, rngs=rngs)
+    x = _dropout(x, self.dropout_rate, rngs)
     causal = jnp.tril(jnp.ones((t, t), dtype=bool))  # [T, S]
     mask = causal[None] & valid[:, None, :]  # [B, T, S]
     for block in self.blocks:
