@@ -304,6 +304,8 @@ def _apply(config, v: str) -> None:
       # epochs), 4,500 in 2,419 s (0.0506 / 0.0263; 8.8 epochs: within a
       # standard error, ~0.0015, of 3,500; the budget's last steps). Peak
       # lr 4e-3 instead of 2e-3 at 4,500 steps: 0.0369 / 0.0186 (2,469 s).
+      # Dropout 0.1 (model.dropout_rate, the paper's): 0.0385 / 0.0190 at
+      # step 4,351 (a 60-minute cap, 3,627 s): this budget underfits.
       t.update(num_steps=4500)
     else:
       config.name = "minigr_cf" if config.hints.enabled else "minionerec"
