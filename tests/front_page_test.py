@@ -401,6 +401,10 @@ def test_train_step_rows_show_ratio_and_profile():
   (row,) = front_page._bench_rows(b)  # pylint: disable=protected-access
   assert row[-1] == "1.25x" and "forward + backward 1.50x" in row[0]
   assert "25% forward, 70% backward" in row[0]
+  assert "eager" not in row[0]
+  r["speedup_forward_backward_vs_eager"] = 1.1
+  (row,) = front_page._bench_rows(b)  # pylint: disable=protected-access
+  assert row[0].endswith("(matmul + softmax, as ours) 1.10x")
 
 
 def test_archive_regenerates_the_page_alone(files):

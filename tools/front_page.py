@@ -1055,7 +1055,12 @@ def _bench_rows(b: BenchResults) -> list[list[str]]:
           f"{r['speedup_forward']:.2f}x, forward + backward "
           f"{r['speedup_forward_backward']:.2f}x; our step: "
           f"{100 * prof.get('forward', 0):.0f}% forward, "
-          f"{100 * prof.get('backward', 0):.0f}% backward",
+          f"{100 * prof.get('backward', 0):.0f}% backward"
+          + (f"; forward + backward against torch with eager attention "
+             f"(matmul + softmax, as ours) "
+             f"{r['speedup_forward_backward_vs_eager']:.2f}x"
+             if _is_number(r.get("speedup_forward_backward_vs_eager"))
+             else ""),
           f"{_fmt(r['jax_examples_per_s'], 1)} examples/s",
           f"{_fmt(r['torch_examples_per_s'], 1)} examples/s, torch "
           f"{r.get('torch_version', '?')} + transformers "

@@ -24,6 +24,10 @@ SID decoder at `decoder_beauty_cpu`):
 Figures: examples/s of each side over the timed steps, the ratio (> 1: JAX
 faster), and a profile of each side's step: forward (loss only), forward +
 backward, and the full step (the optimizer's share is the difference).
+transformers' Llama attends through torch's fused `scaled_dot_product_attention`
+kernel; the decoder's torch side also times forward and forward + backward
+with `attn_implementation="eager"` (matmul + softmax, as ours), so
+`speedup_forward_backward_vs_eager` shows how much of the gap is that kernel.
 """
 
 from __future__ import annotations
@@ -127,7 +131,12 @@ step(batches[0])  # warm-up: allocator, optimizer state
 out = {"first_loss": first_loss, "forward_s": timed(forward),
        "forward_backward_s": timed(forward_backward), "step_s": timed(step),
        "torch": torch.__version__, "transformers": transformers.__version__,
-       "threads": torch.get_num_threads()}
+       "threads": torch.get_num_threads(),
+       "attn_implementation": model.config._attn_implementation}
+if kind != "t5":  # Llama's default is a fused SDPA kernel; T5 is eager
+  model.set_attn_implementation("eager")
+  out["eager_forward_s"] = timed(forward)
+  out["eager_forward_backward_s"] = timed(forward_backward)
 print(json.dumps(out))
 """
 
@@ -256,8 +265,11 @@ def _one_model(config, variant: str, ds, sids, workdir) -> dict[str, Any]:
   if t is None:
     res["torch"] = "skipped (no torch interpreter)"
     return res
-  for k in ("first_loss", "forward_s", "forward_backward_s", "step_s"):
-    res[f"torch_{k}"] = t[k]
+  for k in ("first_loss", "forward_s", "forward_backward_s", "step_s",
+            "attn_implementation", "eager_forward_s",
+            "eager_forward_backward_s"):
+    if k in t:
+      res[f"torch_{k}"] = t[k]
   res.update({
       "torch_examples_per_s": rows / t["step_s"],
       "torch_threads": t["threads"], "torch_version": t["torch"],
@@ -268,6 +280,11 @@ def _one_model(config, variant: str, ds, sids, workdir) -> dict[str, Any]:
       "speedup_forward_backward": (t["forward_backward_s"]
                                    / j["forward_backward_s"]),
   })
+  if "eager_forward_backward_s" in t:
+    # Against torch with matmul + softmax attention, as ours: how much of the
+    # gap is its fused attention kernel.
+    res["speedup_forward_backward_vs_eager"] = (
+        t["eager_forward_backward_s"] / j["forward_backward_s"])
   for side in ("jax", "torch"):
     fwd, fb, st = (res[f"{side}_forward_s"], res[f"{side}_forward_backward_s"],
                    res[f"{side}_step_s"])
