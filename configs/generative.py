@@ -188,7 +188,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # 500 users).
   config.eval.valid_users = 2000
   # Early-stopping signal: "ndcg" (beam search on valid) or "none" (keep the
-  # last parameters: budgets whose schedule ends inside them).
+  # last parameters: budgets whose schedule ends inside them; with
+  # train.eval_every > 0 the valid users' held-out SID loss, valid/sid_nll,
+  # is still logged to train_log.json).
   config.eval.select = "ndcg"
   # Test users evaluated (0 = all).
   config.eval.max_test_users = 0

@@ -512,6 +512,19 @@ def test_forced_suffix_with_decoder_cache():
   np.testing.assert_array_equal(np.asarray(res.items[0]), np.argsort(-lp))
   np.testing.assert_allclose(np.asarray(res.scores[0]), np.sort(lp)[::-1],
                              rtol=1e-4, atol=1e-4)
+  # Teacher-forced likelihood of each item as a target: the same sums
+  # (levels + the forced suffix).
+  rows = np.repeat(ids, 4, 0)
+  ll = bs.sid_log_likelihood(
+      bs.DecoderScorer(graphdef), params,
+      {"input_ids": rows, "attention_mask": np.ones_like(rows, bool)},
+      sid.tokens(codes), sid_tokens=sid)
+  np.testing.assert_allclose(ll, lp, rtol=1e-4, atol=1e-4)
+  with pytest.raises(ValueError, match="negative ids"):
+    bs.sid_log_likelihood(
+        bs.DecoderScorer(graphdef), params,
+        {"input_ids": rows, "attention_mask": np.ones_like(rows, bool)},
+        np.full((4, 2), -1), sid_tokens=sid)
 
 
 # ---------------------------------------------------------------------------
@@ -568,6 +581,14 @@ def test_real_decoder_search_equals_brute_force_and_left_padding():
     np.testing.assert_array_equal(np.asarray(res.items[i]), order)
     np.testing.assert_allclose(np.asarray(res.scores[i]), lp[order],
                                rtol=1e-4, atol=1e-4)
+    # The teacher-forced likelihood of three targets, from the left-padded
+    # batch row: the brute-force sums.
+    pick = np.array([0, 5, 11])
+    ll = bs.sid_log_likelihood(scorer, params, {
+        "input_ids": np.repeat(ids[i:i + 1], 3, 0),
+        "attention_mask": np.repeat(mask[i:i + 1], 3, 0)}, toks[pick],
+                               sid_tokens=sid)
+    np.testing.assert_allclose(ll, lp[pick], rtol=1e-4, atol=1e-4)
     # Unpadded single prompt, narrower beam: same as the padded batch row.
     one = {"input_ids": r[None], "attention_mask": np.ones((1, len(r)), bool)}
     narrow_single = bs.beam_search(scorer, params, one, trie, beam_size=3,
@@ -615,6 +636,11 @@ def test_real_t5_search_equals_brute_force():
     np.testing.assert_array_equal(np.asarray(res.items[b]), order)
     np.testing.assert_allclose(np.asarray(res.scores[b]), lp[order],
                                rtol=1e-4, atol=1e-4)
+    ll = bs.sid_log_likelihood(scorer, params, {
+        "input_ids": np.repeat(ids[b:b + 1], p, 0),
+        "attention_mask": np.repeat(mask[b:b + 1], p, 0)}, toks,
+                               sid_tokens=sid)
+    np.testing.assert_allclose(ll, lp, rtol=1e-4, atol=1e-4)
 
 
 def test_shared_prefix_scorer_matches_full_cache():

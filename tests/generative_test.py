@@ -468,6 +468,9 @@ def test_planted_pattern_is_learned(planted, variant):
   metrics = stage.run(config, str(planted))
   assert metrics["test/hr@1"] >= 0.9, metrics
   assert metrics["invalid_rate"] == 0.0
+  # The learned pattern leaves little held-out loss (an untrained model:
+  # ~ln(vocab) a token, > 8 nats an SID).
+  assert 0.0 < metrics["test/sid_nll"] < 1.0, metrics
 
 
 def test_planted_pattern_text_decoder(planted):
@@ -486,7 +489,8 @@ def test_planted_pattern_text_decoder(planted):
 
 
 def _brute_force_ranks(planted_dir, name):
-  """Ranks of the test targets by teacher-forced T5 log-probs of every item.
+  """Ranks of the test targets by teacher-forced T5 log-probs of every item,
+  and the targets' log-probs.
 
   Independent of the beam search: every item's SID is scored as a whole
   decoder sequence with the model's full forward pass.
@@ -511,21 +515,29 @@ def _brute_force_ranks(planted_dir, name):
 
   dec = np.concatenate([np.zeros((len(items), 1), np.int32), toks[:, :-1]],
                        1)
-  ranks = []
+  ranks, target_ll = [], []
   for r in range(len(test)):
     score = np.asarray(item_scores(state, prompts["input_ids"][r],
                                    prompts["attention_mask"][r]))
     target = int(test.targets[r][0])
     t_score = score[items == target][0]
     ranks.append(int((score > t_score).sum()))
-  return np.asarray(ranks)
+    target_ll.append(t_score)
+  return np.asarray(ranks), np.asarray(target_ll)
 
 
 def test_evaluate_equals_brute_force(planted):
   name = "planted_tiger"
   if not (planted / name / "model.json").exists():
     stage.run(_planted_config("tiger", name), str(planted))
-  ranks = _brute_force_ranks(planted, name)
+  ranks, target_ll = _brute_force_ranks(planted, name)
+  # The stage's held-out loss: the same teacher-forced sums, in batches of
+  # 8 (the last one padded).
+  ranker = ranker_lib.load(planted / name, planted)
+  nll = stage.mean_sid_nll(ranker, ranker.fmt.ds.test, 8)
+  assert nll == pytest.approx(-target_ll.mean(), rel=1e-4)
+  saved = json.loads((planted / name / "metrics.json").read_text())
+  assert saved["test/sid_nll"] == pytest.approx(nll, rel=1e-4)
   config = evaluate_config.get_config("tiny")
   config.update(model=name, beam_size=PLANTED_ITEMS, top_n=10, max_rows=0,
                 batch_size=8, exclude_history=False)

@@ -593,3 +593,59 @@ def beam_search(scorer, params, prompts, trie: Trie, *, beam_size: int,
   return beam_search_jit(scorer, params, prompts, trie.tables,
                          sid_tokens=sid_tokens, beam_size=beam_size,
                          num_levels=trie.num_levels, top_n=top_n)
+
+
+def _log_likelihood_one(scorer, params, prompt, tokens):
+  """Sum of the full-vocabulary log-probs of `tokens` [N] after `prompt`."""
+  sstate, logits = scorer.init(params, prompt)  # logits [V]
+  sstate = expand_state(scorer, sstate, 1)
+  total = jnp.zeros((), jnp.float32)
+  n = tokens.shape[0]
+  for i in range(n):  # a few tokens (the levels + suffix), unrolled
+    # [V] after init, [1, V] after a step
+    logp = jax.nn.log_softmax(logits.reshape(-1).astype(jnp.float32))
+    total = total + logp[tokens[i]]
+    if i + 1 < n:
+      sstate, logits = scorer.step(params, sstate, tokens[i:i + 1])  # [1, V]
+  return total
+
+
+@functools.partial(jax.jit, static_argnames=("scorer",))
+def _log_likelihood_jit(scorer, params, prompts, tokens):
+  return jax.vmap(functools.partial(_log_likelihood_one, scorer),
+                  in_axes=(None, 0, 0))(params, prompts, tokens)
+
+
+def sid_log_likelihood(scorer, params, prompts, sid_token_ids: np.ndarray, *,
+                       sid_tokens: SidTokens) -> np.ndarray:
+  """Teacher-forced log-likelihood of one given SID per prompt.
+
+  The sum over the SID's levels (and the forced suffix) of the model's
+  full-vocabulary log-probs: minus the training loss of that target, and
+  the score the exhaustive `beam_search` gives the same item. A cheap,
+  low-variance check of how well a model predicts held-out targets.
+
+  Args:
+    scorer, params, prompts: as `beam_search`.
+    sid_token_ids: int [B, L] the SID token ids (offsets added, e.g. rows
+      of `SemanticIds.token_table`) of each prompt's target.
+    sid_tokens: the layout (its suffix tokens are appended).
+
+  Returns:
+    float64 [B] log-likelihoods (<= 0).
+  """
+  ids = np.asarray(sid_token_ids, np.int32)
+  if ids.ndim != 2 or ids.shape[1] != len(sid_tokens.sizes):
+    raise ValueError(f"sid_token_ids has shape {ids.shape}, expected "
+                     f"[B, {len(sid_tokens.sizes)}]")
+  if (ids < 0).any():
+    raise ValueError("sid_token_ids has negative ids (targets without an "
+                     "SID); leave those rows out")
+  suffix = np.broadcast_to(np.asarray(sid_tokens.suffix, np.int32),
+                           (len(ids), len(sid_tokens.suffix)))
+  tokens = np.concatenate([ids, suffix], 1)
+  scorer.check_prompts(prompts, sid_tokens.num_new_tokens)
+  if hasattr(scorer, "with_levels"):
+    scorer = scorer.with_levels(sid_tokens.num_new_tokens)
+  return np.asarray(_log_likelihood_jit(scorer, params, prompts, tokens),
+                    np.float64)

@@ -77,6 +77,19 @@ class GenerativeRanker:
                          sid_tokens=self.fmt.layout, exclude=exclude)
     return np.asarray(res.items)
 
+  def target_log_likelihood(self, batch: EvalExamples) -> np.ndarray:
+    """float [B]: the teacher-forced log-likelihood of each row's first
+    target's SID after the row's search prompt (NaN: no SID)."""
+    first = batch.targets.values[batch.targets.offsets[:-1]]
+    tokens = self.fmt.item_tokens[first]  # [B, L]
+    has_sid = (tokens >= 0).all(1)
+    tokens = np.where(has_sid[:, None], tokens,
+                      np.asarray(self.fmt.layout.offsets)[None, :])
+    ll = bs.sid_log_likelihood(self.scorer, self.params,
+                               self.fmt.eval_prompts(batch), tokens,
+                               sid_tokens=self.fmt.layout)
+    return np.where(has_sid, ll, np.nan)
+
   def rank(self, batch: EvalExamples, *, top_n: int,
            exclude_history: bool) -> np.ndarray:
     return self.search(batch, beam_size=max(self.beam_size, top_n),

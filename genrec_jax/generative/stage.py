@@ -14,7 +14,11 @@ decoder is their prompt format (generative/formats.py: model, batches,
 prompts, scorer); this stage trains any of them on training/loop.py and
 evaluates with the constrained beam search. Early stopping on NDCG@10 of
 `eval.valid_users` sampled valid users (eval.select = "ndcg"), best params
-kept; "none" keeps the last params.
+kept; "none" keeps the last params. Every evaluation also reports
+`<split>/sid_nll`: the mean teacher-forced negative log-likelihood (nats) of
+the targets' SIDs, the training loss on held-out targets without the beam
+search's variance (with "none" and train.eval_every > 0 it alone is logged
+on the sampled valid users).
 
 Entry point: `run(config, workdir) -> dict` (the metrics).
 """
@@ -56,9 +60,29 @@ def evaluate_split(ranker: ranker_lib.GenerativeRanker,
                          top_n=eval_cfg.top_n,
                          exclude_history=eval_cfg.exclude_history)
 
-  return evaluate_generative(search, examples,
-                             is_valid_item=ranker.is_valid_item,
-                             batch_size=eval_cfg.batch_size, prefix=prefix)
+  out = evaluate_generative(search, examples,
+                            is_valid_item=ranker.is_valid_item,
+                            batch_size=eval_cfg.batch_size, prefix=prefix)
+  out[f"{prefix}sid_nll"] = mean_sid_nll(ranker, examples,
+                                         eval_cfg.batch_size)
+  return out
+
+
+def mean_sid_nll(ranker: ranker_lib.GenerativeRanker, examples: EvalExamples,
+                 batch_size: int) -> float:
+  """Mean teacher-forced negative log-likelihood (nats) of the rows' first
+  targets' SIDs: the training loss on held-out targets, without the beam
+  search's variance (rows whose target has no SID are left out)."""
+  n = len(examples)
+  ll = np.empty(n)
+  for start in range(0, n, batch_size):
+    rows = np.arange(start, min(start + batch_size, n))
+    fill = np.concatenate([rows, np.full(batch_size - len(rows), rows[-1])])
+    ll[rows] = ranker.target_log_likelihood(
+        take_examples(examples, fill))[:len(rows)]
+  if np.isnan(ll).all():
+    return float("nan")
+  return float(-np.nanmean(ll))
 
 
 def sample_rows(n: int, k: int, seed: int) -> np.ndarray:
@@ -191,10 +215,17 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
         ranker_lib.GenerativeRanker(fmt, m, beam_size=ecfg.beam_size),
         valid_sample, prefix="valid/", eval_cfg=ecfg)
     return {select_key: res[select_key],
-            f"valid/hr@{k_sel}": res[f"valid/hr@{k_sel}"]}
+            f"valid/hr@{k_sel}": res[f"valid/hr@{k_sel}"],
+            "valid/sid_nll": res["valid/sid_nll"]}
 
-  if ecfg.select == "none":  # cheaper: no beam search while training
-    evaluate_fn, select = None, None
+  def monitor(m):
+    return {"valid/sid_nll": mean_sid_nll(
+        ranker_lib.GenerativeRanker(fmt, m, beam_size=ecfg.beam_size),
+        valid_sample, ecfg.batch_size)}
+
+  if ecfg.select == "none":  # cheaper: no beam search while training, the
+    # held-out loss every eval_every steps (when set)
+    evaluate_fn, select = (monitor if tcfg.eval_every else None), None
   elif ecfg.select == "ndcg":
     evaluate_fn, select = evaluate, select_key
   else:

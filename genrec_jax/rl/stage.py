@@ -132,8 +132,10 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     res = generative_stage.evaluate_split(
         ranker_lib.GenerativeRanker(fmt, m, beam_size=ecfg.beam_size),
         valid_sample, prefix="valid/", eval_cfg=ecfg)
-    return {f"valid/{name}@{k}": res[f"valid/{name}@{k}"]
-            for name in ("hr", "ndcg") for k in EVAL_KS if k <= ecfg.top_n}
+    return {**{f"valid/{name}@{k}": res[f"valid/{name}@{k}"]
+               for name in ("hr", "ndcg") for k in EVAL_KS
+               if k <= ecfg.top_n},
+            "valid/sid_nll": res["valid/sid_nll"]}
 
   select = {"none": None, "ndcg": "valid/ndcg@10"}.get(ecfg.select, "?")
   if select == "?":
