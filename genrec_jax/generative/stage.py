@@ -15,10 +15,10 @@ prompts, scorer); this stage trains any of them on training/loop.py and
 evaluates with the constrained beam search. Early stopping on NDCG@10 of
 `eval.valid_users` sampled valid users (eval.select = "ndcg"), best params
 kept; "none" keeps the last params. Every evaluation also reports
-`<split>/sid_nll`: the mean teacher-forced negative log-likelihood (nats) of
-the targets' SIDs, the training loss on held-out targets without the beam
-search's variance (with "none" and train.eval_every > 0 it alone is logged
-on the sampled valid users).
+`<split>/sid_nll`: the mean teacher-forced negative log-likelihood of the
+targets' SIDs (nats per target), the training objective on held-out targets
+without the beam search's variance (with "none" and train.eval_every > 0 it
+alone is logged on the sampled valid users).
 
 Entry point: `run(config, workdir) -> dict` (the metrics).
 """
@@ -70,9 +70,11 @@ def evaluate_split(ranker: ranker_lib.GenerativeRanker,
 
 def mean_sid_nll(ranker: ranker_lib.GenerativeRanker, examples: EvalExamples,
                  batch_size: int) -> float:
-  """Mean teacher-forced negative log-likelihood (nats) of the rows' first
-  targets' SIDs: the training loss on held-out targets, without the beam
-  search's variance (rows whose target has no SID are left out)."""
+  """Mean teacher-forced negative log-likelihood of the rows' first targets'
+  SIDs (nats per target, summed over its SID tokens): what the model was
+  trained to minimise, on held-out targets, without the beam search's
+  variance. Rows whose target has no SID are left out (counted in the log).
+  """
   n = len(examples)
   ll = np.empty(n)
   for start in range(0, n, batch_size):
@@ -80,8 +82,12 @@ def mean_sid_nll(ranker: ranker_lib.GenerativeRanker, examples: EvalExamples,
     fill = np.concatenate([rows, np.full(batch_size - len(rows), rows[-1])])
     ll[rows] = ranker.target_log_likelihood(
         take_examples(examples, fill))[:len(rows)]
-  if np.isnan(ll).all():
-    return float("nan")
+  missing = int(np.isnan(ll).sum())
+  if missing:
+    logging.info("sid_nll: %d of %d rows left out (target without an SID)",
+                 missing, n)
+  if missing == n:
+    raise ValueError("sid_nll: no evaluation row's target has an SID")
   return float(-np.nanmean(ll))
 
 
