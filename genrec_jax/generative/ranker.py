@@ -15,6 +15,7 @@ records it, so `evaluate` and `recommend` search as training evaluated.
 
 from __future__ import annotations
 
+import functools
 import pathlib
 from typing import Any
 
@@ -81,7 +82,7 @@ class GenerativeRanker:
     """float [B]: the teacher-forced log-likelihood of each row's first
     target's SID after the row's search prompt (NaN: no SID)."""
     first = batch.targets.values[batch.targets.offsets[:-1]]
-    tokens = self.fmt.item_tokens[first]  # [B, L]
+    tokens = self._item_tokens[first]  # [B, L]
     has_sid = (tokens >= 0).all(1)
     tokens = np.where(has_sid[:, None], tokens,
                       np.asarray(self.fmt.layout.offsets)[None, :])
@@ -89,6 +90,11 @@ class GenerativeRanker:
                                self.fmt.eval_prompts(batch), tokens,
                                sid_tokens=self.fmt.layout)
     return np.where(has_sid, ll, np.nan)
+
+  @functools.cached_property
+  def _item_tokens(self) -> np.ndarray:
+    """The format's SID token table, built once (not once a batch)."""
+    return self.fmt.item_tokens
 
   def rank(self, batch: EvalExamples, *, top_n: int,
            exclude_history: bool) -> np.ndarray:
