@@ -483,7 +483,11 @@ def test_planted_pattern_text_decoder(planted):
   config.data.update(max_history=1, history_buckets=(1,))
   config.model.update(hidden_size=48, intermediate_size=96, num_heads=4,
                       num_kv_heads=2)
-  config.train.update(num_steps=1200, batch_size=8, learning_rate=3e-3)
+  # Copying the SID from ~25 tokens back is learned in a sudden drop of the
+  # loss whose step depends on float summation order (one AMD EPYC: 1,200
+  # steps ended mid-drop at HR@1 0.8; 1,600 steps drop by step ~700 and
+  # end at loss 0.000, HR@1 1.0). lr 5e-3 stays on the plateau.
+  config.train.update(num_steps=1600, batch_size=8, learning_rate=3e-3)
   metrics = stage.run(config, str(planted))
   assert metrics["test/hr@1"] >= 0.9, metrics
 
