@@ -266,6 +266,9 @@ def _train_step() -> ml_collections.ConfigDict:
   config.steps = 8
   # Timed passes over the batches (the fastest counts, on both sides).
   config.repeats = 2
+  # Precisions timed: train.compute_dtype on our side; "bfloat16" is torch's
+  # autocast (bf16 matmuls, float32 weights) on the reference side.
+  config.compute_dtypes = ("float32", "bfloat16")
   # torch threads (the machine has 2 cores) and the torch venv's python
   # (None: .venv-torch; "" = skip the torch side).
   config.torch_threads = 2

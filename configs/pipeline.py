@@ -124,6 +124,21 @@ def _ur4rec(variant: str) -> ml_collections.ConfigDict:
   return config
 
 
+def _after(stages: tuple[str, ...], stage: str, new: str) -> tuple[str, ...]:
+  """stages with `new` inserted right after `stage`."""
+  i = stages.index(stage) + 1
+  return stages[:i] + (new,) + stages[i:]
+
+
+def _reassigned_sids(config: ml_collections.ConfigDict) -> None:
+  """The build_sids_reassign stage: the same RQ-k-means codes with
+  colliding items moved to free last-level codes (3-token IDs, no dedup
+  token) in sids_reassign/."""
+  config.build_sids_reassign = sids.get_config("reassign")
+  config.build_sids_reassign.output = "sids_reassign"
+  config.stage_kinds.build_sids_reassign = "build_sids"
+
+
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   variant = arg or "ml100k"
   if variant in ("lastfm", "lastfm_tiny"):
@@ -193,6 +208,12 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config[f"{sft}_rl"].update(init=sft, name=f"{sft}_rl")
     config.stage_kinds[f"{sft}_rl"] = "train_rl"
 
+  if variant in ("beauty_cpu", "games_cpu"):
+    # TIGER on 3-token IDs (configs/generative.py tiger_beauty_cpu reads
+    # sids_reassign/); the decoders keep sids/.
+    config.stages = _after(config.stages, "build_sids", "build_sids_reassign")
+    _reassigned_sids(config)
+
   if variant == "hints_ablation":  # hints off vs on, over 3 seeds
     config.stages = tuple(s for s in config.stages
                           if s not in ("tiger", "minionerec_rl",
@@ -218,16 +239,14 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.stages = ("prepare_data", "train_baselines", "embed_items",
                      "build_sids", "build_sids_reassign", "tiger",
                      "tiger_reassign", "tiger_embed")
-    config.build_sids_reassign = sids.get_config("reassign")
-    config.build_sids_reassign.output = "sids_reassign"
+    _reassigned_sids(config)
     config.tiger_reassign = generative.get_config("tiger_demo")
     config.tiger_reassign.update(name="tiger_reassign",
-                                 sids_dir="sids_reassign")
+                                 sids_dir=config.build_sids_reassign.output)
     config.tiger_embed = generative.get_config("tiger_demo")
     config.tiger_embed.name = "tiger_embed"
     config.tiger_embed.model.embed_init_std = 0.1
-    config.stage_kinds.update({"build_sids_reassign": "build_sids",
-                               "tiger_reassign": "train_generative",
+    config.stage_kinds.update({"tiger_reassign": "train_generative",
                                "tiger_embed": "train_generative"})
     config.seeds = (0, 1, 2)
     config.seeded_stages = ("tiger", "tiger_reassign", "tiger_embed")
@@ -257,7 +276,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # have no text: their vectors (and so their semantic IDs) come from
     # item2vec on the train sequences instead of MiniLM on titles.
     config.stages = ("prepare_data", "train_baselines", "train_sasrec",
-                     "item2vec", "build_sids", "tiger", "minionerec")
+                     "item2vec", "build_sids", "build_sids_reassign", "tiger",
+                     "minionerec")
     config.item2vec = item2vec.get_config("dataset")
 
   if variant == "tiny":  # tests: a seq_txt file they write, seconds

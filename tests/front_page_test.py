@@ -405,6 +405,13 @@ def test_train_step_rows_show_ratio_and_profile():
   r["speedup_forward_backward_vs_eager"] = 1.1
   (row,) = front_page._bench_rows(b)  # pylint: disable=protected-access
   assert row[0].endswith("(matmul + softmax, as ours) 1.10x")
+  r["jax_step_s"] = 3.0
+  r["bfloat16"] = {"speedup_step": 0.9, "jax_step_s": 2.4,
+                   "jax_examples_per_s": 625.0,
+                   "torch_examples_per_s": 694.4}
+  _, bf16 = front_page._bench_rows(b)  # pylint: disable=protected-access
+  assert bf16[-1] == "0.90x" and "1.25x our float32 step" in bf16[0]
+  assert bf16[1] == "625 examples/s"
 
 
 def test_archive_regenerates_the_page_alone(files):

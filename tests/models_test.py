@@ -126,6 +126,37 @@ def test_matmul_products_against_numpy(lead):
       rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("transpose", [False, True])
+def test_bf16_matmul_and_gradients_accumulate_in_f32(transpose):
+  """A bfloat16 matmul and both its gradients: products of the bf16-rounded
+  operands summed in float64 (numpy), then rounded as the outputs are
+  (f32 out, bf16 gradients). 300 terms a sum: bf16 accumulation would be
+  off by ~1e-2 relative, f32 accumulation is within one bf16 rounding."""
+  rng = np.random.default_rng(5)
+  bf = lambda a: np.asarray(jnp.asarray(a, jnp.bfloat16), np.float64)
+  x = jnp.asarray(rng.normal(size=(7, 300)), jnp.bfloat16)
+  w = jnp.asarray(rng.normal(size=(300, 11)), jnp.bfloat16)
+  g = rng.normal(size=(7, 11)).astype(np.float32)
+  kernel = w.T if transpose else w
+  f = lambda x, k: layers.matmul(x, k, transpose_kernel=transpose,
+                                 preferred_element_type=jnp.float32)
+  y, vjp = jax.vjp(f, x, kernel)
+  dx, dk = vjp(jnp.asarray(g))
+  assert y.dtype == jnp.float32 and dx.dtype == dk.dtype == jnp.bfloat16
+  x64, w64, g64 = bf(x), bf(w), bf(g)
+  np.testing.assert_allclose(y, x64 @ w64, rtol=1e-5, atol=1e-4)
+  want_dw = x64.T @ g64
+  np.testing.assert_allclose(np.asarray(dx, np.float64), bf(g64 @ w64.T),
+                             rtol=8e-3, atol=1e-2)
+  np.testing.assert_allclose(np.asarray(dk, np.float64),
+                             bf(want_dw.T if transpose else want_dw),
+                             rtol=8e-3, atol=1e-2)
+  # bf16 output (no preferred_element_type): the f32 sum rounded once.
+  np.testing.assert_allclose(
+      np.asarray(layers.matmul(x, kernel, transpose_kernel=transpose),
+                 np.float64), bf(x64 @ w64), rtol=8e-3, atol=1e-2)
+
+
 
 @pytest.mark.parametrize("model_type", ["qwen2", "llama"])
 def test_cache_matches_full_forward_with_left_padding(model_type):

@@ -398,15 +398,36 @@ def test_games_cpu_runs_the_beauty_configs_unchanged():
   games = pipeline_config.get_config("games_cpu")
   beauty = pipeline_config.get_config("beauty_cpu")
   assert games.stages == ("prepare_data", "train_baselines", "train_sasrec",
-                          "item2vec", "build_sids", "tiger", "minionerec")
-  for name in ("train_baselines", "train_sasrec", "build_sids", "tiger",
-               "minionerec"):
+                          "item2vec", "build_sids", "build_sids_reassign",
+                          "tiger", "minionerec")
+  for name in ("train_baselines", "train_sasrec", "build_sids",
+               "build_sids_reassign", "tiger", "minionerec"):
     assert games[name].to_dict() == beauty[name].to_dict(), name
   assert games.prepare_data.data.source == "sasrec_txt"
   assert games.prepare_data.data.split == "leave_one_out"
   # No item text: the SIDs come from item2vec on the train sequences.
   assert games.item2vec.source == "dataset"
   assert pipeline.stage_kind(games, "item2vec").outputs(games.item2vec)
+
+
+@pytest.mark.parametrize("variant", ["beauty_cpu", "games_cpu"])
+def test_cpu_tiger_reads_the_reassigned_sids_built_before_it(variant):
+  config = pipeline_config.get_config(variant)
+  stages = list(config.stages)
+  assert stages.index("build_sids") < stages.index("build_sids_reassign") < (
+      stages.index("tiger"))
+  outputs = pipeline.stage_kind(config, "build_sids_reassign").outputs(
+      config.build_sids_reassign)
+  assert all(o.startswith("sids_reassign/") for o in outputs), outputs
+  assert config.build_sids_reassign.collisions.strategy == "reassign"
+  assert config.tiger.sids_dir == config.build_sids_reassign.output
+  assert config.build_sids.output == config.minionerec.sids_dir == "sids"
+  # Apart from the collision strategy and the folder, the same SIDs.
+  a, b = config.build_sids.to_dict(), config.build_sids_reassign.to_dict()
+  for c in (a, b):
+    c.pop("output")
+    c["collisions"].pop("strategy")
+  assert a == b
 
 
 def test_examples_and_tiger_ablations_differ_only_in_what_they_test():

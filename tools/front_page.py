@@ -1067,6 +1067,15 @@ def _bench_rows(b: BenchResults) -> list[list[str]]:
           f"{r.get('transformers_version', '?')}, AdamW, "
           f"{r.get('torch_threads', '?')} threads",
           f"{r['speedup_step']:.2f}x"])
+      m = r.get("bfloat16")
+      if isinstance(m, dict) and _is_number(m.get("speedup_step")):
+        rows.append([
+            f"the same step of `{variant}` in bfloat16 (`train.compute_dtype`"
+            f"; float32 params) against torch's autocast(bfloat16); ours "
+            f"{r['jax_step_s'] / m['jax_step_s']:.2f}x our float32 step",
+            f"{_fmt(m['jax_examples_per_s'], 1)} examples/s",
+            f"{_fmt(m['torch_examples_per_s'], 1)} examples/s (autocast)",
+            f"{m['speedup_step']:.2f}x"])
     return rows
   # Any other benchmark: its own ratio fields, named as it names them.
   for k, v in res.items():

@@ -21,6 +21,12 @@ SID decoder at `decoder_beauty_cpu`):
     are masked; it runs in `.venv-torch` (`make bench-venv`) with
     `config.torch_threads` threads.
 
+Each side runs at each of `config.compute_dtypes`: "float32", and
+"bfloat16" = our `train.compute_dtype` bfloat16 (float32 parameters cast in
+the step; products of bf16 operands accumulated in float32) against torch's
+`autocast(bfloat16)` (float32 weights, bf16 matmuls). float32 figures sit at
+the top level of a model's results, the others under their dtype.
+
 Figures: examples/s of each side over the timed steps, the ratio (> 1: JAX
 faster), and a profile of each side's step: forward (loss only), forward +
 backward, and the full step (the optimizer's share is the difference).
@@ -43,6 +49,7 @@ from typing import Any
 from absl import logging
 from flax import nnx
 import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
@@ -62,7 +69,7 @@ import json, sys, time
 import numpy as np
 import torch, transformers
 transformers.logging.set_verbosity_error()
-folder, batches_path, kind, threads, lr, wd, clip, repeats = sys.argv[1:9]
+folder, batches_path, kind, threads, lr, wd, clip, repeats, amp = sys.argv[1:10]
 threads, repeats = int(threads), int(repeats)
 lr, wd, clip = float(lr), float(wd), float(clip)
 torch.set_num_threads(threads)
@@ -98,19 +105,27 @@ opt = torch.optim.AdamW([{"params": decay, "weight_decay": wd},
                          {"params": no_decay, "weight_decay": 0.0}],
                         lr=lr, betas=(0.9, 0.98), eps=1e-8)
 
+# amp "bfloat16": torch's mixed precision (autocast: bf16 matmuls, float32
+# weights and optimizer), the counterpart of train.compute_dtype bfloat16.
+def loss_of(b):
+  if amp == "bfloat16":
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+      return model(**b).loss
+  return model(**b).loss
+
 def forward(b):
   with torch.no_grad():
-    return model(**b).loss
+    return loss_of(b)
 
 def forward_backward(b):
   model.zero_grad(set_to_none=True)
-  loss = model(**b).loss
+  loss = loss_of(b)
   loss.backward()
   return loss
 
 def step(b):
   opt.zero_grad(set_to_none=True)
-  loss = model(**b).loss
+  loss = loss_of(b)
   loss.backward()
   torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
   opt.step()
@@ -133,7 +148,7 @@ out = {"first_loss": first_loss, "forward_s": timed(forward),
        "torch": torch.__version__, "transformers": transformers.__version__,
        "threads": torch.get_num_threads(),
        "attn_implementation": model.config._attn_implementation}
-if kind != "t5":  # Llama's default is a fused SDPA kernel; T5 is eager
+if kind != "t5" and amp != "bfloat16":  # Llama's default is a fused SDPA kernel; T5 is eager
   model.set_attn_implementation("eager")
   out["eager_forward_s"] = timed(forward)
   out["eager_forward_backward_s"] = timed(forward_backward)
@@ -141,24 +156,29 @@ print(json.dumps(out))
 """
 
 
-def _jax_side(fmt, model, batches, tcfg, repeats: int) -> dict[str, Any]:
+def _jax_side(fmt, model, batches, tcfg, repeats: int,
+              compute_dtype: str) -> dict[str, Any]:
   """Seconds of forward, forward + backward and the trainer's step."""
-  graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+  _, params, rest = nnx.split(model, nnx.Param, ...)
+  graphdef = loop.compute_graphdef(model, compute_dtype)
   loss_fn = fmt.loss
   key = jax.random.key(0)
+  dt = jnp.dtype(compute_dtype)
+
+  def loss(p, batch):  # as the trainer: float32 params cast in the step
+    p = jax.tree.map(lambda x: x.astype(dt), p)
+    return loss_fn(nnx.merge(graphdef, p, rest), batch, key)
 
   @jax.jit
   def forward(params, batch):
-    return loss_fn(nnx.merge(graphdef, params, rest), batch, key)[0]
+    return loss(params, batch)[0]
 
   @jax.jit
   def forward_backward(params, batch):
-    def f(p):
-      return loss_fn(nnx.merge(graphdef, p, rest), batch, key)
-    return jax.value_and_grad(f, has_aux=True)(params)
+    return jax.value_and_grad(loss, has_aux=True)(params, batch)
 
   tx = optimizer_lib.make_optimizer(tcfg, max(int(tcfg.num_steps), 1000))
-  step = loop.make_train_step(graphdef, tx, loss_fn)
+  step = loop.make_train_step(graphdef, tx, loss_fn, compute_dtype)
   batches = [jax.device_put(b) for b in batches]
   first_loss = float(forward(params, batches[0]))
   shapes = {tuple(v.shape for v in b.values()): b for b in batches}
@@ -194,7 +214,7 @@ def _jax_side(fmt, model, batches, tcfg, repeats: int) -> dict[str, Any]:
           "step_s": timed(one_step)}
 
 
-def _torch_side(config, folder, batches, kind, tcfg, tmp):
+def _torch_side(config, folder, batches, kind, tcfg, tmp, amp: str):
   py = pathlib.Path(common.torch_python() if config.torch_python is None
                     else config.torch_python)
   if config.torch_python == "":
@@ -217,7 +237,7 @@ def _torch_side(config, folder, batches, kind, tcfg, tmp):
       [str(py), str(script), str(folder), str(tmp / "batches.npz"), kind,
        str(config.torch_threads), str(tcfg.learning_rate),
        str(tcfg.weight_decay), str(tcfg.grad_clip or 1e9),
-       str(config.repeats)],
+       str(config.repeats), amp],
       capture_output=True, text=True, env=env, timeout=3000)
   if proc.returncode != 0:
     if "No module named 'torch'" in proc.stderr:
@@ -255,12 +275,27 @@ def _one_model(config, variant: str, ds, sids, workdir) -> dict[str, Any]:
   with tempfile.TemporaryDirectory() as tmp:
     tmp = pathlib.Path(tmp)
     hf.save_pretrained(model, tmp / "hf")
-    j = _jax_side(fmt, model, batches, gcfg.train, config.repeats)
-    logging.info("%s jax: %s", variant, j)
-    t = _torch_side(config, tmp / "hf", batches, kind, gcfg.train, tmp)
-    logging.info("%s torch: %s", variant, t)
-  for k, v in j.items():
-    res[f"jax_{k}"] = v
+    for dtype in config.compute_dtypes:
+      j = _jax_side(fmt, model, batches, gcfg.train, config.repeats, dtype)
+      logging.info("%s %s jax: %s", variant, dtype, j)
+      t = _torch_side(config, tmp / "hf", batches, kind, gcfg.train, tmp,
+                      dtype)
+      logging.info("%s %s torch: %s", variant, dtype, t)
+      r = _compare(j, t, rows)
+      logging.info("%s %s: JAX %.1f ex/s, %s", variant, dtype,
+                   r["jax_examples_per_s"],
+                   "torch skipped" if t is None else
+                   f"torch {r['torch_examples_per_s']:.1f} ex/s, speedup "
+                   f"{r['speedup_step']:.2f}x")
+      # float32 at the top level (the front page's row), others nested.
+      res.update(r) if dtype == "float32" else res.update({dtype: r})
+  return res
+
+
+def _compare(j: dict[str, Any], t: dict[str, Any] | None,
+             rows: int) -> dict[str, Any]:
+  """One precision's JAX and torch timings -> figures and ratios."""
+  res: dict[str, Any] = {f"jax_{k}": v for k, v in j.items()}
   res["jax_examples_per_s"] = rows / j["step_s"]
   if t is None:
     res["torch"] = "skipped (no torch interpreter)"
@@ -291,10 +326,6 @@ def _one_model(config, variant: str, ds, sids, workdir) -> dict[str, Any]:
     res[f"{side}_profile"] = {
         "forward": fwd / st, "backward": (fb - fwd) / st,
         "optimizer_and_rest": (st - fb) / st}
-  logging.info("%s: JAX %.1f ex/s, torch %.1f ex/s, speedup %.2fx "
-               "(first-batch losses %.5f / %.5f)", variant,
-               res["jax_examples_per_s"], res["torch_examples_per_s"],
-               res["speedup_step"], j["first_loss"], t["first_loss"])
   return res
 
 

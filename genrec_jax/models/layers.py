@@ -417,6 +417,34 @@ def dropout(x: Array, rate: float, key: Array | None, site: int = 0) -> Array:
   return jnp.where(keep, x * (65536.0 / (65536 - drop)), 0.0).astype(x.dtype)
 
 
+def _dot2(a: Array, b: Array, ca: int, cb: int, dtype) -> Array:
+  """2-D a @ b contracting a's axis ca with b's axis cb, accumulated in f32."""
+  return jax.lax.dot_general(a, b, (((ca,), (cb,)), ((), ())),
+                             preferred_element_type=jnp.float32).astype(dtype)
+
+
+@jax.custom_vjp
+def _bf16_matmul(x: Array, kernel: Array) -> Array:
+  """bf16 x [M, D] @ bf16 kernel [D, F] -> f32 [M, F] (f32 accumulation)."""
+  return _dot2(x, kernel, 1, 0, jnp.float32)
+
+
+def _bf16_matmul_fwd(x, kernel):
+  return _bf16_matmul(x, kernel), (x, kernel)
+
+
+def _bf16_matmul_bwd(res, g):
+  # Both gradients as products of bf16 operands accumulated in f32: JAX's
+  # own transpose of a bf16 -> f32 product multiplies the f32 cotangent by
+  # a bf16 operand, which XLA:CPU runs as an f32 product (half the speed).
+  x, kernel = res
+  g = g.astype(jnp.bfloat16)
+  return _dot2(g, kernel, 1, 1, x.dtype), _dot2(x, g, 0, 0, kernel.dtype)
+
+
+_bf16_matmul.defvjp(_bf16_matmul_fwd, _bf16_matmul_bwd)
+
+
 def matmul(x: Array, kernel: Array, *, transpose_kernel: bool = False,
            preferred_element_type=None) -> Array:
   """x [..., D] @ kernel [D, F] (or kernel [F, D] with transpose_kernel).
@@ -425,15 +453,24 @@ def matmul(x: Array, kernel: Array, *, transpose_kernel: bool = False,
   layouts with transposes (copies of the activations) for the gradients of a
   3-D `...D,DF` contraction, and a 2-D product avoids them (the SID
   decoder's training step on Beauty batches: ~20% faster; measured in
-  `benchmarks/train_step.py`). The kernel is cast to x.dtype.
+  `benchmarks/train_step.py`). The kernel is cast to x.dtype. A bfloat16
+  product (`train.compute_dtype="bfloat16"`) and its gradients take bf16
+  operands and accumulate in float32 (XLA:CPU with AVX512-BF16: ~2x the
+  float32 rate; on GPU/TPU the native bf16 path), the result in
+  preferred_element_type (default x.dtype).
   """
   d = x.shape[-1]
-  contract = 1 if transpose_kernel else 0
-  y = jax.lax.dot_general(
-      x.reshape(-1, d), kernel.astype(x.dtype),
-      (((1,), (contract,)), ((), ())),
-      preferred_element_type=preferred_element_type)
-  return y.reshape(*x.shape[:-1], kernel.shape[1 - contract])
+  kernel = kernel.astype(x.dtype)
+  f = kernel.shape[0 if transpose_kernel else 1]
+  out = preferred_element_type or x.dtype
+  x2 = x.reshape(-1, d)
+  if x.dtype == jnp.bfloat16:
+    y = _bf16_matmul(x2, kernel.T if transpose_kernel else kernel).astype(out)
+  else:
+    contract = 1 if transpose_kernel else 0
+    y = jax.lax.dot_general(x2, kernel, (((1,), (contract,)), ((), ())),
+                            preferred_element_type=preferred_element_type)
+  return y.reshape(*x.shape[:-1], f)
 
 
 def dense(x: Array, kernel: Array, bias: Array | None = None) -> Array:

@@ -142,7 +142,7 @@ def reset_stale_checkpoints(ckpt_dir: str | pathlib.Path,
 # Train step.
 
 
-def _compute_graphdef(model: nnx.Module, compute_dtype: str):
+def compute_graphdef(model: nnx.Module, compute_dtype: str):
   """Graph of the model with config.dtype = compute dtype (for bf16)."""
   graphdef = nnx.graphdef(model)
   if compute_dtype == "float32":
@@ -320,7 +320,7 @@ class _Trainer:
       self.opt_state = jax.jit(tx.init)(self.params)
     self.traces = 0
     self.step_fn = make_train_step(
-        _compute_graphdef(model, cfg.compute_dtype), tx, loss_fn,
+        compute_graphdef(model, cfg.compute_dtype), tx, loss_fn,
         cfg.compute_dtype, on_trace=self._count_trace)
     self.batches = _Batches(dataset, examples_per_step, examples_key)
     ckpt_dir = pathlib.Path(ckpt_dir).resolve()
