@@ -22,7 +22,8 @@ Variants: ml100k (what `make demo` runs), hints_ablation (ml100k without
 TIGER, MiniOneRec with hints off and on over 3 seeds), examples_ablation
 (the SID decoder trained on causal windows vs per-prefix examples, 3
 seeds), tiger_ablation (TIGER with 4-token IDs, 3-token IDs through
-`reassign`, embeddings initialised at std 0.1; 3 seeds), rl_ablation (ml100k
+`reassign` (the demo's), 4-token with embeddings initialised at std 0.1;
+3 seeds), rl_ablation (ml100k
 MiniOneRec SFT, then the same extra time as more SFT or as GRPO, 3 seeds),
 beauty_cpu (Amazon
 Beauty with budgets for a 2-core machine), games_cpu (Amazon Video Games,
@@ -208,9 +209,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config[f"{sft}_rl"].update(init=sft, name=f"{sft}_rl")
     config.stage_kinds[f"{sft}_rl"] = "train_rl"
 
-  if variant in ("beauty_cpu", "games_cpu"):
-    # TIGER on 3-token IDs (configs/generative.py tiger_beauty_cpu reads
-    # sids_reassign/); the decoders keep sids/.
+  if variant in ("ml100k", "beauty_cpu", "games_cpu"):
+    # TIGER on 3-token IDs (configs/generative.py tiger_demo and
+    # tiger_beauty_cpu read sids_reassign/); the decoders keep sids/.
     config.stages = _after(config.stages, "build_sids", "build_sids_reassign")
     _reassigned_sids(config)
 
@@ -240,10 +241,13 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
                      "build_sids", "build_sids_reassign", "tiger",
                      "tiger_reassign", "tiger_embed")
     _reassigned_sids(config)
+    # `tiger` and `tiger_embed` on the 4-token IDs of sids/ (the demo's
+    # until 2026-12-04), `tiger_reassign` as the demo trains it now.
+    config.tiger.sids_dir = config.build_sids.output
     config.tiger_reassign = generative.get_config("tiger_demo")
     config.tiger_reassign.update(name="tiger_reassign",
                                  sids_dir=config.build_sids_reassign.output)
-    config.tiger_embed = generative.get_config("tiger_demo")
+    config.tiger_embed = config.tiger.copy_and_resolve_references()
     config.tiger_embed.name = "tiger_embed"
     config.tiger_embed.model.embed_init_std = 0.1
     config.stage_kinds.update({"tiger_reassign": "train_generative",

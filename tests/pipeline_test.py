@@ -371,7 +371,8 @@ def test_hint_pair_differs_only_in_the_hint_switch(variant):
     ml100k = pipeline_config.get_config("ml100k")
     assert config.stages == tuple(
         s for s in ml100k.stages
-        if s not in ("tiger", "minionerec_rl", "minigr_cf_rl"))
+        if s not in ("build_sids_reassign", "tiger", "minionerec_rl",
+                     "minigr_cf_rl"))
     assert config.seeds == (0, 1, 2)
     assert config.seeded_stages == ("minionerec", "minigr_cf")
     assert config.minigr_cf.to_dict() == ml100k.minigr_cf.to_dict()
@@ -410,7 +411,7 @@ def test_games_cpu_runs_the_beauty_configs_unchanged():
   assert pipeline.stage_kind(games, "item2vec").outputs(games.item2vec)
 
 
-@pytest.mark.parametrize("variant", ["beauty_cpu", "games_cpu"])
+@pytest.mark.parametrize("variant", ["ml100k", "beauty_cpu", "games_cpu"])
 def test_cpu_tiger_reads_the_reassigned_sids_built_before_it(variant):
   config = pipeline_config.get_config(variant)
   stages = list(config.stages)
@@ -447,6 +448,11 @@ def test_examples_and_tiger_ablations_differ_only_in_what_they_test():
   pipeline.check_seeds(config)
   assert config.build_sids_reassign.collisions.strategy == "reassign"
   assert config.build_sids_reassign.output == config.tiger_reassign.sids_dir
+  # The 4-token arms read sids/; the 3-token arm is the demo's TIGER.
+  assert config.tiger.sids_dir == config.tiger_embed.sids_dir == "sids"
+  demo = pipeline_config.get_config("ml100k").tiger.to_dict()
+  demo["name"] = "tiger_reassign"
+  assert config.tiger_reassign.to_dict() == demo
   base = config.tiger.to_dict()
   for name, field, value in (("tiger_reassign", "sids_dir", None),
                              ("tiger_embed", "model", None)):

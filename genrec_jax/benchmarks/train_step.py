@@ -49,7 +49,6 @@ from typing import Any
 from absl import logging
 from flax import nnx
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
@@ -163,19 +162,17 @@ def _jax_side(fmt, model, batches, tcfg, repeats: int,
   graphdef = loop.compute_graphdef(model, compute_dtype)
   loss_fn = fmt.loss
   key = jax.random.key(0)
-  dt = jnp.dtype(compute_dtype)
-
-  def loss(p, batch):  # as the trainer: float32 params cast in the step
-    p = jax.tree.map(lambda x: x.astype(dt), p)
-    return loss_fn(nnx.merge(graphdef, p, rest), batch, key)
+  # The trainer's objective: float32 params cast in the step.
+  objective = loop.make_objective(graphdef, loss_fn, compute_dtype)
 
   @jax.jit
   def forward(params, batch):
-    return loss(params, batch)[0]
+    return objective(params, rest, batch, key)[0]
 
   @jax.jit
   def forward_backward(params, batch):
-    return jax.value_and_grad(loss, has_aux=True)(params, batch)
+    return jax.value_and_grad(objective, has_aux=True)(params, rest, batch,
+                                                        key)
 
   tx = optimizer_lib.make_optimizer(tcfg, max(int(tcfg.num_steps), 1000))
   step = loop.make_train_step(graphdef, tx, loss_fn, compute_dtype)
@@ -214,7 +211,17 @@ def _jax_side(fmt, model, batches, tcfg, repeats: int,
           "step_s": timed(one_step)}
 
 
-def _torch_side(config, folder, batches, kind, tcfg, tmp, amp: str):
+def _save_batches(batches, path: pathlib.Path) -> None:
+  """The batches as the torch script reads them (loss_mask as labels)."""
+  arrays = {}
+  for i, b in enumerate(batches):
+    for k, v in b.items():
+      arrays[f"{'labels' if k == 'loss_mask' else k}_{i}"] = v
+  np.savez(path, **arrays)
+
+
+def _torch_side(config, folder, kind, tcfg, tmp, amp: str):
+  """The torch script's timings on tmp/batches.npz (None when skipped)."""
   py = pathlib.Path(common.torch_python() if config.torch_python is None
                     else config.torch_python)
   if config.torch_python == "":
@@ -223,11 +230,6 @@ def _torch_side(config, folder, batches, kind, tcfg, tmp, amp: str):
     logging.warning("torch side skipped: %s not found (%s)", py,
                     common.TORCH_VENV_HINT)
     return None
-  arrays = {}
-  for i, b in enumerate(batches):
-    for k, v in b.items():
-      arrays[f"{'labels' if k == 'loss_mask' else k}_{i}"] = v
-  np.savez(tmp / "batches.npz", **arrays)
   script = tmp / "torch_train_step.py"
   script.write_text(_TORCH_SCRIPT)
   env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
@@ -275,11 +277,11 @@ def _one_model(config, variant: str, ds, sids, workdir) -> dict[str, Any]:
   with tempfile.TemporaryDirectory() as tmp:
     tmp = pathlib.Path(tmp)
     hf.save_pretrained(model, tmp / "hf")
+    _save_batches(batches, tmp / "batches.npz")
     for dtype in config.compute_dtypes:
       j = _jax_side(fmt, model, batches, gcfg.train, config.repeats, dtype)
       logging.info("%s %s jax: %s", variant, dtype, j)
-      t = _torch_side(config, tmp / "hf", batches, kind, gcfg.train, tmp,
-                      dtype)
+      t = _torch_side(config, tmp / "hf", kind, gcfg.train, tmp, dtype)
       logging.info("%s %s torch: %s", variant, dtype, t)
       r = _compare(j, t, rows)
       logging.info("%s %s: JAX %.1f ex/s, %s", variant, dtype,

@@ -143,7 +143,10 @@ class SemanticIds:
     sids_dir = pathlib.Path(sids_dir)
     path = sids_dir / ITEM_SIDS
     if not path.exists():
-      raise DataError(f"{path}: missing; run binaries.build_sids first")
+      raise DataError(
+          f"{path}: missing; run binaries.build_sids first (--config."
+          f"output={sids_dir.name}; configs/sids.py:reassign builds 3-token "
+          "IDs)")
     try:
       obj = json.loads(path.read_text())
       ids, rows = parse_item_sids(obj, str(path))

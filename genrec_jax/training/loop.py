@@ -157,6 +157,20 @@ def compute_graphdef(model: nnx.Module, compute_dtype: str):
   return nnx.graphdef(abstract)
 
 
+def make_objective(graphdef, loss_fn: LossFn, compute_dtype: str = "float32"):
+  """(params, rest, batch, key) -> (loss, aux): the float32 params cast to
+  `compute_dtype`, merged with `graphdef` (from `compute_graphdef`) and the
+  rest of the state, and passed to `loss_fn`; differentiate in params."""
+  dt = jnp.dtype(compute_dtype)
+
+  def objective(params, rest, batch, key):
+    if dt != jnp.float32:
+      params = jax.tree.map(lambda x: x.astype(dt), params)
+    return loss_fn(nnx.merge(graphdef, params, rest), batch, key)
+
+  return objective
+
+
 def make_train_step(graphdef, tx: optax.GradientTransformation,
                     loss_fn: LossFn, compute_dtype: str = "float32",
                     on_trace: Callable[[], None] | None = None):
@@ -167,20 +181,14 @@ def make_train_step(graphdef, tx: optax.GradientTransformation,
   fold_in would wait for the previous step). `on_trace` is called each time
   the step is traced (the retrace guard).
   """
-  dt = jnp.dtype(compute_dtype)
+  objective = make_objective(graphdef, loss_fn, compute_dtype)
 
   def step(params, opt_state, rest, batch, base_key, step):
     if on_trace is not None:
       on_trace()
     key = jax.random.fold_in(base_key, step)
-
-    def objective(p):
-      if dt != jnp.float32:
-        p = jax.tree.map(lambda x: x.astype(dt), p)
-      model = nnx.merge(graphdef, p, rest)
-      return loss_fn(model, batch, key)
-
-    (loss, aux), grads = jax.value_and_grad(objective, has_aux=True)(params)
+    (loss, aux), grads = jax.value_and_grad(objective, has_aux=True)(
+        params, rest, batch, key)
     updates, opt_state = tx.update(grads, opt_state, params)
     params = optax.apply_updates(params, updates)
     metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads), **aux}
