@@ -131,12 +131,12 @@ def _after(stages: tuple[str, ...], stage: str, new: str) -> tuple[str, ...]:
   return stages[:i] + (new,) + stages[i:]
 
 
-def _reassigned_sids(config: ml_collections.ConfigDict) -> None:
+def _reassigned_sids(config: ml_collections.ConfigDict, output: str) -> None:
   """The build_sids_reassign stage: the same RQ-k-means codes with
   colliding items moved to free last-level codes (3-token IDs, no dedup
-  token) in sids_reassign/."""
+  token) in WORKDIR/<output>/."""
   config.build_sids_reassign = sids.get_config("reassign")
-  config.build_sids_reassign.output = "sids_reassign"
+  config.build_sids_reassign.output = output
   config.stage_kinds.build_sids_reassign = "build_sids"
 
 
@@ -209,16 +209,17 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config[f"{sft}_rl"].update(init=sft, name=f"{sft}_rl")
     config.stage_kinds[f"{sft}_rl"] = "train_rl"
 
-  if variant in ("ml100k", "beauty_cpu", "games_cpu"):
+  if config.tiger.sids_dir != config.build_sids.output:
     # TIGER on 3-token IDs (configs/generative.py tiger_demo and
-    # tiger_beauty_cpu read sids_reassign/); the decoders keep sids/.
+    # tiger_beauty_cpu read sids_reassign/), built right after sids/; the
+    # decoders keep sids/.
     config.stages = _after(config.stages, "build_sids", "build_sids_reassign")
-    _reassigned_sids(config)
+    _reassigned_sids(config, config.tiger.sids_dir)
 
   if variant == "hints_ablation":  # hints off vs on, over 3 seeds
     config.stages = tuple(s for s in config.stages
-                          if s not in ("tiger", "minionerec_rl",
-                                       "minigr_cf_rl"))
+                          if s not in ("build_sids_reassign", "tiger",
+                                       "minionerec_rl", "minigr_cf_rl"))
     config.seeds = (0, 1, 2)
     config.seeded_stages = ("minionerec", "minigr_cf")
 
@@ -240,13 +241,12 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.stages = ("prepare_data", "train_baselines", "embed_items",
                      "build_sids", "build_sids_reassign", "tiger",
                      "tiger_reassign", "tiger_embed")
-    _reassigned_sids(config)
-    # `tiger` and `tiger_embed` on the 4-token IDs of sids/ (the demo's
-    # until 2026-12-04), `tiger_reassign` as the demo trains it now.
+    # `tiger_reassign` as the demo trains it now (on the build_sids_reassign
+    # output above); `tiger` and `tiger_embed` on the 4-token IDs of sids/
+    # (the demo's until 2026-12-04).
+    config.tiger_reassign = config.tiger.copy_and_resolve_references()
+    config.tiger_reassign.name = "tiger_reassign"
     config.tiger.sids_dir = config.build_sids.output
-    config.tiger_reassign = generative.get_config("tiger_demo")
-    config.tiger_reassign.update(name="tiger_reassign",
-                                 sids_dir=config.build_sids_reassign.output)
     config.tiger_embed = config.tiger.copy_and_resolve_references()
     config.tiger_embed.name = "tiger_embed"
     config.tiger_embed.model.embed_init_std = 0.1
